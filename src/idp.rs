@@ -1,0 +1,102 @@
+//! What the login and refresh state machines need from an identity provider.
+//!
+//! [`IdentityProvider`] is the seam between the race-free state machines and
+//! the network: the OpenID Connect implementation speaks HTTP to a real
+//! provider, and tests plug in a controllable double whose calls block until
+//! the test releases them. Implementations validate what they return: an
+//! [`Identity`] handed back here is already checked (signature, issuer,
+//! audience, nonce, expiry).
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::UnixMillis;
+
+/// The secrets of one authorization request, made by the login state machine
+/// and kept in its `Pending` record until the callback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizationRequest {
+    /// The `state` parameter (256 random bits).
+    pub state: String,
+    /// The `nonce` the ID token must carry back.
+    pub nonce: String,
+    /// The PKCE code verifier; the provider gets its S256 challenge.
+    pub pkce_verifier: String,
+}
+
+/// The code from a callback, with what is needed to redeem and validate it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeExchange {
+    /// The authorization code.
+    pub code: String,
+    /// The PKCE verifier of the login.
+    pub pkce_verifier: String,
+    /// The nonce the ID token must carry.
+    pub nonce: String,
+}
+
+/// Who signed in, as validated from the ID token (and userinfo).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// The `iss` claim.
+    pub issuer: String,
+    /// The `sub` claim.
+    pub subject: String,
+    /// The `email` claim, when present.
+    pub email: Option<String>,
+    /// Group names from the configured groups claim.
+    pub groups: Vec<String>,
+}
+
+/// Tokens from the token endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenSet {
+    /// The access token.
+    pub access_token: String,
+    /// When the access token expires.
+    pub access_expires_at: UnixMillis,
+    /// The refresh token, when the provider issued one.
+    pub refresh_token: Option<String>,
+    /// The raw ID token, kept for `id_token_hint` at logout.
+    pub id_token: Option<String>,
+}
+
+/// A successful token response, already validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The identity from the (new) ID token. On refresh, `None` when the
+    /// provider sent no new ID token.
+    pub identity: Option<Identity>,
+    /// The tokens.
+    pub tokens: TokenSet,
+}
+
+/// Why a call to the provider failed. Messages name the endpoint and status,
+/// never a token or code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdpError {
+    /// The grant is dead (`invalid_grant`): the code was used or expired, or the
+    /// refresh token was revoked or rotated away. Retrying cannot help.
+    #[error("the identity provider rejected the grant: {0}")]
+    InvalidGrant(String),
+    /// The provider answered, but what it answered failed validation.
+    #[error("the identity provider's response failed validation: {0}")]
+    Invalid(String),
+    /// Timeout, connection failure or 5xx: it may work later.
+    #[error("the identity provider is unavailable: {0}")]
+    Transient(String),
+}
+
+/// The identity provider operations the state machines call.
+#[async_trait]
+pub trait IdentityProvider: Send + Sync + 'static {
+    /// The URL to send the browser to for this authorization request.
+    fn authorization_url(&self, request: &AuthorizationRequest) -> String;
+
+    /// Redeems an authorization code and validates the ID token against the nonce.
+    async fn exchange_code(&self, exchange: CodeExchange) -> Result<Grant, IdpError>;
+
+    /// Redeems a refresh token. Providers that rotate refresh tokens return a new
+    /// one; the old one must never be presented again.
+    async fn refresh(&self, refresh_token: &str) -> Result<Grant, IdpError>;
+}

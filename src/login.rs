@@ -1,0 +1,485 @@
+//! The login state machine (DESIGN §2).
+//!
+//! ```text
+//! begin:     insert_if_absent ──▶ Pending{nonce, pkce_verifier}
+//! callback:  CAS Pending ──▶ Exchanging{lease_id, lease_until}      exactly one winner
+//!   winner:  token exchange, no lock held
+//!            ok  ──commit_login──▶ Completed{lease_id} + new session   one atomic step
+//!            err ──CAS──▶ Failed{reason}                               no session written
+//!   others:  wait for Completed/Failed, bounded by the lease; an Exchanging
+//!            record whose lease ran out is CASed to Failed
+//!   Completed: the same browser gets the same session again (idempotent replay)
+//! ```
+//!
+//! Every record carries the hash of a **browser binding** token that `begin`
+//! hands out for a per-login cookie; a callback without it is rejected, which is
+//! both login-CSRF protection and what makes a replay safe.
+//!
+//! The session id is derived, not stored: `HMAC(state, lease_id)`. The browser
+//! holds `state` (it comes back on every callback) and the store holds only
+//! `sha256(state)` as the key and the random `lease_id`, so every caller for one
+//! login computes the same session id while a store dump reveals none.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::clock::{Clock, UnixMillis, duration_ms};
+use crate::idp::{AuthorizationRequest, CodeExchange, IdentityProvider, IdpError};
+use crate::secret::{hash_token, keyed_hash, random_token, token_matches_hash};
+use crate::session::{SessionRecord, session_key};
+use crate::store::{LoginCommit, Store, StoreError};
+
+/// Timing of the login state machine.
+#[derive(Debug, Clone)]
+pub struct LoginSettings {
+    /// How long a started login may take, and how long its final record is
+    /// kept for idempotent replays.
+    pub login_ttl: Duration,
+    /// How long one callback may spend on the token exchange before the others
+    /// treat the login as failed.
+    pub exchange_lease: Duration,
+    /// How long a duplicate callback waits for the exchanging one.
+    pub wait_timeout: Duration,
+    /// Lifetime of the session a login creates.
+    pub session_ttl: Duration,
+}
+
+impl Default for LoginSettings {
+    fn default() -> Self {
+        Self {
+            login_ttl: Duration::from_secs(10 * 60),
+            exchange_lease: Duration::from_secs(30),
+            wait_timeout: Duration::from_secs(30),
+            session_ttl: Duration::from_secs(7 * 24 * 60 * 60),
+        }
+    }
+}
+
+/// A login that has been started: where to send the browser and what to remember.
+#[derive(Debug, Clone)]
+pub struct StartedLogin {
+    /// The `state` parameter; also names the login.
+    pub state: String,
+    /// The browser binding token, to be set in a per-login cookie.
+    pub binding: String,
+    /// The identity provider's authorization URL.
+    pub authorization_url: String,
+}
+
+/// What a callback request brought.
+#[derive(Debug, Clone, Copy)]
+pub struct Callback<'a> {
+    /// The `state` query parameter.
+    pub state: &'a str,
+    /// The `code` query parameter.
+    pub code: &'a str,
+    /// The browser binding from the per-login cookie, if the browser sent one.
+    pub binding: Option<&'a str>,
+}
+
+/// A finished login, as seen by one callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletedLogin {
+    /// The session id to put in the session cookie. The same for every callback
+    /// of one login.
+    pub session_id: String,
+    /// Where the browser wanted to go.
+    pub return_to: String,
+    /// Whether this callback did the token exchange (false for duplicates and replays).
+    pub exchanged_here: bool,
+}
+
+/// Why a login ended without a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum FailureReason {
+    /// The identity provider refused or failed the exchange.
+    #[error("{0}")]
+    Idp(String),
+    /// The exchanging callback did not finish within its lease (crashed or hung).
+    #[error("the token exchange did not finish in time")]
+    LeaseExpired,
+    /// The exchanging request was cancelled (client went away, shutdown).
+    #[error("the token exchange was cancelled")]
+    Cancelled,
+}
+
+/// Why a callback did not produce a session.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    /// No such login: never started, or expired.
+    #[error("unknown or expired login")]
+    UnknownLogin,
+    /// The callback did not carry this login's browser binding.
+    #[error("the callback did not come from the browser that started this login")]
+    BindingMismatch,
+    /// The login has ended in failure; start a new one.
+    #[error("login failed: {0}")]
+    Failed(FailureReason),
+    /// Another callback is still exchanging the code after `wait_timeout`.
+    #[error("the login is still being completed by another request")]
+    StillInProgress,
+    /// This callback's exchange outlived its lease and the login moved on;
+    /// nothing was written.
+    #[error("the login was taken over while its token exchange ran")]
+    LeaseLost,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored login record could not be read.
+    #[error("corrupt login record: {0}")]
+    Corrupt(String),
+}
+
+/// A login record as stored under `login_key(state)`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LoginRecord {
+    binding_hash: String,
+    return_to: String,
+    phase: Phase,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "phase")]
+enum Phase {
+    Pending {
+        nonce: String,
+        pkce_verifier: String,
+    },
+    Exchanging {
+        nonce: String,
+        pkce_verifier: String,
+        lease_id: String,
+        lease_until: UnixMillis,
+    },
+    Completed {
+        lease_id: String,
+    },
+    Failed {
+        reason: FailureReason,
+    },
+}
+
+impl LoginRecord {
+    fn with_phase(&self, phase: Phase) -> Self {
+        Self {
+            phase,
+            ..self.clone()
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("login records always serialize")
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, LoginError> {
+        serde_json::from_slice(bytes).map_err(|e| LoginError::Corrupt(e.to_string()))
+    }
+}
+
+/// The store key of the login named by `state`.
+pub fn login_key(state: &str) -> String {
+    format!("login:{}", hash_token(state))
+}
+
+/// The session id of a completed login; see the module documentation.
+fn derive_session_id(state: &str, lease_id: &str) -> String {
+    keyed_hash(state, &format!("latchkey session id {lease_id}"))
+}
+
+/// Runs logins against one store and one identity provider.
+#[derive(Clone)]
+pub struct LoginFlow {
+    store: Arc<dyn Store>,
+    idp: Arc<dyn IdentityProvider>,
+    clock: Arc<dyn Clock>,
+    settings: LoginSettings,
+}
+
+impl LoginFlow {
+    /// A login flow over `store` and `idp`, judging leases by `clock`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        idp: Arc<dyn IdentityProvider>,
+        clock: Arc<dyn Clock>,
+        settings: LoginSettings,
+    ) -> Self {
+        Self {
+            store,
+            idp,
+            clock,
+            settings,
+        }
+    }
+
+    /// Starts a login that will return the browser to `return_to` (already
+    /// checked to be a local path by the caller).
+    pub async fn begin(&self, return_to: &str) -> Result<StartedLogin, LoginError> {
+        let request = AuthorizationRequest {
+            state: random_token(),
+            nonce: random_token(),
+            pkce_verifier: random_token(),
+        };
+        let binding = random_token();
+        let record = LoginRecord {
+            binding_hash: hash_token(&binding),
+            return_to: return_to.to_owned(),
+            phase: Phase::Pending {
+                nonce: request.nonce.clone(),
+                pkce_verifier: request.pkce_verifier.clone(),
+            },
+        };
+        let key = login_key(&request.state);
+        if !self
+            .store
+            .insert_if_absent(&key, &record.encode(), self.settings.login_ttl)
+            .await?
+        {
+            // 256 random bits collided: the random source is broken.
+            return Err(LoginError::Corrupt("login state collision".into()));
+        }
+        Ok(StartedLogin {
+            authorization_url: self.idp.authorization_url(&request),
+            state: request.state,
+            binding,
+        })
+    }
+
+    /// Handles a callback. However many callbacks of one login run at once, on
+    /// however many replicas, the code is exchanged once and all of them that
+    /// carry the binding get the same session.
+    pub async fn complete(&self, callback: Callback<'_>) -> Result<CompletedLogin, LoginError> {
+        let key = login_key(callback.state);
+        let wait_deadline = Instant::now() + self.settings.wait_timeout;
+        loop {
+            let Some(current) = self.store.get(&key).await? else {
+                return Err(LoginError::UnknownLogin);
+            };
+            let record = LoginRecord::decode(&current.value)?;
+            let bound = callback
+                .binding
+                .is_some_and(|b| token_matches_hash(b, &record.binding_hash));
+            if !bound {
+                return Err(LoginError::BindingMismatch);
+            }
+            match &record.phase {
+                Phase::Pending {
+                    nonce,
+                    pkce_verifier,
+                } => {
+                    let lease_id = random_token();
+                    let claimed = record.with_phase(Phase::Exchanging {
+                        nonce: nonce.clone(),
+                        pkce_verifier: pkce_verifier.clone(),
+                        lease_id,
+                        lease_until: self.clock.now_ms()
+                            + duration_ms(self.settings.exchange_lease),
+                    });
+                    let won = self
+                        .store
+                        .compare_and_swap(
+                            &key,
+                            current.version,
+                            &claimed.encode(),
+                            self.settings.login_ttl,
+                        )
+                        .await?;
+                    if won {
+                        let claim = Claim {
+                            key,
+                            version: current.version + 1,
+                            record: claimed,
+                        };
+                        return self.exchange(claim, callback).await;
+                    }
+                }
+                Phase::Exchanging { lease_until, .. } => {
+                    let now = self.clock.now_ms();
+                    if now >= *lease_until {
+                        let failed = record.with_phase(Phase::Failed {
+                            reason: FailureReason::LeaseExpired,
+                        });
+                        self.store
+                            .compare_and_swap(
+                                &key,
+                                current.version,
+                                &failed.encode(),
+                                self.settings.login_ttl,
+                            )
+                            .await?;
+                        continue;
+                    }
+                    let left = wait_deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(LoginError::StillInProgress);
+                    }
+                    let lease_left = Duration::from_millis(lease_until - now);
+                    self.store
+                        .wait_for_change(&key, Some(current.version), left.min(lease_left))
+                        .await?;
+                }
+                Phase::Completed { lease_id } => {
+                    return Ok(CompletedLogin {
+                        session_id: derive_session_id(callback.state, lease_id),
+                        return_to: record.return_to.clone(),
+                        exchanged_here: false,
+                    });
+                }
+                Phase::Failed { reason } => return Err(LoginError::Failed(reason.clone())),
+            }
+        }
+    }
+
+    /// The winner's half: exchange outside any lock, then commit or fail.
+    async fn exchange(
+        &self,
+        claim: Claim,
+        callback: Callback<'_>,
+    ) -> Result<CompletedLogin, LoginError> {
+        let Phase::Exchanging {
+            nonce,
+            pkce_verifier,
+            lease_id,
+            ..
+        } = &claim.record.phase
+        else {
+            unreachable!("a claim is always in the Exchanging phase");
+        };
+        // If this future is dropped mid-exchange, the guard marks the login failed.
+        let guard = AbandonGuard::new(self.store.clone(), &claim, self.settings.login_ttl);
+        let exchanged = self
+            .idp
+            .exchange_code(CodeExchange {
+                code: callback.code.to_owned(),
+                pkce_verifier: pkce_verifier.clone(),
+                nonce: nonce.clone(),
+            })
+            .await
+            .and_then(|grant| match grant.identity {
+                Some(identity) => Ok((identity, grant.tokens)),
+                None => Err(IdpError::Invalid(
+                    "the token response has no ID token".into(),
+                )),
+            });
+        let (identity, tokens) = match exchanged {
+            Ok(ok) => ok,
+            Err(error) => {
+                let reason = FailureReason::Idp(error.to_string());
+                let failed = claim.record.with_phase(Phase::Failed {
+                    reason: reason.clone(),
+                });
+                // Fenced: if the lease was taken over, the record already says so.
+                self.store
+                    .compare_and_swap(
+                        &claim.key,
+                        claim.version,
+                        &failed.encode(),
+                        self.settings.login_ttl,
+                    )
+                    .await?;
+                guard.disarm();
+                return Err(LoginError::Failed(reason));
+            }
+        };
+        let session_id = derive_session_id(callback.state, lease_id);
+        let session = SessionRecord::new(
+            identity,
+            tokens,
+            self.clock.now_ms(),
+            self.settings.session_ttl,
+        );
+        let completed = claim.record.with_phase(Phase::Completed {
+            lease_id: lease_id.clone(),
+        });
+        let committed = self
+            .store
+            .commit_login(LoginCommit {
+                login_key: &claim.key,
+                login_version: claim.version,
+                login_value: &completed.encode(),
+                login_ttl: self.settings.login_ttl,
+                session_key: &session_key(&session_id),
+                session_value: &session.encode(),
+                session_ttl: self.settings.session_ttl,
+            })
+            .await?;
+        guard.disarm();
+        if !committed {
+            return Err(LoginError::LeaseLost);
+        }
+        Ok(CompletedLogin {
+            session_id,
+            return_to: claim.record.return_to.clone(),
+            exchanged_here: true,
+        })
+    }
+}
+
+/// A won claim on a login: its key, the version the claim wrote, and the record.
+struct Claim {
+    key: String,
+    version: u64,
+    record: LoginRecord,
+}
+
+/// Marks a claimed login `Failed{Cancelled}` if the exchanging future is dropped
+/// before it reached an outcome, so duplicates need not wait out the lease. The
+/// write is a fenced CAS at the claim's version: it can never undo a commit. If
+/// the process dies instead, the lease expiry does the same job.
+struct AbandonGuard {
+    pending: Option<FencedWrite>,
+}
+
+/// A CAS to run later.
+struct FencedWrite {
+    store: Arc<dyn Store>,
+    key: String,
+    version: u64,
+    value: Vec<u8>,
+    ttl: Duration,
+}
+
+impl AbandonGuard {
+    fn new(store: Arc<dyn Store>, claim: &Claim, ttl: Duration) -> Self {
+        let failed = claim.record.with_phase(Phase::Failed {
+            reason: FailureReason::Cancelled,
+        });
+        Self {
+            pending: Some(FencedWrite {
+                store,
+                key: claim.key.clone(),
+                version: claim.version,
+                value: failed.encode(),
+                ttl,
+            }),
+        }
+    }
+
+    fn disarm(mut self) {
+        self.pending = None;
+    }
+}
+
+impl Drop for AbandonGuard {
+    fn drop(&mut self) {
+        let Some(write) = self.pending.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let FencedWrite {
+                    store,
+                    key,
+                    version,
+                    value,
+                    ttl,
+                } = write;
+                if let Err(error) = store.compare_and_swap(&key, version, &value, ttl).await {
+                    tracing::warn!(%error, "could not mark an abandoned login as failed; its lease will expire");
+                }
+            });
+        }
+    }
+}

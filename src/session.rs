@@ -1,0 +1,321 @@
+//! Session records and single-flight token refresh (DESIGN §3).
+//!
+//! A session lives under `session:<sha256(id)>` as a versioned record. When its
+//! access token is within `refresh_before_expiry` of expiry, the first request
+//! to notice takes the session's **refresh lease** by a CAS on the record's
+//! version, calls the token endpoint with no lock held, and CASes the new
+//! tokens in (fenced by the version it wrote). Requests of the same session
+//! that arrive meanwhile keep using the old access token while it is valid, or
+//! wait (bounded) for the version to change. Sessions never wait on each other:
+//! every lease and every wait is keyed by one session.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::clock::{Clock, UnixMillis, duration_ms};
+use crate::idp::{Identity, IdentityProvider, IdpError, TokenSet};
+use crate::secret::{hash_token, random_token};
+use crate::store::{Store, StoreError, Versioned};
+
+/// The store key of the session with this id (the id itself is never stored).
+pub fn session_key(session_id: &str) -> String {
+    format!("session:{}", hash_token(session_id))
+}
+
+/// A refresh in progress: who holds it and until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshLease {
+    /// Random id of the holder.
+    pub id: String,
+    /// When other requests may take the lease over.
+    pub until: UnixMillis,
+}
+
+/// A stored session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// Who is signed in.
+    pub identity: Identity,
+    /// The current tokens.
+    pub tokens: TokenSet,
+    /// When the session was created.
+    pub created_at: UnixMillis,
+    /// When the session ends regardless of refreshes.
+    pub expires_at: UnixMillis,
+    /// Set while one request refreshes the tokens.
+    pub refresh_lease: Option<RefreshLease>,
+}
+
+impl SessionRecord {
+    /// A new session created at `now` that lives for `ttl`.
+    pub fn new(identity: Identity, tokens: TokenSet, now: UnixMillis, ttl: Duration) -> Self {
+        Self {
+            identity,
+            tokens,
+            created_at: now,
+            expires_at: now.saturating_add(duration_ms(ttl)),
+            refresh_lease: None,
+        }
+    }
+
+    /// The record as stored.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("session records always serialize")
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, SessionError> {
+        serde_json::from_slice(bytes).map_err(|e| SessionError::Corrupt(e.to_string()))
+    }
+
+    /// Store TTL that keeps the record exactly until `expires_at`.
+    fn remaining(&self, now: UnixMillis) -> Duration {
+        Duration::from_millis(self.expires_at.saturating_sub(now))
+    }
+}
+
+/// Timing of session refresh.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// Refresh when the access token expires within this window.
+    pub refresh_before_expiry: Duration,
+    /// How long one request may spend refreshing before others take over.
+    /// Keep it longer than the identity provider call's timeout.
+    pub refresh_lease: Duration,
+    /// How long a request waits for another request's refresh.
+    pub refresh_wait: Duration,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self {
+            refresh_before_expiry: Duration::from_secs(60),
+            refresh_lease: Duration::from_secs(30),
+            refresh_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A session ready for use by one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveSession {
+    /// Who is signed in.
+    pub identity: Identity,
+    /// Tokens that are valid now (or, for a provider without refresh tokens, the last ones).
+    pub tokens: TokenSet,
+}
+
+/// Why a session cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// No such session (never existed, expired or signed out).
+    #[error("no such session")]
+    NotFound,
+    /// The provider ended the session (`invalid_grant`) or a refreshed ID token
+    /// named someone else; the session has been deleted.
+    #[error("the session has ended: {0}")]
+    Ended(String),
+    /// The access token has expired and the provider could not refresh it now.
+    #[error("the identity provider could not refresh the session: {0}")]
+    RefreshUnavailable(String),
+    /// Another request's refresh did not finish within `refresh_wait`.
+    #[error("timed out waiting for the session's refresh")]
+    RefreshTimedOut,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored session record could not be read.
+    #[error("corrupt session record: {0}")]
+    Corrupt(String),
+}
+
+/// Loads, refreshes and ends sessions.
+#[derive(Clone)]
+pub struct Sessions {
+    store: Arc<dyn Store>,
+    idp: Arc<dyn IdentityProvider>,
+    clock: Arc<dyn Clock>,
+    settings: SessionSettings,
+}
+
+impl Sessions {
+    /// Sessions over `store`, refreshed through `idp`, judged by `clock`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        idp: Arc<dyn IdentityProvider>,
+        clock: Arc<dyn Clock>,
+        settings: SessionSettings,
+    ) -> Self {
+        Self {
+            store,
+            idp,
+            clock,
+            settings,
+        }
+    }
+
+    /// The session with this id, with its access token refreshed if it is due.
+    /// At most one request per session calls the identity provider at a time.
+    pub async fn load(&self, session_id: &str) -> Result<ActiveSession, SessionError> {
+        let key = session_key(session_id);
+        let wait_deadline = Instant::now() + self.settings.refresh_wait;
+        loop {
+            let Some(current) = self.store.get(&key).await? else {
+                return Err(SessionError::NotFound);
+            };
+            let record = SessionRecord::decode(&current.value)?;
+            let now = self.clock.now_ms();
+            if !self.refresh_due(&record, now) {
+                return Ok(active(record));
+            }
+            match &record.refresh_lease {
+                Some(lease) if lease.until > now => {
+                    // Someone else is refreshing. Use the old token while it lasts.
+                    if record.tokens.access_expires_at > now {
+                        return Ok(active(record));
+                    }
+                    let left = wait_deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(SessionError::RefreshTimedOut);
+                    }
+                    let lease_left = Duration::from_millis(lease.until - now);
+                    self.store
+                        .wait_for_change(&key, Some(current.version), left.min(lease_left))
+                        .await?;
+                }
+                _ => {
+                    if let Some(outcome) = self.try_refresh(&key, current, record, now).await? {
+                        return outcome;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends the session: deletes its record, so that no in-flight refresh can
+    /// write it back. Returns the record it deleted (for `id_token_hint`).
+    pub async fn sign_out(&self, session_id: &str) -> Result<Option<SessionRecord>, SessionError> {
+        let key = session_key(session_id);
+        let existing = self.store.get(&key).await?;
+        self.store.delete(&key).await?;
+        existing
+            .map(|v| SessionRecord::decode(&v.value))
+            .transpose()
+    }
+
+    fn refresh_due(&self, record: &SessionRecord, now: UnixMillis) -> bool {
+        record.tokens.refresh_token.is_some()
+            && record.tokens.access_expires_at
+                <= now.saturating_add(duration_ms(self.settings.refresh_before_expiry))
+    }
+
+    /// Takes the refresh lease and refreshes. `Ok(None)`: the lease went to
+    /// someone else first; re-read and decide again.
+    async fn try_refresh(
+        &self,
+        key: &str,
+        current: Versioned,
+        record: SessionRecord,
+        now: UnixMillis,
+    ) -> Result<Option<Result<ActiveSession, SessionError>>, SessionError> {
+        let Some(refresh_token) = record.tokens.refresh_token.clone() else {
+            return Ok(Some(Ok(active(record))));
+        };
+        let leased = SessionRecord {
+            refresh_lease: Some(RefreshLease {
+                id: random_token(),
+                until: now.saturating_add(duration_ms(self.settings.refresh_lease)),
+            }),
+            ..record.clone()
+        };
+        if !self
+            .store
+            .compare_and_swap(
+                key,
+                current.version,
+                &leased.encode(),
+                record.remaining(now),
+            )
+            .await?
+        {
+            return Ok(None);
+        }
+        let lease_version = current.version + 1;
+        // The network call, with no lock and no transaction held.
+        let refreshed = self.idp.refresh(&refresh_token).await;
+        let now = self.clock.now_ms();
+        match refreshed {
+            Ok(grant) => {
+                if let Some(identity) = &grant.identity
+                    && (identity.issuer != record.identity.issuer
+                        || identity.subject != record.identity.subject)
+                {
+                    self.store.delete(key).await?;
+                    return Ok(Some(Err(SessionError::Ended(
+                        "the refreshed ID token names a different user".into(),
+                    ))));
+                }
+                let tokens = TokenSet {
+                    refresh_token: grant.tokens.refresh_token.clone().or(Some(refresh_token)),
+                    id_token: grant
+                        .tokens
+                        .id_token
+                        .clone()
+                        .or(record.tokens.id_token.clone()),
+                    ..grant.tokens
+                };
+                let updated = SessionRecord {
+                    identity: grant.identity.unwrap_or(record.identity),
+                    tokens,
+                    refresh_lease: None,
+                    ..record
+                };
+                let stored = self
+                    .store
+                    .compare_and_swap(
+                        key,
+                        lease_version,
+                        &updated.encode(),
+                        updated.remaining(now),
+                    )
+                    .await?;
+                if !stored {
+                    // Signed out meanwhile, or our lease ran out and was taken over:
+                    // a fenced write never overwrites newer state.
+                    return Ok(None);
+                }
+                Ok(Some(Ok(active(updated))))
+            }
+            Err(IdpError::InvalidGrant(reason)) => {
+                self.store.delete(key).await?;
+                Ok(Some(Err(SessionError::Ended(reason))))
+            }
+            Err(error) => {
+                // Transient or invalid response: free the lease, keep the session.
+                let freed = SessionRecord {
+                    refresh_lease: None,
+                    ..record.clone()
+                };
+                self.store
+                    .compare_and_swap(key, lease_version, &freed.encode(), freed.remaining(now))
+                    .await?;
+                if record.tokens.access_expires_at > now {
+                    Ok(Some(Ok(active(record))))
+                } else {
+                    Ok(Some(Err(SessionError::RefreshUnavailable(
+                        error.to_string(),
+                    ))))
+                }
+            }
+        }
+    }
+}
+
+fn active(record: SessionRecord) -> ActiveSession {
+    ActiveSession {
+        identity: record.identity,
+        tokens: record.tokens,
+    }
+}

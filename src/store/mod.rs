@@ -1,0 +1,286 @@
+//! The store contract and its backends.
+//!
+//! Every guarantee latchkey makes rests on the handful of atomic operations in
+//! [`Store`]. Each backend implements them with the primitive its server offers
+//! (a sharded map, an SQL `INSERT … ON CONFLICT` / `UPDATE … WHERE version = ?`,
+//! a Lua script), and one contract suite ([`contract`]) checks every backend the
+//! same way.
+//!
+//! Records are opaque bytes with a **version**. A record's version changes on
+//! every successful write and never takes a value the key had before, so a
+//! writer holding an old version can never overwrite newer state (a fenced
+//! write). An expired record is absent for every operation.
+
+pub mod contract;
+pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
+pub mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+/// A record as read from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    /// The stored bytes.
+    pub value: Vec<u8>,
+    /// The record's current version; pass it to [`Store::compare_and_swap`].
+    pub version: u64,
+}
+
+/// The atomic step that ends a successful login: swap the login record (only if
+/// it still has the version the exchanging task claimed) **and** insert the new
+/// session record, both or neither.
+#[derive(Debug, Clone)]
+pub struct LoginCommit<'a> {
+    /// Key of the login record.
+    pub login_key: &'a str,
+    /// The login record's version when the exchange was claimed.
+    pub login_version: u64,
+    /// The login record's new value (the `Completed` state).
+    pub login_value: &'a [u8],
+    /// How long the completed login record is kept (for idempotent replays).
+    pub login_ttl: Duration,
+    /// Key of the new session record; it must not exist yet.
+    pub session_key: &'a str,
+    /// The new session record.
+    pub session_value: &'a [u8],
+    /// How long the session lives.
+    pub session_ttl: Duration,
+}
+
+/// What a store operation can fail with. No variant ever carries a stored value.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or refused the operation; nothing is known
+    /// to have been written.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store URL or options are wrong.
+    #[error("invalid store configuration: {0}")]
+    Config(String),
+}
+
+/// Shorthand for results of store operations.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The store contract (DESIGN §4). Every method is atomic on its own.
+///
+/// Keys are logical (`login:…`, `session:…`); a backend may prefix them with its
+/// namespace. TTLs are relative to the backend's own notion of now.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts `value` under `key` if no live record exists there. Returns whether
+    /// it inserted. An expired record counts as absent and is replaced.
+    async fn insert_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> StoreResult<bool>;
+
+    /// Reads the live record under `key`; an expired record is `None`.
+    async fn get(&self, key: &str) -> StoreResult<Option<Versioned>>;
+
+    /// Replaces the record under `key` if it is live and its version is
+    /// `expected_version`; the new version is then `expected_version + 1`.
+    /// Returns whether it replaced.
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected_version: u64,
+        value: &[u8],
+        ttl: Duration,
+    ) -> StoreResult<bool>;
+
+    /// Removes the record under `key` (absent is fine). No later CAS can revive it.
+    async fn delete(&self, key: &str) -> StoreResult<()>;
+
+    /// Applies a [`LoginCommit`] all-or-nothing. Returns `false`, having written
+    /// nothing, when the login record's version moved on or the session key is
+    /// already taken.
+    async fn commit_login(&self, commit: LoginCommit<'_>) -> StoreResult<bool>;
+
+    /// Waits until the record under `key` may no longer have version `seen`
+    /// (`None`: absent), or until `timeout` passes. Spurious returns are allowed;
+    /// callers re-read. Backends wake waiters by notification where they can and
+    /// poll otherwise.
+    async fn wait_for_change(
+        &self,
+        key: &str,
+        seen: Option<u64>,
+        timeout: Duration,
+    ) -> StoreResult<()>;
+
+    /// Counts live records whose key starts with `prefix`. Diagnostic (tests,
+    /// `check-store`): it scans, so keep it off request paths.
+    async fn count_live(&self, prefix: &str) -> StoreResult<u64>;
+
+    /// Deletes expired records of this store's namespace; returns how many
+    /// (backends whose server expires records itself return 0). [`open`] runs
+    /// it in the background.
+    async fn sweep_expired(&self) -> StoreResult<u64>;
+
+    /// Deletes every record, live or not, whose key starts with `prefix`;
+    /// returns how many. For cleaning up after `check-store` and tests.
+    async fn purge(&self, prefix: &str) -> StoreResult<u64>;
+}
+
+/// How often [`open`]'s background task sweeps expired records.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Sweeps `store` every `every` until the store is dropped. Errors are logged
+/// and retried at the next tick: a failed sweep only delays reclaiming space.
+pub fn spawn_sweeper(store: &Arc<dyn Store>, every: Duration) -> tokio::task::JoinHandle<()> {
+    let store = Arc::downgrade(store);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            let Some(store) = store.upgrade() else { return };
+            match store.sweep_expired().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(removed = n, "swept expired records"),
+                Err(error) => tracing::warn!(%error, "sweeping expired records failed"),
+            }
+        }
+    })
+}
+
+/// Opens the store named by a URL — `memory://`, `sqlite://PATH`, and, when
+/// built with their features, `redis://…` / `rediss://…` and `postgres://…` —
+/// and starts its background sweep. Must be called within a Tokio runtime.
+pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
+    let store = connect(url).await?;
+    spawn_sweeper(&store, SWEEP_INTERVAL);
+    Ok(store)
+}
+
+/// Opens the store named by a URL without a background sweep.
+pub async fn connect(url: &str) -> StoreResult<Arc<dyn Store>> {
+    if url == "memory://" || url == "memory:" {
+        return Ok(Arc::new(memory::MemoryStore::new()));
+    }
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        return Ok(Arc::new(sqlite::SqliteStore::open(path).await?));
+    }
+    #[cfg(feature = "redis")]
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        return Ok(Arc::new(redis::RedisStore::connect(url, "latchkey").await?));
+    }
+    #[cfg(feature = "postgres")]
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(
+            postgres::PostgresStore::connect(url, "latchkey:").await?,
+        ));
+    }
+    Err(StoreError::Config(format!(
+        "unsupported store URL scheme in {:?}: use memory://, sqlite://PATH{}{}",
+        redact_url(url),
+        if cfg!(feature = "redis") {
+            ", redis://HOST:PORT/DB"
+        } else {
+            " (redis:// needs the `redis` feature)"
+        },
+        if cfg!(feature = "postgres") {
+            ", postgres://USER@HOST/DB"
+        } else {
+            " (postgres:// needs the `postgres` feature)"
+        },
+    )))
+}
+
+/// A URL with any password replaced by `***`, fit for error messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{tail}")
+            } else {
+                format!("{scheme}://{user}@{host}{tail}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// In-process change notification with a polling fallback, for backends whose
+/// records other processes may also change.
+///
+/// Writes made through this process call [`ChangeSignal::notify`], which wakes
+/// waiters at once; writes by other processes are seen at the next poll.
+#[derive(Debug)]
+pub(crate) struct ChangeSignal {
+    notify: Notify,
+    poll_interval: Duration,
+}
+
+impl ChangeSignal {
+    pub(crate) fn new(poll_interval: Duration) -> Self {
+        Self {
+            notify: Notify::new(),
+            poll_interval,
+        }
+    }
+
+    /// Wakes every current waiter.
+    pub(crate) fn notify(&self) {
+        self.notify.notify_waiters();
+    }
+
+    /// Waits until `current_version` returns something other than `seen`, or
+    /// `timeout` passes.
+    pub(crate) async fn wait<F, Fut>(
+        &self,
+        seen: Option<u64>,
+        timeout: Duration,
+        mut current_version: F,
+    ) -> StoreResult<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = StoreResult<Option<u64>>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if current_version().await? != seen {
+                return Ok(());
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(());
+            }
+            let step = self.poll_interval.min(deadline - now);
+            // Either a local write woke us or the poll interval passed; re-check.
+            let _ = tokio::time::timeout(step, notified).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redacts_passwords_only() {
+        assert_eq!(
+            redact_url("postgres://u:secret@db:5432/x"),
+            "postgres://u:***@db:5432/x"
+        );
+        assert_eq!(redact_url("redis://h:6379/0"), "redis://h:6379/0");
+        assert_eq!(redact_url("redis://u@h/0"), "redis://u@h/0");
+    }
+}

@@ -1,0 +1,249 @@
+//! `postgres://…`: a shared store for several replicas.
+//!
+//! One table `latchkey_kv(key, value, version, expires_at)`, created on first
+//! start under an advisory lock (two replicas starting at once do not race).
+//! Expiry is judged by the server's clock, so replicas agree on it. Every
+//! contract operation is one statement (`INSERT … ON CONFLICT … WHERE expired`,
+//! `UPDATE … WHERE version = $n`), and the login commit is one transaction. The
+//! sweep deletes in small batches with `SKIP LOCKED`, never locking the table.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Executor, Row};
+
+use super::{ChangeSignal, LoginCommit, Store, StoreError, StoreResult, Versioned, redact_url};
+use crate::clock::duration_ms;
+use crate::secret::random_u64;
+
+/// Other replicas' writes are noticed within this interval.
+const POLL_INTERVAL: Duration = Duration::from_millis(25);
+
+/// The PostgreSQL backend.
+#[derive(Debug)]
+pub struct PostgresStore {
+    pool: PgPool,
+    namespace: String,
+    changes: ChangeSignal,
+}
+
+fn unavailable(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(format!("postgres: {e}"))
+}
+
+fn millis(ttl: Duration) -> i64 {
+    i64::try_from(duration_ms(ttl)).unwrap_or(i64::MAX)
+}
+
+fn initial_version() -> i64 {
+    ((random_u64() >> 16) | 1) as i64
+}
+
+const INSERT_IF_ABSENT: &str = "INSERT INTO latchkey_kv (key, value, version, expires_at)
+     VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond')
+     ON CONFLICT (key) DO UPDATE SET
+         value = EXCLUDED.value, version = EXCLUDED.version, expires_at = EXCLUDED.expires_at
+     WHERE latchkey_kv.expires_at <= now()";
+
+const COMPARE_AND_SWAP: &str = "UPDATE latchkey_kv
+     SET value = $1, version = version + 1, expires_at = now() + $2 * interval '1 millisecond'
+     WHERE key = $3 AND version = $4 AND expires_at > now()";
+
+impl PostgresStore {
+    /// Connects, creates the schema if needed, and keys every record under
+    /// `namespace` (so several deployments or test runs can share a database).
+    pub async fn connect(url: &str, namespace: &str) -> StoreResult<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| {
+                StoreError::Unavailable(format!("connecting to {}: {e}", redact_url(url)))
+            })?;
+        let mut tx = pool.begin().await.map_err(unavailable)?;
+        tx.execute("SELECT pg_advisory_xact_lock(7355608)")
+            .await
+            .map_err(unavailable)?;
+        tx.execute(
+            "CREATE TABLE IF NOT EXISTS latchkey_kv (
+                key TEXT PRIMARY KEY,
+                value BYTEA NOT NULL,
+                version BIGINT NOT NULL,
+                expires_at TIMESTAMPTZ NOT NULL
+            )",
+        )
+        .await
+        .map_err(unavailable)?;
+        tx.execute("CREATE INDEX IF NOT EXISTS latchkey_kv_expires ON latchkey_kv (expires_at)")
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Self {
+            pool,
+            namespace: namespace.to_owned(),
+            changes: ChangeSignal::new(POLL_INTERVAL),
+        })
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.namespace)
+    }
+
+    async fn live_version(&self, key: &str) -> StoreResult<Option<u64>> {
+        Ok(self.get(key).await?.map(|v| v.version))
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn insert_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> StoreResult<bool> {
+        let done = sqlx::query(INSERT_IF_ABSENT)
+            .bind(self.key(key))
+            .bind(value)
+            .bind(initial_version())
+            .bind(millis(ttl))
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        let inserted = done.rows_affected() == 1;
+        if inserted {
+            self.changes.notify();
+        }
+        Ok(inserted)
+    }
+
+    async fn get(&self, key: &str) -> StoreResult<Option<Versioned>> {
+        let row = sqlx::query(
+            "SELECT value, version FROM latchkey_kv WHERE key = $1 AND expires_at > now()",
+        )
+        .bind(self.key(key))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(row.map(|row| Versioned {
+            value: row.get::<Vec<u8>, _>(0),
+            version: row.get::<i64, _>(1) as u64,
+        }))
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected_version: u64,
+        value: &[u8],
+        ttl: Duration,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(COMPARE_AND_SWAP)
+            .bind(value)
+            .bind(millis(ttl))
+            .bind(self.key(key))
+            .bind(expected_version as i64)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        let swapped = done.rows_affected() == 1;
+        if swapped {
+            self.changes.notify();
+        }
+        Ok(swapped)
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM latchkey_kv WHERE key = $1")
+            .bind(self.key(key))
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        self.changes.notify();
+        Ok(())
+    }
+
+    async fn commit_login(&self, c: LoginCommit<'_>) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let swapped = sqlx::query(COMPARE_AND_SWAP)
+            .bind(c.login_value)
+            .bind(millis(c.login_ttl))
+            .bind(self.key(c.login_key))
+            .bind(c.login_version as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .rows_affected()
+            == 1;
+        if !swapped {
+            tx.rollback().await.map_err(unavailable)?;
+            return Ok(false);
+        }
+        let inserted = sqlx::query(INSERT_IF_ABSENT)
+            .bind(self.key(c.session_key))
+            .bind(c.session_value)
+            .bind(initial_version())
+            .bind(millis(c.session_ttl))
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .rows_affected()
+            == 1;
+        if !inserted {
+            tx.rollback().await.map_err(unavailable)?;
+            return Ok(false);
+        }
+        tx.commit().await.map_err(unavailable)?;
+        self.changes.notify();
+        Ok(true)
+    }
+
+    async fn wait_for_change(
+        &self,
+        key: &str,
+        seen: Option<u64>,
+        timeout: Duration,
+    ) -> StoreResult<()> {
+        self.changes
+            .wait(seen, timeout, || self.live_version(key))
+            .await
+    }
+
+    async fn count_live(&self, prefix: &str) -> StoreResult<u64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM latchkey_kv WHERE starts_with(key, $1) AND expires_at > now()",
+        )
+        .bind(self.key(prefix))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(row.get::<i64, _>(0) as u64)
+    }
+
+    async fn sweep_expired(&self) -> StoreResult<u64> {
+        let mut removed = 0;
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM latchkey_kv WHERE ctid IN (
+                     SELECT ctid FROM latchkey_kv
+                     WHERE starts_with(key, $1) AND expires_at <= now()
+                     LIMIT 1000 FOR UPDATE SKIP LOCKED)",
+            )
+            .bind(&self.namespace)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            removed += done.rows_affected();
+            if done.rows_affected() < 1000 {
+                return Ok(removed);
+            }
+        }
+    }
+
+    async fn purge(&self, prefix: &str) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM latchkey_kv WHERE starts_with(key, $1)")
+            .bind(self.key(prefix))
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        self.changes.notify();
+        Ok(done.rows_affected())
+    }
+}

@@ -1,0 +1,208 @@
+//! A controllable identity provider: its token calls block on gates that the
+//! test opens, it counts calls, and it rotates refresh tokens like a real
+//! provider (a rotated-away token is `invalid_grant`).
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use latchkey::clock::{Clock, duration_ms};
+use latchkey::idp::{
+    AuthorizationRequest, CodeExchange, Grant, Identity, IdentityProvider, IdpError, TokenSet,
+};
+use tokio::sync::watch;
+
+use super::within;
+
+/// A gate that calls pass through only once the test opens it. It counts the
+/// calls that have arrived at it.
+#[derive(Debug)]
+pub struct Gate {
+    open: watch::Sender<bool>,
+    arrived: watch::Sender<usize>,
+}
+
+impl Gate {
+    pub fn new(open: bool) -> Self {
+        Self {
+            open: watch::Sender::new(open),
+            arrived: watch::Sender::new(0),
+        }
+    }
+
+    /// Called by the double: count the arrival, then wait until open.
+    async fn pass(&self) {
+        self.arrived.send_modify(|n| *n += 1);
+        let mut open = self.open.subscribe();
+        open.wait_for(|o| *o).await.expect("gate dropped");
+    }
+
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    pub fn close(&self) {
+        self.open.send_replace(false);
+    }
+
+    pub fn arrived(&self) -> usize {
+        *self.arrived.borrow()
+    }
+
+    pub fn subscribe_arrivals(&self) -> watch::Receiver<usize> {
+        self.arrived.subscribe()
+    }
+
+    /// Waits until at least `n` calls have arrived.
+    pub async fn wait_arrived(&self, n: usize) {
+        let mut arrived = self.arrived.subscribe();
+        within(
+            &format!("{n} calls at the gate"),
+            arrived.wait_for(|a| *a >= n),
+        )
+        .await
+        .expect("gate dropped");
+    }
+}
+
+pub const ISSUER: &str = "https://idp.test";
+
+pub fn identity(subject: &str) -> Identity {
+    Identity {
+        issuer: ISSUER.into(),
+        subject: subject.into(),
+        email: Some(format!("{subject}@example.test")),
+        groups: vec!["staff".into()],
+    }
+}
+
+/// The double.
+pub struct ControlledIdp {
+    pub exchange_gate: Gate,
+    pub refresh_gate: Gate,
+    clock: Arc<dyn Clock>,
+    access_ttl: Duration,
+    refresh_latency: Mutex<Duration>,
+    exchanges: AtomicUsize,
+    refreshes: AtomicUsize,
+    issued: AtomicUsize,
+    exchange_failures: Mutex<VecDeque<IdpError>>,
+    refresh_failures: Mutex<VecDeque<IdpError>>,
+    refresh_subject: Mutex<Option<String>>,
+    presented_refresh_tokens: Mutex<Vec<String>>,
+    used_refresh_tokens: Mutex<HashSet<String>>,
+}
+
+impl ControlledIdp {
+    /// A double whose gates are open, issuing access tokens valid for `access_ttl`.
+    pub fn new(clock: Arc<dyn Clock>, access_ttl: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            exchange_gate: Gate::new(true),
+            refresh_gate: Gate::new(true),
+            clock,
+            access_ttl,
+            refresh_latency: Mutex::new(Duration::ZERO),
+            exchanges: AtomicUsize::new(0),
+            refreshes: AtomicUsize::new(0),
+            issued: AtomicUsize::new(0),
+            exchange_failures: Mutex::new(VecDeque::new()),
+            refresh_failures: Mutex::new(VecDeque::new()),
+            refresh_subject: Mutex::new(None),
+            presented_refresh_tokens: Mutex::new(Vec::new()),
+            used_refresh_tokens: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub fn exchanges(&self) -> usize {
+        self.exchanges.load(Ordering::SeqCst)
+    }
+
+    pub fn refreshes(&self) -> usize {
+        self.refreshes.load(Ordering::SeqCst)
+    }
+
+    pub fn presented_refresh_tokens(&self) -> Vec<String> {
+        self.presented_refresh_tokens.lock().unwrap().clone()
+    }
+
+    pub fn fail_next_exchange(&self, error: IdpError) {
+        self.exchange_failures.lock().unwrap().push_back(error);
+    }
+
+    pub fn fail_next_refresh(&self, error: IdpError) {
+        self.refresh_failures.lock().unwrap().push_back(error);
+    }
+
+    /// Simulated provider latency for refresh calls.
+    pub fn set_refresh_latency(&self, latency: Duration) {
+        *self.refresh_latency.lock().unwrap() = latency;
+    }
+
+    /// Makes refreshed ID tokens name `subject` (to test the OIDC Core 12.2 check).
+    pub fn refresh_as_subject(&self, subject: &str) {
+        *self.refresh_subject.lock().unwrap() = Some(subject.into());
+    }
+
+    /// Fresh tokens, with a refresh token the double will accept once.
+    pub fn issue_tokens(&self) -> TokenSet {
+        let n = self.issued.fetch_add(1, Ordering::SeqCst);
+        TokenSet {
+            access_token: format!("access-{n}"),
+            access_expires_at: self.clock.now_ms() + duration_ms(self.access_ttl),
+            refresh_token: Some(format!("refresh-{n}")),
+            id_token: Some(format!("id-{n}")),
+        }
+    }
+}
+
+#[async_trait]
+impl IdentityProvider for ControlledIdp {
+    fn authorization_url(&self, request: &AuthorizationRequest) -> String {
+        format!("{ISSUER}/authorize?state={}", request.state)
+    }
+
+    async fn exchange_code(&self, exchange: CodeExchange) -> Result<Grant, IdpError> {
+        self.exchanges.fetch_add(1, Ordering::SeqCst);
+        self.exchange_gate.pass().await;
+        if let Some(error) = self.exchange_failures.lock().unwrap().pop_front() {
+            return Err(error);
+        }
+        Ok(Grant {
+            identity: Some(identity(&format!("user-of-{}", exchange.code))),
+            tokens: self.issue_tokens(),
+        })
+    }
+
+    async fn refresh(&self, refresh_token: &str) -> Result<Grant, IdpError> {
+        self.refreshes.fetch_add(1, Ordering::SeqCst);
+        self.presented_refresh_tokens
+            .lock()
+            .unwrap()
+            .push(refresh_token.to_owned());
+        self.refresh_gate.pass().await;
+        let latency = *self.refresh_latency.lock().unwrap();
+        if !latency.is_zero() {
+            // Simulated provider latency; it orders nothing.
+            tokio::time::sleep(latency).await;
+        }
+        if let Some(error) = self.refresh_failures.lock().unwrap().pop_front() {
+            return Err(error);
+        }
+        if !self
+            .used_refresh_tokens
+            .lock()
+            .unwrap()
+            .insert(refresh_token.to_owned())
+        {
+            return Err(IdpError::InvalidGrant("refresh token reused".into()));
+        }
+        let subject = self.refresh_subject.lock().unwrap().clone();
+        Ok(Grant {
+            identity: subject.map(|s| identity(&s)),
+            tokens: self.issue_tokens(),
+        })
+    }
+}
