@@ -17,8 +17,10 @@
 //! - [`clock`] and [`secret`]: time and randomness, injectable where tests need it.
 
 pub mod clock;
+pub mod dev_idp;
 pub mod idp;
 pub mod login;
+pub mod oidc;
 pub mod secret;
 pub mod session;
 pub mod store;

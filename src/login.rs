@@ -332,6 +332,56 @@ impl LoginFlow {
         }
     }
 
+    /// Ends a login whose authorization response was an error (`error=` from
+    /// the provider, or a failed `iss` check): it becomes `Failed` and no code is
+    /// ever exchanged for it. Needs the browser binding like a callback. Returns
+    /// the failure to show.
+    pub async fn abort(
+        &self,
+        state: &str,
+        binding: Option<&str>,
+        reason: &str,
+    ) -> Result<FailureReason, LoginError> {
+        let key = login_key(state);
+        loop {
+            let Some(current) = self.store.get(&key).await? else {
+                return Err(LoginError::UnknownLogin);
+            };
+            let record = LoginRecord::decode(&current.value)?;
+            if !binding.is_some_and(|b| token_matches_hash(b, &record.binding_hash)) {
+                return Err(LoginError::BindingMismatch);
+            }
+            match &record.phase {
+                Phase::Pending { .. } => {
+                    let reason = FailureReason::Idp(reason.to_owned());
+                    let failed = record.with_phase(Phase::Failed {
+                        reason: reason.clone(),
+                    });
+                    if self
+                        .store
+                        .compare_and_swap(
+                            &key,
+                            current.version,
+                            &failed.encode(),
+                            self.settings.login_ttl,
+                        )
+                        .await?
+                    {
+                        return Ok(reason);
+                    }
+                }
+                // A callback with a code got there first; its outcome stands.
+                Phase::Exchanging { .. } => return Err(LoginError::StillInProgress),
+                Phase::Completed { .. } => {
+                    return Err(LoginError::Failed(FailureReason::Idp(
+                        "the login already completed".into(),
+                    )));
+                }
+                Phase::Failed { reason } => return Ok(reason.clone()),
+            }
+        }
+    }
+
     /// The winner's half: exchange outside any lock, then commit or fail.
     async fn exchange(
         &self,

@@ -2,7 +2,11 @@
 
 use std::process::ExitCode;
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
+use latchkey::dev_idp::{DevClient, DevIdp, DevIdpConfig};
 use latchkey::secret::random_token;
 use latchkey::store::{self, contract};
 
@@ -26,13 +30,137 @@ enum Command {
         #[arg(long, env = "LATCHKEY_STORE")]
         store: String,
     },
+    /// Run the development OpenID Provider alone (for local development of
+    /// other apps and for tests; never for production).
+    DevIdp(DevIdpArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DevIdpArgs {
+    /// Address to listen on [default: 127.0.0.1:4181].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Issuer URL to advertise (default: http://LISTEN).
+    #[arg(long)]
+    issuer: Option<String>,
+    /// TOML file with `users` and `clients` tables (see the README).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A client as CLIENT_ID:SECRET:REDIRECT_URI (repeatable; replaces the
+    /// default `latchkey` client).
+    #[arg(long = "client", value_name = "ID:SECRET:REDIRECT_URI")]
+    clients: Vec<String>,
+    /// Enable the /_dev/* endpoints (fail or delay token calls, rotate the
+    /// signing key, counters).
+    #[arg(long)]
+    test_knobs: bool,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     match Cli::parse().command {
         Command::CheckStore { store } => check_store(&store).await,
+        Command::DevIdp(args) => dev_idp(args).await,
     }
+}
+
+fn parse_client(text: &str) -> Result<DevClient, String> {
+    let mut parts = text.splitn(3, ':');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(id), Some(secret), Some(redirect)) if !id.is_empty() && !secret.is_empty() => {
+            Ok(DevClient {
+                client_id: id.into(),
+                client_secret: secret.into(),
+                redirect_uris: vec![redirect.into()],
+                post_logout_redirect_uris: Vec::new(),
+            })
+        }
+        _ => Err(format!(
+            "--client {text:?}: expected CLIENT_ID:SECRET:REDIRECT_URI, \
+             e.g. myapp:s3cret:http://127.0.0.1:3000/callback"
+        )),
+    }
+}
+
+fn dev_idp_config(args: DevIdpArgs) -> Result<DevIdpConfig, String> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            toml::from_str::<DevIdpConfig>(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => DevIdpConfig::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if args.issuer.is_some() {
+        config.issuer = args.issuer;
+    }
+    if !args.clients.is_empty() {
+        config.clients = args
+            .clients
+            .iter()
+            .map(|c| parse_client(c))
+            .collect::<Result<_, _>>()?;
+    }
+    config.test_knobs |= args.test_knobs;
+    Ok(config)
+}
+
+async fn dev_idp(args: DevIdpArgs) -> ExitCode {
+    let config = match dev_idp_config(args) {
+        Ok(config) => config,
+        Err(problem) => {
+            eprintln!("latchkey dev-idp: {problem}");
+            return ExitCode::from(2);
+        }
+    };
+    let idp = match DevIdp::start(config.clone()).await {
+        Ok(idp) => idp,
+        Err(error) => {
+            eprintln!("latchkey dev-idp: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    println!("==============================================================");
+    println!(" latchkey development IdP: DEVELOPMENT ONLY, NEVER PRODUCTION ");
+    println!("==============================================================");
+    println!("issuer:  {}", idp.issuer());
+    for user in &config.users {
+        println!("user:    {} / {}", user.username, user.password);
+    }
+    for client in &config.clients {
+        println!(
+            "client:  {} (redirect {})",
+            client.client_id,
+            client.redirect_uris.join(", ")
+        );
+    }
+    if config.test_knobs {
+        println!("test knobs: {}/_dev/", idp.issuer());
+    }
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate() => {}
+    }
+    println!("stopping");
+    idp.stop().await;
+    ExitCode::SUCCESS
+}
+
+/// Resolves on SIGTERM (never elsewhere).
+async fn terminate() {
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            term.recv().await;
+            return;
+        }
+    }
+    std::future::pending::<()>().await
 }
 
 async fn check_store(url: &str) -> ExitCode {

@@ -1,0 +1,631 @@
+//! The development OpenID Provider (`latchkey dev-idp`): small and honest, for
+//! the demo, the end-to-end tests and local development of other apps. **Never
+//! for production**: passwords are plain text in its configuration and its
+//! state lives in memory.
+//!
+//! It serves discovery, a JWKS (RS256 key generated at start), `/authorize`
+//! with a login form listing the test users, `/token` (authorization code with
+//! PKCE S256; refresh tokens rotated with reuse detection: presenting a rotated
+//! refresh token revokes its whole grant family, and so does replaying a code),
+//! `/userinfo` and `/end_session`. Test knobs (off by default) make the next
+//! token calls fail or slow, rotate the signing key and count calls.
+
+mod keys;
+mod pages;
+mod token;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Form, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use self::keys::SigningKeys;
+use crate::clock::{Clock, SystemClock, UnixMillis, duration_ms};
+use crate::secret::random_token;
+
+/// A test user.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DevUser {
+    /// Login name; also the `sub`.
+    pub username: String,
+    /// Plain-text password (development only).
+    pub password: String,
+    /// The `email` claim.
+    pub email: String,
+    /// The `groups` claim.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// A registered client.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DevClient {
+    /// The client id.
+    pub client_id: String,
+    /// The client secret.
+    pub client_secret: String,
+    /// Allowed `redirect_uri`s (exact match).
+    pub redirect_uris: Vec<String>,
+    /// Allowed `post_logout_redirect_uri`s (exact match).
+    #[serde(default)]
+    pub post_logout_redirect_uris: Vec<String>,
+}
+
+/// The development IdP's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct DevIdpConfig {
+    /// Where to listen; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// The issuer URL; default `http://{listen address}`.
+    pub issuer: Option<String>,
+    /// Test users.
+    pub users: Vec<DevUser>,
+    /// Registered clients.
+    pub clients: Vec<DevClient>,
+    /// Lifetime of authorization codes.
+    #[serde(with = "humantime_serde_compat")]
+    pub code_ttl: Duration,
+    /// Lifetime of access and ID tokens.
+    #[serde(with = "humantime_serde_compat")]
+    pub access_ttl: Duration,
+    /// Enables `/_dev/*` (fail, delay, rotate-key, counters).
+    pub test_knobs: bool,
+}
+
+/// Durations in the dev IdP's TOML as whole seconds.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_secs(u64::deserialize(d)?))
+    }
+}
+
+impl Default for DevIdpConfig {
+    fn default() -> Self {
+        let user = |name: &str, groups: &[&str]| DevUser {
+            username: name.into(),
+            password: name.into(),
+            email: format!("{name}@example.com"),
+            groups: groups.iter().map(|g| (*g).into()).collect(),
+        };
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4181)),
+            issuer: None,
+            users: vec![user("alice", &["admins", "staff"]), user("bob", &["staff"])],
+            clients: vec![DevClient {
+                client_id: "latchkey".into(),
+                client_secret: "latchkey-dev-secret".into(),
+                redirect_uris: vec!["http://127.0.0.1:4180/oauth2/callback".into()],
+                post_logout_redirect_uris: vec!["http://127.0.0.1:4180/".into()],
+            }],
+            code_ttl: Duration::from_secs(60),
+            access_ttl: Duration::from_secs(300),
+            test_knobs: false,
+        }
+    }
+}
+
+/// Counters and fault injection, shared by the server and whoever runs it.
+#[derive(Debug, Default)]
+pub struct Knobs {
+    token_calls: AtomicU64,
+    code_grants: AtomicU64,
+    refresh_grants: AtomicU64,
+    failing_token_calls: AtomicU32,
+    token_delay_ms: AtomicU64,
+}
+
+impl Knobs {
+    /// Every call to `/token`.
+    pub fn token_calls(&self) -> u64 {
+        self.token_calls.load(Ordering::SeqCst)
+    }
+
+    /// `authorization_code` grants requested.
+    pub fn code_grants(&self) -> u64 {
+        self.code_grants.load(Ordering::SeqCst)
+    }
+
+    /// `refresh_token` grants requested.
+    pub fn refresh_grants(&self) -> u64 {
+        self.refresh_grants.load(Ordering::SeqCst)
+    }
+
+    /// The next `n` token calls answer 503.
+    pub fn fail_next_token_calls(&self, n: u32) {
+        self.failing_token_calls.store(n, Ordering::SeqCst);
+    }
+
+    /// Every token call waits this long first.
+    pub fn delay_token_calls(&self, delay: Duration) {
+        self.token_delay_ms
+            .store(duration_ms(delay), Ordering::SeqCst);
+    }
+}
+
+/// An authorization code awaiting redemption.
+#[derive(Debug, Clone)]
+struct CodeGrant {
+    client_id: String,
+    redirect_uri: String,
+    username: String,
+    nonce: Option<String>,
+    code_challenge: String,
+    expires_at: UnixMillis,
+    /// Set once redeemed: the family of tokens it produced (revoked on replay).
+    redeemed_family: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct AccessGrant {
+    username: String,
+    family: String,
+    expires_at: UnixMillis,
+}
+
+#[derive(Debug, Clone)]
+struct RefreshGrant {
+    username: String,
+    client_id: String,
+    family: String,
+    used: bool,
+}
+
+#[derive(Default)]
+struct Grants {
+    codes: HashMap<String, CodeGrant>,
+    access: HashMap<String, AccessGrant>,
+    refresh: HashMap<String, RefreshGrant>,
+    revoked_families: HashSet<String>,
+}
+
+struct Idp {
+    issuer: String,
+    config: DevIdpConfig,
+    keys: Mutex<SigningKeys>,
+    grants: Mutex<Grants>,
+    knobs: Arc<Knobs>,
+    clock: SystemClock,
+}
+
+impl Idp {
+    fn grants(&self) -> MutexGuard<'_, Grants> {
+        self.grants.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn keys(&self) -> MutexGuard<'_, SigningKeys> {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn client(&self, client_id: &str) -> Option<&DevClient> {
+        self.config
+            .clients
+            .iter()
+            .find(|c| c.client_id == client_id)
+    }
+
+    fn user(&self, username: &str) -> Option<&DevUser> {
+        self.config.users.iter().find(|u| u.username == username)
+    }
+
+    fn now(&self) -> UnixMillis {
+        self.clock.now_ms()
+    }
+}
+
+/// A running development IdP.
+pub struct DevIdp {
+    addr: SocketAddr,
+    idp: Arc<Idp>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl DevIdp {
+    /// Binds and starts serving.
+    pub async fn start(config: DevIdpConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
+        })?;
+        let addr = listener.local_addr()?;
+        let issuer = config
+            .issuer
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"))
+            .trim_end_matches('/')
+            .to_owned();
+        let idp = Arc::new(Idp {
+            issuer,
+            keys: Mutex::new(tokio::task::spawn_blocking(SigningKeys::generate).await?),
+            grants: Mutex::new(Grants::default()),
+            knobs: Arc::new(Knobs::default()),
+            clock: SystemClock,
+            config,
+        });
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let app = router(idp.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stop.await;
+                })
+                .await;
+        });
+        Ok(Self {
+            addr,
+            idp,
+            shutdown: Some(shutdown),
+            server,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its issuer URL.
+    pub fn issuer(&self) -> &str {
+        &self.idp.issuer
+    }
+
+    /// Counters and fault injection.
+    pub fn knobs(&self) -> &Arc<Knobs> {
+        &self.idp.knobs
+    }
+
+    /// Signs new tokens with a fresh key (the previous key stays published).
+    pub async fn rotate_signing_key(&self) {
+        let fresh = tokio::task::spawn_blocking(SigningKeys::generate)
+            .await
+            .expect("key generation task");
+        let mut keys = self.idp.keys();
+        let old = std::mem::replace(&mut *keys, fresh);
+        keys.adopt_previous(old);
+    }
+
+    /// Stops serving and waits for in-flight requests.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        let _ = (&mut self.server).await;
+    }
+
+    /// Serves until the process is stopped.
+    pub async fn wait(self) {
+        let _ = self.server.await;
+    }
+}
+
+fn router(idp: Arc<Idp>) -> Router {
+    let mut router = Router::new()
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/jwks", get(jwks))
+        .route("/authorize", get(authorize_form).post(authorize_submit))
+        .route("/token", post(token::token))
+        .route("/userinfo", get(userinfo).post(userinfo))
+        .route("/end_session", get(end_session));
+    if idp.config.test_knobs {
+        router = router
+            .route("/_dev/counters", get(knob_counters))
+            .route("/_dev/fail-token", post(knob_fail))
+            .route("/_dev/delay-token", post(knob_delay))
+            .route("/_dev/rotate-key", post(knob_rotate));
+    }
+    router.with_state(idp)
+}
+
+type Shared = State<Arc<Idp>>;
+
+async fn discovery(State(idp): Shared) -> Response {
+    let i = &idp.issuer;
+    axum::Json(serde_json::json!({
+        "issuer": i,
+        "authorization_endpoint": format!("{i}/authorize"),
+        "token_endpoint": format!("{i}/token"),
+        "userinfo_endpoint": format!("{i}/userinfo"),
+        "jwks_uri": format!("{i}/jwks"),
+        "end_session_endpoint": format!("{i}/end_session"),
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "code_challenge_methods_supported": ["S256"],
+        "scopes_supported": ["openid", "email", "profile", "groups", "offline_access"],
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nonce", "email", "email_verified", "preferred_username", "groups"],
+        "authorization_response_iss_parameter_supported": true,
+    }))
+    .into_response()
+}
+
+async fn jwks(State(idp): Shared) -> Response {
+    axum::Json(idp.keys().jwks()).into_response()
+}
+
+/// The parameters of an authorization request.
+#[derive(Debug, Clone, Default, Deserialize)]
+struct AuthorizeParams {
+    #[serde(default)]
+    response_type: String,
+    #[serde(default)]
+    client_id: String,
+    #[serde(default)]
+    redirect_uri: String,
+    #[serde(default)]
+    scope: String,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    nonce: Option<String>,
+    #[serde(default)]
+    code_challenge: String,
+    #[serde(default)]
+    code_challenge_method: String,
+}
+
+fn bad_request(title: &str, text: &str) -> Response {
+    (StatusCode::BAD_REQUEST, Html(pages::message(title, text))).into_response()
+}
+
+/// The response to give instead of handling the request, if it is invalid
+/// (never a redirect to an unregistered URI).
+fn rejection(idp: &Idp, p: &AuthorizeParams) -> Option<Response> {
+    let Some(client) = idp.client(&p.client_id) else {
+        return Some(bad_request(
+            "Unknown client",
+            "The client_id is not registered here.",
+        ));
+    };
+    if !client.redirect_uris.contains(&p.redirect_uri) {
+        return Some(bad_request(
+            "Unregistered redirect_uri",
+            "The redirect_uri is not registered for this client.",
+        ));
+    }
+    let problem = if p.response_type != "code" {
+        Some((
+            "unsupported_response_type",
+            "only response_type=code is supported",
+        ))
+    } else if !p.scope.split(' ').any(|s| s == "openid") {
+        Some(("invalid_scope", "the openid scope is required"))
+    } else if p.code_challenge.is_empty() || p.code_challenge_method != "S256" {
+        Some((
+            "invalid_request",
+            "PKCE with code_challenge_method=S256 is required",
+        ))
+    } else {
+        None
+    };
+    problem.map(|(error, description)| redirect_error(idp, p, error, description))
+}
+
+fn redirect_error(idp: &Idp, p: &AuthorizeParams, error: &str, description: &str) -> Response {
+    let mut url = url::Url::parse(&p.redirect_uri).expect("registered redirect URIs are URLs");
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("error", error);
+        q.append_pair("error_description", description);
+        if let Some(state) = &p.state {
+            q.append_pair("state", state);
+        }
+        q.append_pair("iss", &idp.issuer);
+    }
+    Redirect::to(url.as_str()).into_response()
+}
+
+fn hidden_fields(p: &AuthorizeParams) -> Vec<(&'static str, String)> {
+    let mut fields = vec![
+        ("response_type", p.response_type.clone()),
+        ("client_id", p.client_id.clone()),
+        ("redirect_uri", p.redirect_uri.clone()),
+        ("scope", p.scope.clone()),
+        ("code_challenge", p.code_challenge.clone()),
+        ("code_challenge_method", p.code_challenge_method.clone()),
+    ];
+    if let Some(state) = &p.state {
+        fields.push(("state", state.clone()));
+    }
+    if let Some(nonce) = &p.nonce {
+        fields.push(("nonce", nonce.clone()));
+    }
+    fields
+}
+
+fn login_page(idp: &Idp, p: &AuthorizeParams, error: Option<&str>) -> String {
+    let fields = hidden_fields(p);
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    pages::login(&p.client_id, &idp.config.users, &fields, error)
+}
+
+async fn authorize_form(State(idp): Shared, Query(p): Query<AuthorizeParams>) -> Response {
+    if let Some(response) = rejection(&idp, &p) {
+        return response;
+    }
+    Html(login_page(&idp, &p, None)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    #[serde(flatten)]
+    params: AuthorizeParams,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    action: String,
+}
+
+async fn authorize_submit(State(idp): Shared, Form(form): Form<LoginForm>) -> Response {
+    let p = form.params;
+    if let Some(response) = rejection(&idp, &p) {
+        return response;
+    }
+    if form.action == "cancel" {
+        return redirect_error(&idp, &p, "access_denied", "the user cancelled the sign-in");
+    }
+    let valid = idp
+        .user(&form.username)
+        .is_some_and(|u| u.password == form.password);
+    if !valid {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Html(login_page(
+                &idp,
+                &p,
+                Some("Unknown user or wrong password."),
+            )),
+        )
+            .into_response();
+    }
+    let code = random_token();
+    idp.grants().codes.insert(
+        code.clone(),
+        CodeGrant {
+            client_id: p.client_id.clone(),
+            redirect_uri: p.redirect_uri.clone(),
+            username: form.username,
+            nonce: p.nonce.clone(),
+            code_challenge: p.code_challenge.clone(),
+            expires_at: idp.now() + duration_ms(idp.config.code_ttl),
+            redeemed_family: None,
+        },
+    );
+    let mut url = url::Url::parse(&p.redirect_uri).expect("registered redirect URIs are URLs");
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("code", &code);
+        if let Some(state) = &p.state {
+            q.append_pair("state", state);
+        }
+        q.append_pair("iss", &idp.issuer);
+    }
+    Redirect::to(url.as_str()).into_response()
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+async fn userinfo(State(idp): Shared, headers: HeaderMap) -> Response {
+    let unauthorized = || {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")],
+        )
+            .into_response()
+    };
+    let Some(token) = bearer(&headers) else {
+        return unauthorized();
+    };
+    let grant = {
+        let grants = idp.grants();
+        grants
+            .access
+            .get(token)
+            .filter(|g| g.expires_at > idp.now() && !grants.revoked_families.contains(&g.family))
+            .cloned()
+    };
+    let Some(user) = grant.and_then(|g| idp.user(&g.username).cloned()) else {
+        return unauthorized();
+    };
+    axum::Json(serde_json::json!({
+        "sub": user.username,
+        "email": user.email,
+        "email_verified": true,
+        "preferred_username": user.username,
+        "groups": user.groups,
+    }))
+    .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct EndSessionParams {
+    client_id: Option<String>,
+    post_logout_redirect_uri: Option<String>,
+    state: Option<String>,
+}
+
+async fn end_session(State(idp): Shared, Query(p): Query<EndSessionParams>) -> Response {
+    let registered = p.post_logout_redirect_uri.as_ref().filter(|uri| {
+        idp.config.clients.iter().any(|c| {
+            p.client_id.as_deref().is_none_or(|id| id == c.client_id)
+                && c.post_logout_redirect_uris.contains(uri)
+        })
+    });
+    match registered {
+        Some(uri) => {
+            let mut url = url::Url::parse(uri).expect("registered URIs are URLs");
+            if let Some(state) = &p.state {
+                url.query_pairs_mut().append_pair("state", state);
+            }
+            Redirect::to(url.as_str()).into_response()
+        }
+        None => Html(pages::message(
+            "Signed out",
+            "You are signed out of the development IdP.",
+        ))
+        .into_response(),
+    }
+}
+
+async fn knob_counters(State(idp): Shared) -> Response {
+    let k = &idp.knobs;
+    axum::Json(serde_json::json!({
+        "token_calls": k.token_calls(),
+        "code_grants": k.code_grants(),
+        "refresh_grants": k.refresh_grants(),
+    }))
+    .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct CountParam {
+    count: u32,
+}
+
+async fn knob_fail(State(idp): Shared, Query(q): Query<CountParam>) -> StatusCode {
+    idp.knobs.fail_next_token_calls(q.count);
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Debug, Deserialize)]
+struct DelayParam {
+    ms: u64,
+}
+
+async fn knob_delay(State(idp): Shared, Query(q): Query<DelayParam>) -> StatusCode {
+    idp.knobs.delay_token_calls(Duration::from_millis(q.ms));
+    StatusCode::NO_CONTENT
+}
+
+async fn knob_rotate(State(idp): Shared) -> StatusCode {
+    let Ok(fresh) = tokio::task::spawn_blocking(SigningKeys::generate).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    };
+    let mut keys = idp.keys();
+    let old = std::mem::replace(&mut *keys, fresh);
+    keys.adopt_previous(old);
+    StatusCode::NO_CONTENT
+}

@@ -1,0 +1,494 @@
+//! OpenID Connect against a real provider: the [`IdentityProvider`] that the
+//! state machines use in production.
+//!
+//! Protocol work is the `openidconnect` crate's (discovery, authorization URL
+//! with PKCE S256, code and refresh grants, ID token verification, userinfo,
+//! RP-initiated logout). Latchkey adds what a relying party must decide itself:
+//! the signing-algorithm allowlist, `azp`, clock skew, a key cache that follows
+//! rotation ([`jwks`]), the userinfo `sub` check, timeouts on every call, and the
+//! split between a dead grant and a transient failure.
+
+pub mod http;
+pub mod id_token;
+pub mod jwks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use openidconnect::core::{
+    CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreClientAuthMethod,
+    CoreErrorResponseType, CoreGenderClaim, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm,
+    CoreJwsSigningAlgorithm, CoreRevocableToken, CoreRevocationErrorResponse,
+    CoreTokenIntrospectionResponse, CoreTokenType,
+};
+use openidconnect::{
+    AccessToken, AuthType, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken,
+    EmptyExtraTokenFields, EndSessionUrl, EndpointMaybeSet, EndpointNotSet, EndpointSet,
+    IdTokenFields, IssuerUrl, LogoutRequest, Nonce, OAuth2TokenResponse, PkceCodeChallenge,
+    PkceCodeVerifier, PostLogoutRedirectUrl, ProviderMetadataWithLogout, RedirectUrl, RefreshToken,
+    RequestTokenError, Scope, StandardErrorResponse, StandardTokenResponse, SubjectIdentifier,
+    TokenResponse, UserInfoClaims,
+};
+
+use self::http::{HttpFailure, IdpHttp};
+use self::id_token::{ExtraClaims, IdTokenRules, IdTokenValidator};
+use self::jwks::JwksCache;
+use crate::clock::{Clock, SystemClock, duration_ms};
+use crate::idp::{
+    AuthorizationRequest, CodeExchange, Grant, Identity, IdentityProvider, IdpError, TokenSet,
+};
+
+/// How latchkey talks to its provider.
+#[derive(Debug, Clone)]
+pub struct OidcSettings {
+    /// The issuer URL; discovery is fetched from `{issuer}/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// The client id registered at the provider.
+    pub client_id: String,
+    /// The client secret (confidential clients).
+    pub client_secret: Option<String>,
+    /// Where the provider sends the browser back (`…/oauth2/callback`).
+    pub redirect_url: String,
+    /// Requested scopes; `openid` is always sent.
+    pub scopes: Vec<String>,
+    /// Accepted ID token signing algorithms, by JOSE name.
+    pub allowed_algs: Vec<String>,
+    /// Tolerance for `exp` and `iat`.
+    pub clock_skew: Duration,
+    /// The claim that holds group names.
+    pub groups_claim: String,
+    /// Other audiences an ID token may name besides the client id.
+    pub trusted_audiences: Vec<String>,
+    /// Connect timeout of every provider call.
+    pub connect_timeout: Duration,
+    /// Total timeout of every provider call.
+    pub request_timeout: Duration,
+    /// At most one key-set re-fetch per this interval.
+    pub jwks_refetch_interval: Duration,
+    /// Lifetime assumed for an access token whose response has no `expires_in`.
+    pub default_access_ttl: Duration,
+}
+
+impl OidcSettings {
+    /// Settings with latchkey's defaults for everything but the client.
+    pub fn new(
+        issuer: &str,
+        client_id: &str,
+        client_secret: Option<&str>,
+        redirect_url: &str,
+    ) -> Self {
+        Self {
+            issuer: issuer.to_owned(),
+            client_id: client_id.to_owned(),
+            client_secret: client_secret.map(str::to_owned),
+            redirect_url: redirect_url.to_owned(),
+            scopes: vec!["openid".into(), "email".into(), "profile".into()],
+            allowed_algs: vec!["RS256".into(), "ES256".into()],
+            clock_skew: Duration::from_secs(60),
+            groups_claim: "groups".into(),
+            trusted_audiences: Vec::new(),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            jwks_refetch_interval: Duration::from_secs(30),
+            default_access_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Why the provider could not be set up. Names the URL and what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OidcSetupError {
+    /// A configured value is invalid.
+    #[error("invalid {setting}: {reason}")]
+    Config {
+        /// The setting.
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Discovery failed.
+    #[error("OpenID Connect discovery at {url} failed: {reason}")]
+    Discovery {
+        /// The discovery URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+type TokenResponseWithClaims = StandardTokenResponse<
+    IdTokenFields<
+        ExtraClaims,
+        EmptyExtraTokenFields,
+        CoreGenderClaim,
+        CoreJweContentEncryptionAlgorithm,
+        CoreJwsSigningAlgorithm,
+    >,
+    CoreTokenType,
+>;
+
+type OidcClient<HasTokenUrl = EndpointSet> = Client<
+    ExtraClaims,
+    CoreAuthDisplay,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJsonWebKey,
+    CoreAuthPrompt,
+    StandardErrorResponse<CoreErrorResponseType>,
+    TokenResponseWithClaims,
+    CoreTokenIntrospectionResponse,
+    CoreRevocableToken,
+    CoreRevocationErrorResponse,
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    HasTokenUrl,
+    EndpointMaybeSet,
+>;
+
+/// A discovered OpenID Provider.
+pub struct OidcProvider {
+    client: OidcClient,
+    http: IdpHttp,
+    validator: IdTokenValidator,
+    issuer: String,
+    scopes: Vec<Scope>,
+    end_session: Option<EndSessionUrl>,
+    default_access_ttl: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for OidcProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcProvider")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+fn config(setting: &'static str, reason: impl ToString) -> OidcSetupError {
+    OidcSetupError::Config {
+        setting,
+        reason: reason.to_string(),
+    }
+}
+
+impl OidcProvider {
+    /// Fetches the provider's discovery document and keys and checks them.
+    pub async fn discover(settings: &OidcSettings) -> Result<Self, OidcSetupError> {
+        let issuer_url =
+            IssuerUrl::new(settings.issuer.clone()).map_err(|e| config("issuer", e))?;
+        let redirect = RedirectUrl::new(settings.redirect_url.clone())
+            .map_err(|e| config("redirect_url", e))?;
+        let allowed_algs = settings
+            .allowed_algs
+            .iter()
+            .map(|name| {
+                serde_plain_alg(name).ok_or_else(|| {
+                    config(
+                        "allowed_algs",
+                        format!("unknown or unsupported algorithm {name:?}"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let http = IdpHttp::new(settings.connect_timeout, settings.request_timeout);
+        let discovery_url = format!(
+            "{}/.well-known/openid-configuration",
+            settings.issuer.trim_end_matches('/')
+        );
+        // The crate checks that the document's `issuer` equals the configured one.
+        let metadata =
+            ProviderMetadataWithLogout::discover_async(issuer_url, &http.for_openidconnect())
+                .await
+                .map_err(|e| OidcSetupError::Discovery {
+                    url: discovery_url.clone(),
+                    reason: describe_discovery_error(&e),
+                })?;
+        let token_url =
+            metadata
+                .token_endpoint()
+                .cloned()
+                .ok_or_else(|| OidcSetupError::Discovery {
+                    url: discovery_url.clone(),
+                    reason: "the provider has no token endpoint".into(),
+                })?;
+        let auth_type = match metadata.token_endpoint_auth_methods_supported() {
+            Some(methods)
+                if !methods.contains(&CoreClientAuthMethod::ClientSecretBasic)
+                    && methods.contains(&CoreClientAuthMethod::ClientSecretPost) =>
+            {
+                AuthType::RequestBody
+            }
+            _ => AuthType::BasicAuth,
+        };
+        let end_session = metadata.additional_metadata().end_session_endpoint.clone();
+        let keys = JwksCache::new(
+            metadata.jwks_uri().clone(),
+            http.clone(),
+            metadata.jwks().clone(),
+            settings.jwks_refetch_interval,
+        );
+        let client = OidcClient::<EndpointMaybeSet>::from_provider_metadata(
+            metadata,
+            ClientId::new(settings.client_id.clone()),
+            settings.client_secret.clone().map(ClientSecret::new),
+        )
+        .set_token_uri(token_url)
+        .set_redirect_uri(redirect)
+        .set_auth_type(auth_type);
+        let validator = IdTokenValidator::new(
+            IdTokenRules {
+                client_id: settings.client_id.clone(),
+                issuer: settings.issuer.clone(),
+                allowed_algs,
+                clock_skew: settings.clock_skew,
+                groups_claim: settings.groups_claim.clone(),
+                trusted_audiences: settings.trusted_audiences.clone(),
+            },
+            keys,
+        );
+        let mut scopes: Vec<Scope> = settings
+            .scopes
+            .iter()
+            .filter(|s| s.as_str() != "openid")
+            .map(|s| Scope::new(s.clone()))
+            .collect();
+        scopes.dedup();
+        Ok(Self {
+            client,
+            http,
+            validator,
+            issuer: settings.issuer.clone(),
+            scopes,
+            end_session,
+            default_access_ttl: settings.default_access_ttl,
+            clock: Arc::new(SystemClock),
+        })
+    }
+
+    /// The issuer this provider was discovered from.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The ID token validator (for API clients' bearer tokens, metrics and tests).
+    pub fn validator(&self) -> &IdTokenValidator {
+        &self.validator
+    }
+
+    /// RFC 9207: when the authorization response carries `iss`, it must be this issuer.
+    pub fn check_response_issuer(&self, iss: Option<&str>) -> Result<(), IdpError> {
+        match iss {
+            Some(iss) if iss != self.issuer => Err(IdpError::Invalid(format!(
+                "the authorization response came from issuer {iss:?}, expected {:?}",
+                self.issuer
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The provider's RP-initiated logout URL, when it has an `end_session_endpoint`.
+    pub fn end_session_url(
+        &self,
+        id_token_hint: Option<&str>,
+        post_logout_redirect: Option<&str>,
+    ) -> Option<String> {
+        let endpoint = self.end_session.clone()?;
+        let mut request =
+            LogoutRequest::from(endpoint).set_client_id(self.client.client_id().clone());
+        if let Some(hint) =
+            id_token_hint.and_then(|raw| raw.parse::<id_token::LatchkeyIdToken>().ok())
+        {
+            request = request.set_id_token_hint(&hint);
+        }
+        if let Some(redirect) =
+            post_logout_redirect.and_then(|u| PostLogoutRedirectUrl::new(u.to_owned()).ok())
+        {
+            request = request.set_post_logout_redirect_uri(redirect);
+        }
+        Some(request.http_get_url().to_string())
+    }
+
+    /// Tokens and the validated identity from a token response.
+    async fn grant_from(
+        &self,
+        response: &TokenResponseWithClaims,
+        nonce: Option<&str>,
+    ) -> Result<Grant, IdpError> {
+        let identity = match response.id_token() {
+            Some(token) => Some(
+                self.validator
+                    .validate(&token.to_string(), nonce)
+                    .await
+                    .map_err(|e| IdpError::Invalid(e.to_string()))?
+                    .identity,
+            ),
+            None => None,
+        };
+        let ttl = response.expires_in().unwrap_or(self.default_access_ttl);
+        Ok(Grant {
+            identity,
+            tokens: TokenSet {
+                access_token: response.access_token().secret().clone(),
+                access_expires_at: self.clock.now_ms().saturating_add(duration_ms(ttl)),
+                refresh_token: response.refresh_token().map(|t| t.secret().clone()),
+                id_token: response.id_token().map(|t| t.to_string()),
+            },
+        })
+    }
+
+    /// Fills email and groups from userinfo; the userinfo `sub` must be the ID token's.
+    async fn with_userinfo(
+        &self,
+        identity: Identity,
+        access_token: &str,
+    ) -> Result<Identity, IdpError> {
+        let Ok(request) = self.client.user_info(
+            AccessToken::new(access_token.to_owned()),
+            Some(SubjectIdentifier::new(identity.subject.clone())),
+        ) else {
+            return Ok(identity); // the provider has no userinfo endpoint
+        };
+        let claims: UserInfoClaims<ExtraClaims, CoreGenderClaim> = request
+            .request_async(&self.http.for_openidconnect())
+            .await
+            .map_err(|e| match e {
+                openidconnect::UserInfoError::Request(HttpFailure::ServerError(status)) => {
+                    IdpError::Transient(format!("userinfo endpoint: HTTP {status}"))
+                }
+                openidconnect::UserInfoError::Request(HttpFailure::Transport(reason)) => {
+                    IdpError::Transient(format!("userinfo endpoint: {reason}"))
+                }
+                openidconnect::UserInfoError::ClaimsVerification(reason) => {
+                    IdpError::Invalid(format!("userinfo response: {reason}"))
+                }
+                other => IdpError::Invalid(format!("userinfo endpoint: {other}")),
+            })?;
+        let groups = claims.additional_claims().strings(self.groups_claim());
+        Ok(Identity {
+            email: identity
+                .email
+                .or_else(|| claims.email().map(|e| e.to_string())),
+            groups: if identity.groups.is_empty() {
+                groups
+            } else {
+                identity.groups
+            },
+            ..identity
+        })
+    }
+
+    fn groups_claim(&self) -> &str {
+        &self.validator.rules().groups_claim
+    }
+}
+
+/// Maps a token endpoint failure; never includes the response body.
+fn token_error<T: openidconnect::ErrorResponse + 'static>(
+    error: RequestTokenError<HttpFailure, T>,
+) -> IdpError {
+    match error {
+        RequestTokenError::ServerResponse(response) => {
+            let text = serde_json::to_value(&response)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                .unwrap_or_else(|| "error".into());
+            if text == "invalid_grant" {
+                IdpError::InvalidGrant(format!("token endpoint: {text}"))
+            } else {
+                IdpError::Invalid(format!("token endpoint: {text}"))
+            }
+        }
+        RequestTokenError::Request(HttpFailure::ServerError(status)) => {
+            IdpError::Transient(format!("token endpoint: HTTP {status}"))
+        }
+        RequestTokenError::Request(HttpFailure::Transport(reason)) => {
+            IdpError::Transient(format!("token endpoint: {reason}"))
+        }
+        RequestTokenError::Parse(error, _body) => IdpError::Invalid(format!(
+            "token endpoint: unreadable response at {}",
+            error.path()
+        )),
+        RequestTokenError::Other(reason) => IdpError::Invalid(format!("token endpoint: {reason}")),
+    }
+}
+
+fn describe_discovery_error(error: &openidconnect::DiscoveryError<HttpFailure>) -> String {
+    use openidconnect::DiscoveryError as D;
+    match error {
+        D::Request(failure) => failure.to_string(),
+        D::Response(status, _, message) => format!("{message} (HTTP {status})"),
+        D::Parse(e) => format!("unreadable document at {}: {}", e.path(), e.inner()),
+        D::UrlParse(e) => format!("bad URL: {e}"),
+        D::Validation(m) | D::Other(m) => m.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A JOSE algorithm name as the crate's enum, or `None` if unknown.
+fn serde_plain_alg(name: &str) -> Option<CoreJwsSigningAlgorithm> {
+    let alg: CoreJwsSigningAlgorithm =
+        serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()?;
+    match alg {
+        CoreJwsSigningAlgorithm::None => None,
+        alg => Some(alg),
+    }
+}
+
+#[async_trait]
+impl IdentityProvider for OidcProvider {
+    fn authorization_url(&self, request: &AuthorizationRequest) -> String {
+        let verifier = PkceCodeVerifier::new(request.pkce_verifier.clone());
+        let state = request.state.clone();
+        let nonce = request.nonce.clone();
+        let (url, _, _) = self
+            .client
+            .authorize_url(
+                CoreAuthenticationFlow::AuthorizationCode,
+                move || CsrfToken::new(state),
+                move || Nonce::new(nonce),
+            )
+            .add_scopes(self.scopes.iter().cloned())
+            .set_pkce_challenge(PkceCodeChallenge::from_code_verifier_sha256(&verifier))
+            .url();
+        url.to_string()
+    }
+
+    async fn exchange_code(&self, exchange: CodeExchange) -> Result<Grant, IdpError> {
+        let response = self
+            .client
+            .exchange_code(AuthorizationCode::new(exchange.code))
+            .set_pkce_verifier(PkceCodeVerifier::new(exchange.pkce_verifier))
+            .request_async(&self.http.for_openidconnect())
+            .await
+            .map_err(token_error)?;
+        let grant = self.grant_from(&response, Some(&exchange.nonce)).await?;
+        let Some(identity) = grant.identity else {
+            return Err(IdpError::Invalid(
+                "the token response has no ID token".into(),
+            ));
+        };
+        let identity = self
+            .with_userinfo(identity, &grant.tokens.access_token)
+            .await?;
+        Ok(Grant {
+            identity: Some(identity),
+            tokens: grant.tokens,
+        })
+    }
+
+    async fn refresh(&self, refresh_token: &str) -> Result<Grant, IdpError> {
+        // No `scope` parameter: some providers refuse a repeated offline_access.
+        let token = RefreshToken::new(refresh_token.to_owned());
+        let response = self
+            .client
+            .exchange_refresh_token(&token)
+            .request_async(&self.http.for_openidconnect())
+            .await
+            .map_err(token_error)?;
+        self.grant_from(&response, None).await
+    }
+}

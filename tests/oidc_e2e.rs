@@ -1,0 +1,409 @@
+//! The relying party against the development IdP over real HTTP on loopback:
+//! a full code flow with a scripted browser, refresh with rotation, reuse
+//! detection, RP-initiated logout, and the failure paths around them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use latchkey::clock::SystemClock;
+use latchkey::dev_idp::{DevClient, DevIdp, DevIdpConfig};
+use latchkey::idp::{IdentityProvider, IdpError};
+use latchkey::login::{
+    Callback, FailureReason, LoginError, LoginFlow, LoginSettings, StartedLogin,
+};
+use latchkey::oidc::{OidcProvider, OidcSettings};
+use latchkey::session::{SessionSettings, Sessions};
+use latchkey::store::Store;
+use latchkey::store::memory::MemoryStore;
+use url::Url;
+
+const REDIRECT: &str = "http://127.0.0.1:9/oauth2/callback";
+const AFTER_LOGOUT: &str = "http://127.0.0.1:9/";
+const SECRET: &str = "e2e-secret";
+
+async fn dev_idp() -> DevIdp {
+    DevIdp::start(DevIdpConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        clients: vec![DevClient {
+            client_id: "e2e".into(),
+            client_secret: SECRET.into(),
+            redirect_uris: vec![REDIRECT.into()],
+            post_logout_redirect_uris: vec![AFTER_LOGOUT.into()],
+        }],
+        ..DevIdpConfig::default()
+    })
+    .await
+    .expect("start the dev IdP")
+}
+
+fn settings(idp: &DevIdp) -> OidcSettings {
+    OidcSettings::new(idp.issuer(), "e2e", Some(SECRET), REDIRECT)
+}
+
+struct Rig {
+    idp: DevIdp,
+    provider: Arc<OidcProvider>,
+    store: Arc<dyn Store>,
+    flow: LoginFlow,
+    browser: reqwest::Client,
+}
+
+async fn rig() -> Rig {
+    let idp = dev_idp().await;
+    let provider = Arc::new(OidcProvider::discover(&settings(&idp)).await.unwrap());
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let flow = LoginFlow::new(
+        store.clone(),
+        provider.clone(),
+        Arc::new(SystemClock),
+        LoginSettings::default(),
+    );
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    Rig {
+        idp,
+        provider,
+        store,
+        flow,
+        browser,
+    }
+}
+
+/// The redirect back from the IdP, as query pairs.
+struct Back {
+    pairs: Vec<(String, String)>,
+}
+
+impl Back {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Rig {
+    /// A browser: opens the authorization URL, then submits the login form
+    /// with `username`/`password` (`action` = login or cancel).
+    async fn sign_in(
+        &self,
+        started: &StartedLogin,
+        username: &str,
+        password: &str,
+        action: &str,
+    ) -> reqwest::Response {
+        let authorize = Url::parse(&started.authorization_url).unwrap();
+        let page = self.browser.get(authorize.clone()).send().await.unwrap();
+        assert_eq!(page.status(), 200);
+        let html = page.text().await.unwrap();
+        assert!(html.contains("development only") && html.contains("alice"));
+        let mut form: Vec<(String, String)> = authorize.query_pairs().into_owned().collect();
+        form.push(("username".into(), username.into()));
+        form.push(("password".into(), password.into()));
+        form.push(("action".into(), action.into()));
+        let mut action_url = authorize.clone();
+        action_url.set_query(None);
+        self.browser
+            .post(action_url)
+            .form(&form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn back_from(&self, response: reqwest::Response) -> Back {
+        assert!(response.status().is_redirection(), "{}", response.status());
+        let location = response.headers()["location"].to_str().unwrap().to_owned();
+        assert!(location.starts_with(REDIRECT), "{location}");
+        let url = Url::parse(&location).unwrap();
+        Back {
+            pairs: url.query_pairs().into_owned().collect(),
+        }
+    }
+
+    async fn login_as_alice(&self) -> (StartedLogin, String) {
+        let started = self.flow.begin("/app").await.unwrap();
+        let response = self.sign_in(&started, "alice", "alice", "login").await;
+        let back = self.back_from(response).await;
+        assert_eq!(back.get("state"), Some(started.state.as_str()));
+        self.provider
+            .check_response_issuer(back.get("iss"))
+            .unwrap();
+        let done = self
+            .flow
+            .complete(Callback {
+                state: back.get("state").unwrap(),
+                code: back.get("code").unwrap(),
+                binding: Some(&started.binding),
+            })
+            .await
+            .unwrap();
+        assert_eq!(done.return_to, "/app");
+        (started, done.session_id)
+    }
+
+    fn sessions(&self, refresh_before_expiry: Duration) -> Sessions {
+        Sessions::new(
+            self.store.clone(),
+            self.provider.clone(),
+            Arc::new(SystemClock),
+            SessionSettings {
+                refresh_before_expiry,
+                ..SessionSettings::default()
+            },
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_flow_refresh_rotation_and_reuse_detection() {
+    let rig = rig().await;
+    let (_, session_id) = rig.login_as_alice().await;
+    assert_eq!(rig.idp.knobs().code_grants(), 1);
+
+    // The session holds the validated identity, with userinfo's groups.
+    let quiet = rig.sessions(Duration::ZERO);
+    let session = quiet.load(&session_id).await.unwrap();
+    assert_eq!(session.identity.subject, "alice");
+    assert_eq!(session.identity.issuer, rig.idp.issuer());
+    assert_eq!(session.identity.email.as_deref(), Some("alice@example.com"));
+    assert_eq!(session.identity.groups, ["admins", "staff"]);
+    let first_refresh_token = session.tokens.refresh_token.clone().unwrap();
+    assert_eq!(rig.idp.knobs().refresh_grants(), 0);
+
+    // Due for refresh (the dev IdP's tokens live 5 minutes): one refresh, rotated.
+    let eager = rig.sessions(Duration::from_secs(3600));
+    let refreshed = eager.load(&session_id).await.unwrap();
+    assert_eq!(rig.idp.knobs().refresh_grants(), 1);
+    assert_ne!(refreshed.tokens.access_token, session.tokens.access_token);
+    let second_refresh_token = refreshed.tokens.refresh_token.clone().unwrap();
+    assert_ne!(second_refresh_token, first_refresh_token);
+    assert_eq!(refreshed.identity.subject, "alice");
+
+    // Presenting the rotated-away token is refused, and revokes the family.
+    let reuse = rig
+        .provider
+        .refresh(&first_refresh_token)
+        .await
+        .unwrap_err();
+    assert!(matches!(reuse, IdpError::InvalidGrant(_)), "{reuse:?}");
+    let after = rig
+        .provider
+        .refresh(&second_refresh_token)
+        .await
+        .unwrap_err();
+    assert!(matches!(after, IdpError::InvalidGrant(_)), "{after:?}");
+    // ... and so latchkey ends the session at its next refresh.
+    let ended = eager.load(&session_id).await.unwrap_err();
+    assert!(
+        matches!(ended, latchkey::session::SessionError::Ended(_)),
+        "{ended:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rp_initiated_logout_returns_to_the_registered_page() {
+    let rig = rig().await;
+    let (_, session_id) = rig.login_as_alice().await;
+    let sessions = rig.sessions(Duration::ZERO);
+    let record = sessions.sign_out(&session_id).await.unwrap().unwrap();
+    let url = rig
+        .provider
+        .end_session_url(record.tokens.id_token.as_deref(), Some(AFTER_LOGOUT))
+        .expect("the dev IdP has an end_session_endpoint");
+    assert!(url.contains("id_token_hint="), "{url}");
+    let response = rig.browser.get(&url).send().await.unwrap();
+    assert!(response.status().is_redirection());
+    assert_eq!(response.headers()["location"], AFTER_LOGOUT);
+    assert!(matches!(
+        sessions.load(&session_id).await.unwrap_err(),
+        latchkey::session::SessionError::NotFound
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_code_is_refused_and_revokes_its_tokens() {
+    let rig = rig().await;
+    let started = rig.flow.begin("/").await.unwrap();
+    let back = rig
+        .back_from(rig.sign_in(&started, "bob", "bob", "login").await)
+        .await;
+    let code = back.get("code").unwrap().to_owned();
+    let exchange = |code: String| latchkey::idp::CodeExchange {
+        code,
+        pkce_verifier: "w".repeat(43),
+        nonce: "n".into(),
+    };
+    // A code redeemed with the wrong PKCE verifier is refused outright.
+    let wrong = rig
+        .provider
+        .exchange_code(exchange(code.clone()))
+        .await
+        .unwrap_err();
+    assert!(matches!(wrong, IdpError::InvalidGrant(_)), "{wrong:?}");
+    // A malformed verifier too (and the IdP survives it).
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", "short"),
+        ("client_id", "e2e"),
+        ("client_secret", SECRET),
+    ];
+    let raw = rig
+        .browser
+        .post(format!("{}/token", rig.idp.issuer()))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 400);
+    assert!(raw.text().await.unwrap().contains("invalid_grant"));
+    // Through the login flow it works once; a second exchange (which latchkey
+    // never makes) is refused.
+    rig.flow
+        .complete(Callback {
+            state: &started.state,
+            code: &code,
+            binding: Some(&started.binding),
+        })
+        .await
+        .unwrap();
+    let replay = rig
+        .provider
+        .exchange_code(exchange(code))
+        .await
+        .unwrap_err();
+    assert!(matches!(replay, IdpError::InvalidGrant(_)), "{replay:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_gets_no_code() {
+    let rig = rig().await;
+    let started = rig.flow.begin("/").await.unwrap();
+    let response = rig.sign_in(&started, "alice", "bob", "login").await;
+    assert_eq!(response.status(), 401);
+    assert!(response.text().await.unwrap().contains("wrong password"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_response_ends_the_login_without_a_session() {
+    let rig = rig().await;
+    let started = rig.flow.begin("/").await.unwrap();
+    let back = rig
+        .back_from(rig.sign_in(&started, "alice", "alice", "cancel").await)
+        .await;
+    assert_eq!(back.get("error"), Some("access_denied"));
+    assert!(back.get("code").is_none());
+    let reason = rig
+        .flow
+        .abort(
+            &started.state,
+            Some(&started.binding),
+            back.get("error").unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reason, FailureReason::Idp("access_denied".into()));
+    let later = rig
+        .flow
+        .complete(Callback {
+            state: &started.state,
+            code: "forged",
+            binding: Some(&started.binding),
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(later, LoginError::Failed(_)), "{later:?}");
+    assert_eq!(rig.store.count_live("session:").await.unwrap(), 0);
+    assert_eq!(rig.idp.knobs().token_calls(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_response_from_another_issuer_is_rejected() {
+    let rig = rig().await;
+    assert!(rig.provider.check_response_issuer(None).is_ok());
+    assert!(
+        rig.provider
+            .check_response_issuer(Some(rig.idp.issuer()))
+            .is_ok()
+    );
+    let err = rig
+        .provider
+        .check_response_issuer(Some("https://evil.example"))
+        .unwrap_err();
+    assert!(matches!(err, IdpError::Invalid(_)), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_outage_is_transient_and_fails_the_login_cleanly() {
+    let rig = rig().await;
+    let started = rig.flow.begin("/").await.unwrap();
+    let back = rig
+        .back_from(rig.sign_in(&started, "alice", "alice", "login").await)
+        .await;
+    rig.idp.knobs().fail_next_token_calls(1);
+    let err = rig
+        .flow
+        .complete(Callback {
+            state: &started.state,
+            code: back.get("code").unwrap(),
+            binding: Some(&started.binding),
+        })
+        .await
+        .unwrap_err();
+    let LoginError::Failed(FailureReason::Idp(reason)) = err else {
+        panic!("{err:?}");
+    };
+    assert!(
+        reason.contains("unavailable") && reason.contains("503"),
+        "{reason}"
+    );
+    assert!(
+        !reason.contains(back.get("code").unwrap()),
+        "the code leaked into {reason}"
+    );
+    assert_eq!(rig.store.count_live("session:").await.unwrap(), 0);
+    // A fresh login right after works.
+    rig.login_as_alice().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_errors_name_the_url_and_the_problem() {
+    let idp = dev_idp().await;
+    // Nothing listens there.
+    let nowhere = OidcSettings::new("http://127.0.0.1:9/realm", "e2e", Some(SECRET), REDIRECT);
+    let err = OidcProvider::discover(&nowhere)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("http://127.0.0.1:9/realm/.well-known/openid-configuration"),
+        "{err}"
+    );
+    // The document names another issuer (localhost vs 127.0.0.1).
+    let other = idp.issuer().replace("127.0.0.1", "localhost");
+    let mismatch = OidcSettings::new(&other, "e2e", Some(SECRET), REDIRECT);
+    let err = OidcProvider::discover(&mismatch)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("issuer"), "{err}");
+    // A wrong client secret is a rejection, not an outage.
+    let provider = OidcProvider::discover(&OidcSettings::new(
+        idp.issuer(),
+        "e2e",
+        Some("nope"),
+        REDIRECT,
+    ))
+    .await
+    .unwrap();
+    let err = provider.refresh("whatever").await.unwrap_err();
+    assert!(
+        matches!(err, IdpError::Invalid(ref m) if m.contains("invalid_client")),
+        "{err:?}"
+    );
+}
