@@ -372,6 +372,27 @@ async fn provider_outage_is_transient_and_fails_the_login_cleanly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_token_endpoint_times_out_as_transient() {
+    let idp = dev_idp().await;
+    let mut slow = settings(&idp);
+    slow.request_timeout = Duration::from_millis(300);
+    let provider = OidcProvider::discover(&slow).await.unwrap();
+    // The dev IdP's knob: every token call now takes 5 s.
+    idp.knobs().delay_token_calls(Duration::from_secs(5));
+    let started = tokio::time::Instant::now();
+    let err = provider.refresh("any").await.unwrap_err();
+    assert!(
+        matches!(err, IdpError::Transient(ref m) if m.contains("timed out")),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_errors_name_the_url_and_the_problem() {
     let idp = dev_idp().await;
     // Nothing listens there.

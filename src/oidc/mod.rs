@@ -215,15 +215,7 @@ impl OidcProvider {
                     url: discovery_url.clone(),
                     reason: "the provider has no token endpoint".into(),
                 })?;
-        let auth_type = match metadata.token_endpoint_auth_methods_supported() {
-            Some(methods)
-                if !methods.contains(&CoreClientAuthMethod::ClientSecretBasic)
-                    && methods.contains(&CoreClientAuthMethod::ClientSecretPost) =>
-            {
-                AuthType::RequestBody
-            }
-            _ => AuthType::BasicAuth,
-        };
+        let auth_type = client_auth(metadata.token_endpoint_auth_methods_supported());
         let end_session = metadata.additional_metadata().end_session_endpoint.clone();
         let keys = JwksCache::new(
             metadata.jwks_uri().clone(),
@@ -386,6 +378,20 @@ impl OidcProvider {
     }
 }
 
+/// `client_secret_basic` unless the provider offers only `client_secret_post`
+/// (an absent list means the default, `client_secret_basic`).
+fn client_auth(supported: Option<&Vec<CoreClientAuthMethod>>) -> AuthType {
+    match supported {
+        Some(methods)
+            if !methods.contains(&CoreClientAuthMethod::ClientSecretBasic)
+                && methods.contains(&CoreClientAuthMethod::ClientSecretPost) =>
+        {
+            AuthType::RequestBody
+        }
+        _ => AuthType::BasicAuth,
+    }
+}
+
 /// Maps a token endpoint failure; never includes the response body.
 fn token_error<T: openidconnect::ErrorResponse + 'static>(
     error: RequestTokenError<HttpFailure, T>,
@@ -444,7 +450,7 @@ impl IdentityProvider for OidcProvider {
         let verifier = PkceCodeVerifier::new(request.pkce_verifier.clone());
         let state = request.state.clone();
         let nonce = request.nonce.clone();
-        let (url, _, _) = self
+        let mut builder = self
             .client
             .authorize_url(
                 CoreAuthenticationFlow::AuthorizationCode,
@@ -452,8 +458,13 @@ impl IdentityProvider for OidcProvider {
                 move || Nonce::new(nonce),
             )
             .add_scopes(self.scopes.iter().cloned())
-            .set_pkce_challenge(PkceCodeChallenge::from_code_verifier_sha256(&verifier))
-            .url();
+            .set_pkce_challenge(PkceCodeChallenge::from_code_verifier_sha256(&verifier));
+        if self.scopes.iter().any(|s| s.as_str() == "offline_access") {
+            // OIDC Core 11: offline_access is granted only after consent
+            // (panva's oidc-provider enforces it).
+            builder = builder.add_prompt(CoreAuthPrompt::Consent);
+        }
+        let (url, _, _) = builder.url();
         url.to_string()
     }
 
@@ -490,5 +501,37 @@ impl IdentityProvider for OidcProvider {
             .await
             .map_err(token_error)?;
         self.grant_from(&response, None).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_authentication_follows_discovery() {
+        use CoreClientAuthMethod::{ClientSecretBasic, ClientSecretPost, PrivateKeyJwt};
+        let pick = |methods: Option<Vec<CoreClientAuthMethod>>| {
+            matches!(client_auth(methods.as_ref()), AuthType::RequestBody)
+        };
+        assert!(!pick(None), "default is basic");
+        assert!(!pick(Some(vec![ClientSecretBasic, ClientSecretPost])));
+        assert!(pick(Some(vec![ClientSecretPost])));
+        assert!(pick(Some(vec![PrivateKeyJwt, ClientSecretPost])));
+        assert!(!pick(Some(vec![ClientSecretBasic])));
+    }
+
+    #[test]
+    fn algorithm_names_are_parsed_and_none_is_refused() {
+        assert_eq!(
+            serde_plain_alg("RS256"),
+            Some(CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256)
+        );
+        assert_eq!(
+            serde_plain_alg("ES256"),
+            Some(CoreJwsSigningAlgorithm::EcdsaP256Sha256)
+        );
+        assert_eq!(serde_plain_alg("none"), None);
+        assert_eq!(serde_plain_alg("RS999"), None);
     }
 }
