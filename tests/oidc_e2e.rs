@@ -372,6 +372,117 @@ async fn provider_outage_is_transient_and_fails_the_login_cleanly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn userinfo_for_another_subject_fails_the_login() {
+    let rig = rig().await;
+    rig.idp.knobs().misreport_userinfo_subject(Some("mallory"));
+    let started = rig.flow.begin("/").await.unwrap();
+    let back = rig
+        .back_from(rig.sign_in(&started, "alice", "alice", "login").await)
+        .await;
+    let err = rig
+        .flow
+        .complete(Callback {
+            state: back.get("state").unwrap(),
+            code: back.get("code").unwrap(),
+            binding: Some(&started.binding),
+        })
+        .await
+        .unwrap_err();
+    let LoginError::Failed(FailureReason::Idp(reason)) = err else {
+        panic!("{err:?}");
+    };
+    assert!(reason.contains("userinfo"), "{reason}");
+    assert_eq!(rig.store.count_live("session:").await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_at_the_idp_is_picked_up_without_a_restart() {
+    let idp = DevIdp::start(DevIdpConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        test_knobs: true,
+        clients: vec![DevClient {
+            client_id: "e2e".into(),
+            client_secret: SECRET.into(),
+            redirect_uris: vec![REDIRECT.into()],
+            post_logout_redirect_uris: vec![],
+        }],
+        ..DevIdpConfig::default()
+    })
+    .await
+    .unwrap();
+    let provider = Arc::new(OidcProvider::discover(&settings(&idp)).await.unwrap());
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let flow = LoginFlow::new(
+        store.clone(),
+        provider.clone(),
+        Arc::new(SystemClock),
+        LoginSettings::default(),
+    );
+    let rig = Rig {
+        idp,
+        provider,
+        store,
+        flow,
+        browser: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+    };
+    let (_, session_id) = rig.login_as_alice().await;
+    // Rotate through the admin endpoint, as an operator's test script would.
+    let knobs = format!("{}/_dev", rig.idp.issuer());
+    let rotated = rig
+        .browser
+        .post(format!("{knobs}/rotate-key"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rotated.status(), 204);
+    assert_eq!(rig.provider.validator().keys().refetches(), 0);
+    // The refresh brings an ID token signed with the new key: one re-fetch.
+    let refreshed = rig
+        .sessions(Duration::from_secs(3600))
+        .load(&session_id)
+        .await
+        .unwrap();
+    assert_eq!(refreshed.identity.subject, "alice");
+    assert_eq!(rig.provider.validator().keys().refetches(), 1);
+    let counters: serde_json::Value = rig
+        .browser
+        .get(format!("{knobs}/counters"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(counters["code_grants"], 1);
+    assert_eq!(counters["refresh_grants"], 1);
+    // And the failure knob over HTTP.
+    let failing = rig
+        .browser
+        .post(format!("{knobs}/fail-token?count=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failing.status(), 204);
+    let err = rig.provider.refresh("x").await.unwrap_err();
+    assert!(matches!(err, IdpError::Transient(_)), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn knobs_are_off_by_default() {
+    let rig = rig().await;
+    let response = rig
+        .browser
+        .post(format!("{}/_dev/rotate-key", rig.idp.issuer()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_token_endpoint_times_out_as_transient() {
     let idp = dev_idp().await;
     let mut slow = settings(&idp);

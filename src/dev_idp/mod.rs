@@ -127,6 +127,7 @@ pub struct Knobs {
     refresh_grants: AtomicU64,
     failing_token_calls: AtomicU32,
     token_delay_ms: AtomicU64,
+    userinfo_subject: Mutex<Option<String>>,
 }
 
 impl Knobs {
@@ -148,6 +149,15 @@ impl Knobs {
     /// The next `n` token calls answer 503.
     pub fn fail_next_token_calls(&self, n: u32) {
         self.failing_token_calls.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes `/userinfo` answer with this `sub` instead of the user's (to test
+    /// that relying parties check it); `None` restores honest answers.
+    pub fn misreport_userinfo_subject(&self, subject: Option<&str>) {
+        *self
+            .userinfo_subject
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = subject.map(str::to_owned);
     }
 
     /// Every token call waits this long first.
@@ -550,8 +560,15 @@ async fn userinfo(State(idp): Shared, headers: HeaderMap) -> Response {
     let Some(user) = grant.and_then(|g| idp.user(&g.username).cloned()) else {
         return unauthorized();
     };
+    let subject = idp
+        .knobs
+        .userinfo_subject
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_else(|| user.username.clone());
     axum::Json(serde_json::json!({
-        "sub": user.username,
+        "sub": subject,
         "email": user.email,
         "email_verified": true,
         "preferred_username": user.username,
