@@ -17,7 +17,10 @@
 //! - [`clock`] and [`secret`]: time and randomness, injectable where tests need it.
 
 pub mod clock;
+pub mod config;
+pub mod demo;
 pub mod dev_idp;
+pub mod http;
 pub mod idp;
 pub mod login;
 pub mod oidc;

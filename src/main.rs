@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use latchkey::config::{LogFormat, RawSettings};
+use latchkey::demo::{Demo, DemoPorts};
 use latchkey::dev_idp::{DevClient, DevIdp, DevIdpConfig};
+use latchkey::http::{App, Server};
 use latchkey::secret::random_token;
 use latchkey::store::{self, contract};
 
@@ -21,6 +24,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the proxy. Every setting can come from the config file, a
+    /// LATCHKEY_* environment variable or a flag (flag > env > file > default).
+    Serve(Box<ServeArgs>),
+    /// One command, no setup: the development IdP, a sample app and the proxy
+    /// on 127.0.0.1, with an embedded store.
+    Demo(DemoArgs),
     /// Run the store contract live against a store and report, per guarantee,
     /// what was observed. Works under a random key prefix that it removes
     /// afterwards. Exit status 0 only if every guarantee held.
@@ -33,6 +42,28 @@ enum Command {
     /// Run the development OpenID Provider alone (for local development of
     /// other apps and for tests; never for production).
     DevIdp(DevIdpArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// A TOML file with the settings below (keys in snake_case).
+    #[arg(long, env = "LATCHKEY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: RawSettings,
+}
+
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// Port of the proxy (the URL to open).
+    #[arg(long, default_value_t = 4180)]
+    port: u16,
+    /// Port of the development IdP.
+    #[arg(long, default_value_t = 4181)]
+    idp_port: u16,
+    /// Port of the sample app.
+    #[arg(long, default_value_t = 4182)]
+    upstream_port: u16,
 }
 
 #[derive(Debug, clap::Args)]
@@ -59,6 +90,8 @@ struct DevIdpArgs {
 #[tokio::main]
 async fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Serve(args) => serve(*args).await,
+        Command::Demo(args) => demo(args).await,
         Command::CheckStore { store } => check_store(&store).await,
         Command::DevIdp(args) => dev_idp(args).await,
     }
@@ -140,10 +173,7 @@ async fn dev_idp(args: DevIdpArgs) -> ExitCode {
     if config.test_knobs {
         println!("test knobs: {}/_dev/", idp.issuer());
     }
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate() => {}
-    }
+    shutdown_signal().await;
     println!("stopping");
     idp.stop().await;
     ExitCode::SUCCESS
@@ -161,6 +191,91 @@ async fn terminate() {
         }
     }
     std::future::pending::<()>().await
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LATCHKEY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let file = match &args.config {
+        Some(path) => match RawSettings::from_file(path) {
+            Ok(file) => file,
+            Err(error) => {
+                eprintln!("latchkey serve: {error}");
+                return ExitCode::from(2);
+            }
+        },
+        None => RawSettings::default(),
+    };
+    let settings = match args.settings.over(file).validate() {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("latchkey serve: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(settings.log_format);
+    let app = match App::new(settings).await {
+        Ok(app) => app,
+        Err(error) => {
+            eprintln!("latchkey serve: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let server = match Server::bind(app).await {
+        Ok(server) => server,
+        Err(error) => {
+            eprintln!("latchkey serve: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(addr = %server.addr(), "latchkey is listening");
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    server.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn demo(args: DemoArgs) -> ExitCode {
+    init_logging(LogFormat::Text);
+    let ports = DemoPorts {
+        proxy: args.port,
+        idp: args.idp_port,
+        upstream: args.upstream_port,
+    };
+    let demo = match Demo::start(ports).await {
+        Ok(demo) => demo,
+        Err(error) => {
+            eprintln!("latchkey demo: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    println!();
+    println!(
+        "  latchkey demo is running (development IdP: {})",
+        demo.idp.issuer()
+    );
+    println!();
+    println!("  open http://{}/ — sign in as alice / alice", demo.proxy);
+    println!("  (or bob / bob; Ctrl-C stops everything)");
+    println!();
+    shutdown_signal().await;
+    demo.stop().await;
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate() => {}
+    }
 }
 
 async fn check_store(url: &str) -> ExitCode {

@@ -36,3 +36,103 @@ fn check_store_explains_an_unusable_store_and_hides_passwords() {
     assert!(stderr.contains("unsupported store URL scheme"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
+
+#[test]
+fn serve_explains_a_missing_cookie_secret() {
+    let (code, _, stderr) = latchkey(&[
+        "serve",
+        "--issuer",
+        "http://127.0.0.1:9",
+        "--client-id",
+        "app",
+        "--redirect-url",
+        "http://127.0.0.1:4180/oauth2/callback",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("cookie_secret"), "{stderr}");
+    assert!(stderr.contains("openssl rand -base64 32"), "{stderr}");
+}
+
+#[test]
+fn serve_reads_env_and_file_with_flags_winning() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("latchkey.toml");
+    std::fs::write(
+        &file,
+        "issuer = \"http://127.0.0.1:9\"\nclient_id = \"app\"\n\
+         redirect_url = \"http://127.0.0.1:4180/oauth2/callback\"\n\
+         cookie_secret = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\n\
+         session_ttl = \"soon\"\n",
+    )
+    .unwrap();
+    // The file's bad session_ttl is reported...
+    let out = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args(["serve", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("session_ttl") && stderr.contains("7d"),
+        "{stderr}"
+    );
+    // ... unless the environment overrides it, and a flag overrides that; the
+    // next problem is then discovery (nothing listens on port 9).
+    let out = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args([
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+            "--session-ttl",
+            "1h",
+        ])
+        .env("LATCHKEY_SESSION_TTL", "also bad")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("http://127.0.0.1:9/.well-known/openid-configuration"),
+        "{stderr}"
+    );
+    // A typo in the file is named.
+    std::fs::write(&file, "isuer = \"x\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args(["serve", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("isuer"), "{stderr}");
+}
+
+#[test]
+fn serve_help_documents_every_setting() {
+    let (code, stdout, _) = latchkey(&["serve", "--help"]);
+    assert_eq!(code, 0);
+    for flag in [
+        "--listen",
+        "--issuer",
+        "--client-id",
+        "--client-secret",
+        "--client-secret-file",
+        "--redirect-url",
+        "--upstream",
+        "--store",
+        "--cookie-secret",
+        "--cookie-name",
+        "--scopes",
+        "--email-domains",
+        "--allowed-emails",
+        "--allowed-groups",
+        "--groups-claim",
+        "--skip-auth-routes",
+        "--pass-access-token",
+        "--session-ttl",
+        "--login-ttl",
+        "--refresh-before-expiry",
+        "--post-logout-redirect-url",
+        "LATCHKEY_ISSUER",
+    ] {
+        assert!(stdout.contains(flag), "{flag} missing from serve --help");
+    }
+}

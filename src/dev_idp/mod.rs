@@ -14,6 +14,8 @@ mod keys;
 mod pages;
 mod token;
 
+pub use pages::escape as escape_html;
+
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

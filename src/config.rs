@@ -1,0 +1,661 @@
+//! Settings for `latchkey serve`: a TOML file, `LATCHKEY_*` environment
+//! variables and `--kebab-case` flags, in that order of increasing precedence,
+//! over built-in defaults; validated at start with messages that name the
+//! setting and the fix.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+use regex::Regex;
+use serde::Deserialize;
+
+/// Every setting, each optional, as read from one source. `clap` fills it from
+/// flags and environment variables, `toml` from the file.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct RawSettings {
+    /// Address to listen on [default: 127.0.0.1:4180].
+    #[arg(long, env = "LATCHKEY_LISTEN")]
+    pub listen: Option<String>,
+    /// The OpenID Provider's issuer URL (exactly as in its discovery document).
+    #[arg(long, env = "LATCHKEY_ISSUER")]
+    pub issuer: Option<String>,
+    /// The client id registered at the provider.
+    #[arg(long, env = "LATCHKEY_CLIENT_ID")]
+    pub client_id: Option<String>,
+    /// The client secret (prefer client_secret_file).
+    #[arg(long, env = "LATCHKEY_CLIENT_SECRET", hide_env_values = true)]
+    pub client_secret: Option<String>,
+    /// A file holding the client secret.
+    #[arg(long, env = "LATCHKEY_CLIENT_SECRET_FILE")]
+    pub client_secret_file: Option<PathBuf>,
+    /// The callback URL registered at the provider: https://HOST/oauth2/callback.
+    #[arg(long, env = "LATCHKEY_REDIRECT_URL")]
+    pub redirect_url: Option<String>,
+    /// The app to proxy to (http://HOST:PORT); absent = forward-auth only.
+    #[arg(long, env = "LATCHKEY_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// The store URL [default: sqlite://latchkey.db].
+    #[arg(long, env = "LATCHKEY_STORE")]
+    pub store: Option<String>,
+    /// Base64 of 32 random bytes that encrypt cookies (openssl rand -base64 32).
+    #[arg(long, env = "LATCHKEY_COOKIE_SECRET", hide_env_values = true)]
+    pub cookie_secret: Option<String>,
+    /// Name of the session cookie [default: _latchkey; __Host- prefixed over https].
+    #[arg(long, env = "LATCHKEY_COOKIE_NAME")]
+    pub cookie_name: Option<String>,
+    /// Scopes to request [default: openid,email,profile].
+    #[arg(long, env = "LATCHKEY_SCOPES", value_delimiter = ',')]
+    pub scopes: Option<Vec<String>>,
+    /// Only users whose email is in one of these domains (empty: any).
+    #[arg(long, env = "LATCHKEY_EMAIL_DOMAINS", value_delimiter = ',')]
+    pub email_domains: Option<Vec<String>>,
+    /// Also allow these exact email addresses.
+    #[arg(long, env = "LATCHKEY_ALLOWED_EMAILS", value_delimiter = ',')]
+    pub allowed_emails: Option<Vec<String>>,
+    /// Only members of at least one of these groups (empty: any).
+    #[arg(long, env = "LATCHKEY_ALLOWED_GROUPS", value_delimiter = ',')]
+    pub allowed_groups: Option<Vec<String>>,
+    /// The claim holding group names [default: groups].
+    #[arg(long, env = "LATCHKEY_GROUPS_CLAIM")]
+    pub groups_claim: Option<String>,
+    /// Routes served without authentication: METHOD=regex or regex, matched
+    /// against the path only.
+    #[arg(long, env = "LATCHKEY_SKIP_AUTH_ROUTES", value_delimiter = ',')]
+    pub skip_auth_routes: Option<Vec<String>>,
+    /// Send the access token upstream as Authorization: Bearer [default: false].
+    #[arg(long, env = "LATCHKEY_PASS_ACCESS_TOKEN", num_args = 0..=1, default_missing_value = "true")]
+    pub pass_access_token: Option<bool>,
+    /// Session lifetime [default: 7d].
+    #[arg(long, env = "LATCHKEY_SESSION_TTL")]
+    pub session_ttl: Option<String>,
+    /// How long a started login may take [default: 10m].
+    #[arg(long, env = "LATCHKEY_LOGIN_TTL")]
+    pub login_ttl: Option<String>,
+    /// Refresh access tokens this long before they expire [default: 60s].
+    #[arg(long, env = "LATCHKEY_REFRESH_BEFORE_EXPIRY")]
+    pub refresh_before_expiry: Option<String>,
+    /// Where the provider sends the browser after sign-out.
+    #[arg(long, env = "LATCHKEY_POST_LOGOUT_REDIRECT_URL")]
+    pub post_logout_redirect_url: Option<String>,
+    /// Accepted ID token signing algorithms [default: RS256,ES256].
+    #[arg(long, env = "LATCHKEY_ALLOWED_ALGS", value_delimiter = ',')]
+    pub allowed_algs: Option<Vec<String>>,
+    /// Clock skew tolerated on token times [default: 60s].
+    #[arg(long, env = "LATCHKEY_CLOCK_SKEW")]
+    pub clock_skew: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "LATCHKEY_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+macro_rules! layer {
+    ($high:expr, $low:expr, $($field:ident),* $(,)?) => {
+        RawSettings { $($field: $high.$field.or($low.$field)),* }
+    };
+}
+
+impl RawSettings {
+    /// `self` where set, else `lower`.
+    pub fn over(self, lower: RawSettings) -> RawSettings {
+        layer!(
+            self,
+            lower,
+            listen,
+            issuer,
+            client_id,
+            client_secret,
+            client_secret_file,
+            redirect_url,
+            upstream,
+            store,
+            cookie_secret,
+            cookie_name,
+            scopes,
+            email_domains,
+            allowed_emails,
+            allowed_groups,
+            groups_claim,
+            skip_auth_routes,
+            pass_access_token,
+            session_ttl,
+            login_ttl,
+            refresh_before_expiry,
+            post_logout_redirect_url,
+            allowed_algs,
+            clock_skew,
+            log_format,
+        )
+    }
+
+    /// Reads a TOML settings file.
+    pub fn from_file(path: &Path) -> Result<RawSettings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            setting: "config".into(),
+            problem: format!("cannot read {}: {e}", path.display()),
+            fix: "check the path given to --config".into(),
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError {
+            setting: "config".into(),
+            problem: format!("{}: {}", path.display(), e.message()),
+            fix: "see the configuration reference in the README for the keys and their types"
+                .into(),
+        })
+    }
+}
+
+/// A route that needs no authentication.
+#[derive(Debug, Clone)]
+pub struct SkipRoute {
+    /// The method it applies to; `None`: every method.
+    pub method: Option<String>,
+    /// Matched against the request path only (never the query).
+    pub path: Regex,
+}
+
+impl SkipRoute {
+    /// Whether a request with this method and path skips authentication.
+    pub fn matches(&self, method: &str, path: &str) -> bool {
+        self.method.as_deref().is_none_or(|m| m == method) && self.path.is_match(path)
+    }
+}
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Validated settings.
+#[derive(Clone)]
+pub struct Settings {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The provider's issuer URL.
+    pub issuer: String,
+    /// The client id.
+    pub client_id: String,
+    /// The client secret.
+    pub client_secret: Option<String>,
+    /// The callback URL.
+    pub redirect_url: url::Url,
+    /// The upstream app; `None`: forward-auth only.
+    pub upstream: Option<url::Url>,
+    /// The store URL.
+    pub store: String,
+    /// 32 bytes of cookie key material.
+    pub cookie_secret: Vec<u8>,
+    /// Session cookie name (with `__Host-` over https).
+    pub cookie_name: String,
+    /// Requested scopes.
+    pub scopes: Vec<String>,
+    /// Allowed email domains (empty: any).
+    pub email_domains: Vec<String>,
+    /// Allowed email addresses.
+    pub allowed_emails: Vec<String>,
+    /// Allowed groups (empty: any).
+    pub allowed_groups: Vec<String>,
+    /// The groups claim.
+    pub groups_claim: String,
+    /// Unauthenticated routes.
+    pub skip_auth_routes: Vec<SkipRoute>,
+    /// Pass the access token upstream.
+    pub pass_access_token: bool,
+    /// Session lifetime.
+    pub session_ttl: Duration,
+    /// Login lifetime.
+    pub login_ttl: Duration,
+    /// Refresh window.
+    pub refresh_before_expiry: Duration,
+    /// Post-logout redirect.
+    pub post_logout_redirect_url: Option<String>,
+    /// Signing algorithms.
+    pub allowed_algs: Vec<String>,
+    /// Clock skew.
+    pub clock_skew: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("redirect_url", &self.redirect_url.as_str())
+            .field("upstream", &self.upstream.as_ref().map(url::Url::as_str))
+            .field("store", &crate::store::redact_url(&self.store))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settings {
+    /// Whether cookies are set `Secure` with the `__Host-` prefix.
+    pub fn secure_cookies(&self) -> bool {
+        self.redirect_url.scheme() == "https"
+    }
+
+    /// The session cookie's full name.
+    pub fn session_cookie(&self) -> String {
+        if self.secure_cookies() {
+            format!("__Host-{}", self.cookie_name)
+        } else {
+            self.cookie_name.clone()
+        }
+    }
+}
+
+/// A setting that is missing or wrong, with how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("setting `{setting}`: {problem}\n  fix: {fix}")]
+pub struct ConfigError {
+    /// The TOML key.
+    pub setting: String,
+    /// What is wrong.
+    pub problem: String,
+    /// What to do.
+    pub fix: String,
+}
+
+fn error(setting: &str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting: setting.into(),
+        problem: problem.into(),
+        fix: fix.into(),
+    }
+}
+
+fn env_name(setting: &str) -> String {
+    format!("LATCHKEY_{}", setting.to_ascii_uppercase())
+}
+
+fn required(value: Option<String>, setting: &str, example: &str) -> Result<String, ConfigError> {
+    value.filter(|v| !v.trim().is_empty()).ok_or_else(|| {
+        error(
+            setting,
+            "missing",
+            format!(
+                "set `{setting} = {example}` in the config file, or --{} / {}",
+                setting.replace('_', "-"),
+                env_name(setting)
+            ),
+        )
+    })
+}
+
+fn duration(value: Option<String>, setting: &str, default: &str) -> Result<Duration, ConfigError> {
+    let text = value.unwrap_or_else(|| default.to_owned());
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        error(
+            setting,
+            format!("invalid duration {text:?} ({e})"),
+            "write durations like 60s, 10m, 12h or 7d",
+        )
+    })
+}
+
+fn list(value: Option<Vec<String>>, default: &[&str]) -> Vec<String> {
+    value
+        .unwrap_or_else(|| default.iter().map(|s| (*s).to_owned()).collect())
+        .into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn skip_route(entry: &str) -> Result<SkipRoute, ConfigError> {
+    let (method, pattern) = match entry.split_once('=') {
+        Some((m, p)) if !m.is_empty() && m.chars().all(|c| c.is_ascii_uppercase()) => {
+            (Some(m.to_owned()), p)
+        }
+        _ => (None, entry),
+    };
+    // Anchored at the start so that `/public` cannot match `/x/public`.
+    let anchored = if pattern.starts_with('^') {
+        pattern.to_owned()
+    } else {
+        format!("^{pattern}")
+    };
+    let path = Regex::new(&anchored).map_err(|e| {
+        error(
+            "skip_auth_routes",
+            format!("invalid regex in {entry:?}: {e}"),
+            "write entries as METHOD=regex or regex, e.g. GET=^/health$",
+        )
+    })?;
+    Ok(SkipRoute { method, path })
+}
+
+impl RawSettings {
+    /// Validates and applies defaults. `need_cookie_secret`: `serve` requires
+    /// one; `demo` generates its own.
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        let listen_text = self.listen.unwrap_or_else(|| "127.0.0.1:4180".into());
+        let listen = listen_text.parse().map_err(|_| {
+            error(
+                "listen",
+                format!("{listen_text:?} is not an address"),
+                "write it as IP:PORT, e.g. 127.0.0.1:4180 or 0.0.0.0:4180",
+            )
+        })?;
+        let issuer = required(
+            self.issuer,
+            "issuer",
+            "\"https://idp.example.com/realms/main\"",
+        )?;
+        url::Url::parse(&issuer).map_err(|e| {
+            error(
+                "issuer",
+                format!("{issuer:?} is not a URL ({e})"),
+                "use the provider's issuer URL",
+            )
+        })?;
+        let client_id = required(self.client_id, "client_id", "\"latchkey\"")?;
+        let client_secret = match (self.client_secret, self.client_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(error(
+                    "client_secret",
+                    "both client_secret and client_secret_file are set",
+                    "keep one of them (client_secret_file keeps the secret out of the config)",
+                ));
+            }
+            (Some(secret), None) => Some(secret),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| {
+                        error(
+                            "client_secret_file",
+                            format!("cannot read {}: {e}", path.display()),
+                            "point it at a readable file that holds only the secret",
+                        )
+                    })?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        let redirect_text = required(
+            self.redirect_url,
+            "redirect_url",
+            "\"https://app.example.com/oauth2/callback\"",
+        )?;
+        let redirect_url = url::Url::parse(&redirect_text)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .ok_or_else(|| {
+                error(
+                    "redirect_url",
+                    format!("{redirect_text:?} is not an absolute http(s) URL"),
+                    "write the full callback URL, e.g. https://app.example.com/oauth2/callback",
+                )
+            })?;
+        if redirect_url.path() != "/oauth2/callback" {
+            return Err(error(
+                "redirect_url",
+                format!(
+                    "its path is {:?}, but latchkey receives callbacks at /oauth2/callback",
+                    redirect_url.path()
+                ),
+                format!(
+                    "use {}://{}/oauth2/callback, and register that at the provider",
+                    redirect_url.scheme(),
+                    redirect_url.host_str().unwrap_or("HOST")
+                ),
+            ));
+        }
+        let upstream = match self.upstream.filter(|u| !u.trim().is_empty()) {
+            None => None,
+            Some(text) => Some(
+                url::Url::parse(&text)
+                    .ok()
+                    .filter(|u| u.scheme() == "http" && u.host().is_some())
+                    .ok_or_else(|| {
+                        error(
+                            "upstream",
+                            format!("{text:?} is not an http:// URL"),
+                            "write it as http://HOST:PORT (TLS to the upstream is not supported; \
+                             run latchkey next to the app)",
+                        )
+                    })?,
+            ),
+        };
+        let secret_text = self
+            .cookie_secret
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| {
+                error(
+                    "cookie_secret",
+                    "missing (it encrypts the session cookies)",
+                    "generate one with `openssl rand -base64 32` and set it as cookie_secret, \
+                 --cookie-secret or LATCHKEY_COOKIE_SECRET; every replica needs the same one",
+                )
+            })?;
+        let cookie_secret = base64::engine::general_purpose::STANDARD
+            .decode(secret_text.trim())
+            .ok()
+            .filter(|b| b.len() == 32)
+            .ok_or_else(|| {
+                error(
+                    "cookie_secret",
+                    "must be the base64 encoding of exactly 32 bytes",
+                    "generate one with `openssl rand -base64 32`",
+                )
+            })?;
+        let cookie_name = self.cookie_name.unwrap_or_else(|| "_latchkey".into());
+        if cookie_name.is_empty()
+            || !cookie_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        {
+            return Err(error(
+                "cookie_name",
+                format!("{cookie_name:?} is not a valid cookie name"),
+                "use letters, digits, _, - and . only",
+            ));
+        }
+        let skip_auth_routes = list(self.skip_auth_routes, &[])
+            .iter()
+            .map(|e| skip_route(e))
+            .collect::<Result<_, _>>()?;
+        let log_format = match self.log_format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(error(
+                    "log_format",
+                    format!("unknown format {other:?}"),
+                    "use text or json",
+                ));
+            }
+        };
+        Ok(Settings {
+            listen,
+            issuer,
+            client_id,
+            client_secret,
+            redirect_url,
+            upstream,
+            store: self.store.unwrap_or_else(|| "sqlite://latchkey.db".into()),
+            cookie_secret,
+            cookie_name,
+            scopes: list(self.scopes, &["openid", "email", "profile"]),
+            email_domains: list(self.email_domains, &[]),
+            allowed_emails: list(self.allowed_emails, &[]),
+            allowed_groups: list(self.allowed_groups, &[]),
+            groups_claim: self.groups_claim.unwrap_or_else(|| "groups".into()),
+            skip_auth_routes,
+            pass_access_token: self.pass_access_token.unwrap_or(false),
+            session_ttl: duration(self.session_ttl, "session_ttl", "7d")?,
+            login_ttl: duration(self.login_ttl, "login_ttl", "10m")?,
+            refresh_before_expiry: duration(
+                self.refresh_before_expiry,
+                "refresh_before_expiry",
+                "60s",
+            )?,
+            post_logout_redirect_url: self.post_logout_redirect_url,
+            allowed_algs: list(self.allowed_algs, &["RS256", "ES256"]),
+            clock_skew: duration(self.clock_skew, "clock_skew", "60s")?,
+            log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> RawSettings {
+        RawSettings {
+            issuer: Some("https://idp.example.com".into()),
+            client_id: Some("app".into()),
+            redirect_url: Some("https://app.example.com/oauth2/callback".into()),
+            cookie_secret: Some(base64::engine::general_purpose::STANDARD.encode([7u8; 32])),
+            ..RawSettings::default()
+        }
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let s = minimal().validate().unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:4180");
+        assert_eq!(s.store, "sqlite://latchkey.db");
+        assert_eq!(s.scopes, ["openid", "email", "profile"]);
+        assert_eq!(s.session_ttl, Duration::from_secs(7 * 86400));
+        assert_eq!(s.login_ttl, Duration::from_secs(600));
+        assert_eq!(s.session_cookie(), "__Host-_latchkey");
+        assert!(!s.pass_access_token);
+    }
+
+    #[test]
+    fn higher_layers_win_field_by_field() {
+        let file = RawSettings {
+            store: Some("memory://".into()),
+            listen: Some("127.0.0.1:1".into()),
+            ..minimal()
+        };
+        let flags = RawSettings {
+            listen: Some("127.0.0.1:2".into()),
+            ..RawSettings::default()
+        };
+        let s = flags.over(file).validate().unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:2");
+        assert_eq!(s.store, "memory://");
+    }
+
+    #[test]
+    fn missing_cookie_secret_says_how_to_make_one() {
+        let err = RawSettings {
+            cookie_secret: None,
+            ..minimal()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(err.setting, "cookie_secret");
+        assert!(err.fix.contains("openssl rand -base64 32"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let cases: Vec<(RawSettings, &str)> = vec![
+            (
+                RawSettings {
+                    cookie_secret: Some("c2hvcnQ=".into()),
+                    ..minimal()
+                },
+                "cookie_secret",
+            ),
+            (
+                RawSettings {
+                    redirect_url: Some("https://app/callback".into()),
+                    ..minimal()
+                },
+                "redirect_url",
+            ),
+            (
+                RawSettings {
+                    redirect_url: Some("/oauth2/callback".into()),
+                    ..minimal()
+                },
+                "redirect_url",
+            ),
+            (
+                RawSettings {
+                    issuer: None,
+                    ..minimal()
+                },
+                "issuer",
+            ),
+            (
+                RawSettings {
+                    session_ttl: Some("forever".into()),
+                    ..minimal()
+                },
+                "session_ttl",
+            ),
+            (
+                RawSettings {
+                    listen: Some("localhost".into()),
+                    ..minimal()
+                },
+                "listen",
+            ),
+            (
+                RawSettings {
+                    upstream: Some("https://app:8443".into()),
+                    ..minimal()
+                },
+                "upstream",
+            ),
+            (
+                RawSettings {
+                    skip_auth_routes: Some(vec!["GET=(".into()]),
+                    ..minimal()
+                },
+                "skip_auth_routes",
+            ),
+            (
+                RawSettings {
+                    log_format: Some("xml".into()),
+                    ..minimal()
+                },
+                "log_format",
+            ),
+            (
+                RawSettings {
+                    client_secret: Some("a".into()),
+                    client_secret_file: Some("/nonexistent".into()),
+                    ..minimal()
+                },
+                "client_secret",
+            ),
+        ];
+        for (raw, setting) in cases {
+            let err = raw.validate().unwrap_err();
+            assert_eq!(err.setting, setting, "{err}");
+            assert!(!err.fix.is_empty());
+        }
+    }
+
+    #[test]
+    fn skip_routes_match_method_and_path_prefix_only() {
+        let r = skip_route("GET=/public/").unwrap();
+        assert!(r.matches("GET", "/public/a.css"));
+        assert!(!r.matches("POST", "/public/a.css"));
+        assert!(!r.matches("GET", "/x/public/a.css"));
+        let any = skip_route("^/health$").unwrap();
+        assert!(any.matches("POST", "/health"));
+        assert!(!any.matches("GET", "/healthz"));
+    }
+
+    #[test]
+    fn toml_rejects_unknown_keys() {
+        let err = toml::from_str::<RawSettings>("isuer = \"x\"").unwrap_err();
+        assert!(err.message().contains("isuer"), "{err}");
+    }
+}

@@ -1,0 +1,162 @@
+//! Latchkey's cookies, all encrypted and authenticated with a key derived from
+//! `cookie_secret` (the `cookie` crate's private jar, AES-256-GCM):
+//!
+//! - the **session cookie** holds the 256-bit session id;
+//! - one **login cookie per login in progress**, named after the login
+//!   (`latchkey-login-<8 chars of sha256(state)>`), holds the browser binding
+//!   and the destination. Several tabs can sign in at once without clobbering
+//!   each other, and at most [`MAX_LOGIN_COOKIES`] exist at a time (the oldest
+//!   is dropped) so that many tabs cannot push the Cookie header past server
+//!   limits.
+//!
+//! Over https every name carries the `__Host-` prefix (Secure, Path=/, no
+//! Domain); all are HttpOnly and SameSite=Lax.
+
+use axum_extra::extract::cookie::{Cookie, PrivateCookieJar, SameSite};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Settings;
+use crate::secret::hash_token;
+
+/// At most this many login cookies live at once.
+pub const MAX_LOGIN_COOKIES: usize = 4;
+
+/// What a login cookie holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginCookie {
+    /// When the login started (Unix ms); the oldest is dropped first.
+    pub started: u64,
+    /// The browser binding token.
+    pub binding: String,
+    /// Where the browser wanted to go.
+    pub return_to: String,
+}
+
+/// Names and attributes of latchkey's cookies.
+#[derive(Debug, Clone)]
+pub struct Cookies {
+    session: String,
+    login_prefix: String,
+    secure: bool,
+    session_max_age: u64,
+    login_max_age: u64,
+}
+
+impl Cookies {
+    /// The cookie scheme for these settings.
+    pub fn new(settings: &Settings) -> Self {
+        let secure = settings.secure_cookies();
+        Self {
+            session: settings.session_cookie(),
+            login_prefix: if secure {
+                "__Host-latchkey-login-".into()
+            } else {
+                "latchkey-login-".into()
+            },
+            secure,
+            session_max_age: settings.session_ttl.as_secs(),
+            // Outlives the login record, so that an expired login still
+            // knows where the browser wanted to go.
+            login_max_age: settings.login_ttl.as_secs() + 3600,
+        }
+    }
+
+    /// The session cookie's name.
+    pub fn session_name(&self) -> &str {
+        &self.session
+    }
+
+    /// Whether `name` is one of latchkey's cookies (never sent upstream).
+    pub fn is_ours(&self, name: &str) -> bool {
+        name == self.session || name.starts_with(&self.login_prefix)
+    }
+
+    fn build(&self, name: String, value: String, max_age: u64) -> Cookie<'static> {
+        Cookie::build((name, value))
+            .path("/")
+            .http_only(true)
+            .secure(self.secure)
+            .same_site(SameSite::Lax)
+            .max_age(cookie::time::Duration::seconds(
+                i64::try_from(max_age).unwrap_or(i64::MAX),
+            ))
+            .build()
+    }
+
+    /// Expires cookie `name` in the browser, whether or not it decrypted
+    /// (the jar only knows the ones that did, so this sets Max-Age=0 itself).
+    fn expire(&self, jar: PrivateCookieJar, name: String) -> PrivateCookieJar {
+        let mut removal = self.build(name, String::new(), 0);
+        removal.make_removal();
+        jar.add(removal)
+    }
+
+    /// The session id in the jar, if a valid session cookie is there.
+    pub fn session_id(&self, jar: &PrivateCookieJar) -> Option<String> {
+        jar.get(&self.session).map(|c| c.value().to_owned())
+    }
+
+    /// Sets the session cookie.
+    pub fn set_session(&self, jar: PrivateCookieJar, session_id: &str) -> PrivateCookieJar {
+        jar.add(self.build(
+            self.session.clone(),
+            session_id.to_owned(),
+            self.session_max_age,
+        ))
+    }
+
+    /// Removes the session cookie.
+    pub fn clear_session(&self, jar: PrivateCookieJar) -> PrivateCookieJar {
+        self.expire(jar, self.session.clone())
+    }
+
+    fn login_name(&self, state: &str) -> String {
+        format!("{}{}", self.login_prefix, &hash_token(state)[..8])
+    }
+
+    /// The login cookies in the jar, oldest first.
+    fn logins(&self, jar: &PrivateCookieJar) -> Vec<(String, LoginCookie)> {
+        let mut logins: Vec<(String, LoginCookie)> = jar
+            .iter()
+            .filter(|c| c.name().starts_with(&self.login_prefix))
+            .filter_map(|c| {
+                serde_json::from_str(c.value())
+                    .ok()
+                    .map(|login| (c.name().to_owned(), login))
+            })
+            .collect();
+        logins.sort_by_key(|(_, l)| l.started);
+        logins
+    }
+
+    /// Adds the cookie of a new login, dropping the oldest ones beyond the limit.
+    pub fn add_login(
+        &self,
+        mut jar: PrivateCookieJar,
+        state: &str,
+        login: &LoginCookie,
+    ) -> PrivateCookieJar {
+        let existing = self.logins(&jar);
+        let excess = (existing.len() + 1).saturating_sub(MAX_LOGIN_COOKIES);
+        for (name, _) in existing.into_iter().take(excess) {
+            jar = self.expire(jar, name);
+        }
+        let value = serde_json::to_string(login).expect("login cookies serialize");
+        jar.add(self.build(self.login_name(state), value, self.login_max_age))
+    }
+
+    /// The login cookie for `state`, if this browser has it.
+    pub fn login(&self, jar: &PrivateCookieJar, state: &str) -> Option<LoginCookie> {
+        jar.get(&self.login_name(state))
+            .and_then(|c| serde_json::from_str(c.value()).ok())
+    }
+
+    /// Removes every latchkey cookie the browser sent (sign-out), including
+    /// ones that no longer decrypt.
+    pub fn clear_all(&self, mut jar: PrivateCookieJar, sent: &[String]) -> PrivateCookieJar {
+        for name in sent.iter().filter(|n| self.is_ours(n)) {
+            jar = self.expire(jar, name.clone());
+        }
+        jar
+    }
+}

@@ -1,0 +1,243 @@
+//! The HTTP front: `latchkey serve`'s endpoints (DESIGN §5), the reverse proxy
+//! and forward-auth, pages, metrics and request logs.
+//!
+//! Paths and headers follow oauth2-proxy so that users can switch:
+//! `/oauth2/start`, `/oauth2/callback`, `/oauth2/sign_out`, `/oauth2/auth`,
+//! `/oauth2/userinfo`, `/healthz`, `/readyz`, `/metrics`; everything else is
+//! the protected app.
+
+pub mod authz;
+pub mod cookies;
+pub mod metrics;
+pub mod pages;
+pub mod proxy;
+pub mod redirect;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::FromRef;
+use axum::middleware;
+use axum::routing::get;
+use axum_extra::extract::cookie::Key;
+use tokio::net::TcpListener;
+
+use self::cookies::Cookies;
+use self::metrics::{MeteredIdp, MeteredStore, Metrics};
+use self::proxy::Upstream;
+use crate::clock::SystemClock;
+use crate::config::Settings;
+use crate::login::{LoginFlow, LoginSettings};
+use crate::oidc::{OidcProvider, OidcSettings};
+use crate::session::{SessionSettings, Sessions};
+use crate::store::{self, Store};
+
+/// Everything a request handler needs.
+pub struct App {
+    settings: Settings,
+    login: LoginFlow,
+    sessions: Sessions,
+    provider: Arc<OidcProvider>,
+    store: Arc<dyn Store>,
+    key: Key,
+    cookies: Cookies,
+    upstream: Option<Upstream>,
+    metrics: Arc<Metrics>,
+    readiness: reqwest::Client,
+}
+
+/// The router's state: the shared [`App`].
+#[derive(Clone)]
+pub struct Shared(pub Arc<App>);
+
+impl std::ops::Deref for Shared {
+    type Target = App;
+
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+impl FromRef<Shared> for Key {
+    fn from_ref(app: &Shared) -> Key {
+        app.key.clone()
+    }
+}
+
+/// Why latchkey could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened.
+    #[error("store {url}: {source}")]
+    Store {
+        /// The store URL, password redacted.
+        url: String,
+        /// What failed.
+        source: store::StoreError,
+    },
+    /// Discovery or client setup failed.
+    #[error(transparent)]
+    Oidc(#[from] crate::oidc::OidcSetupError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// What failed.
+        source: std::io::Error,
+    },
+}
+
+impl App {
+    /// Opens the store and discovers the provider.
+    pub async fn new(settings: Settings) -> Result<Arc<Self>, StartError> {
+        let metrics = Arc::new(Metrics::default());
+        let raw_store = store::open(&settings.store)
+            .await
+            .map_err(|source| StartError::Store {
+                url: store::redact_url(&settings.store),
+                source,
+            })?;
+        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(raw_store, metrics.clone()));
+        let mut oidc = OidcSettings::new(
+            &settings.issuer,
+            &settings.client_id,
+            settings.client_secret.as_deref(),
+            settings.redirect_url.as_str(),
+        );
+        oidc.scopes = settings.scopes.clone();
+        oidc.allowed_algs = settings.allowed_algs.clone();
+        oidc.clock_skew = settings.clock_skew;
+        oidc.groups_claim = settings.groups_claim.clone();
+        let provider = Arc::new(OidcProvider::discover(&oidc).await?);
+        let idp = Arc::new(MeteredIdp::new(provider.clone(), metrics.clone()));
+        let clock = Arc::new(SystemClock);
+        let login = LoginFlow::new(
+            store.clone(),
+            idp.clone(),
+            clock.clone(),
+            LoginSettings {
+                login_ttl: settings.login_ttl,
+                session_ttl: settings.session_ttl,
+                ..LoginSettings::default()
+            },
+        );
+        let sessions = Sessions::new(
+            store.clone(),
+            idp,
+            clock,
+            SessionSettings {
+                refresh_before_expiry: settings.refresh_before_expiry,
+                ..SessionSettings::default()
+            },
+        );
+        Ok(Arc::new(Self {
+            key: Key::derive_from(&settings.cookie_secret),
+            cookies: Cookies::new(&settings),
+            upstream: settings.upstream.as_ref().map(Upstream::new),
+            readiness: reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("static client configuration"),
+            settings,
+            login,
+            sessions,
+            provider,
+            store,
+            metrics,
+        }))
+    }
+
+    /// The settings it runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Its metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+}
+
+/// The router for `app`.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/oauth2/start", get(routes::start))
+        .route("/oauth2/callback", get(routes::callback))
+        .route(
+            "/oauth2/sign_out",
+            get(routes::sign_out).post(routes::sign_out),
+        )
+        .route("/oauth2/auth", get(routes::forward_auth))
+        .route("/oauth2/userinfo", get(routes::userinfo))
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(routes::metrics))
+        .fallback(routes::protected)
+        .layer(middleware::from_fn_with_state(
+            Shared(app.clone()),
+            routes::observe,
+        ))
+        .with_state(Shared(app))
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    app: Arc<App>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Serves `app` on `listener` until [`Server::shutdown`].
+    pub fn start(listener: TcpListener, app: Arc<App>) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        let service = router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, service)
+                .with_graceful_shutdown(async {
+                    let _ = stop.await;
+                })
+                .await
+        });
+        Ok(Self {
+            addr,
+            app,
+            shutdown: Some(shutdown),
+            task,
+        })
+    }
+
+    /// Binds `settings.listen` and serves.
+    pub async fn bind(app: Arc<App>) -> Result<Self, StartError> {
+        let addr = app.settings.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen { addr, source })?;
+        Self::start(listener, app).map_err(|source| StartError::Listen { addr, source })
+    }
+
+    /// The address it serves on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The application state (for metrics in tests).
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Stops accepting, lets in-flight requests finish, then returns.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.shutdown.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}

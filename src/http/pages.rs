@@ -1,0 +1,152 @@
+//! What a person or an API client sees when something is not simply proxied:
+//! small self-contained HTML pages for browsers, JSON for everyone else, both
+//! carrying a stable machine-readable error code.
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+
+use crate::dev_idp::escape_html as escape;
+
+/// The stable error codes (also in the README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// No session; sign in.
+    NotSignedIn,
+    /// Signed in but not allowed by `email_domains` / `allowed_emails` / `allowed_groups`.
+    AccessDenied,
+    /// The login is unknown or expired; start again.
+    LoginExpired,
+    /// The callback came from another browser than the one that started the login.
+    LoginNotBound,
+    /// The provider refused or failed the login.
+    LoginFailed,
+    /// Another request is still completing this login.
+    LoginInProgress,
+    /// The request is malformed (missing parameters, oversized cookies).
+    BadRequest,
+    /// The store cannot be reached.
+    StoreUnavailable,
+    /// The identity provider cannot be reached.
+    IdpUnavailable,
+    /// The upstream app cannot be reached.
+    UpstreamUnavailable,
+    /// No such page (forward-auth mode has no upstream).
+    NotFound,
+}
+
+impl ErrorCode {
+    /// The code as it appears in JSON and on pages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotSignedIn => "not_signed_in",
+            Self::AccessDenied => "access_denied",
+            Self::LoginExpired => "login_expired",
+            Self::LoginNotBound => "login_not_bound",
+            Self::LoginFailed => "login_failed",
+            Self::LoginInProgress => "login_in_progress",
+            Self::BadRequest => "bad_request",
+            Self::StoreUnavailable => "store_unavailable",
+            Self::IdpUnavailable => "idp_unavailable",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::NotFound => "not_found",
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            Self::NotSignedIn => StatusCode::UNAUTHORIZED,
+            Self::AccessDenied | Self::LoginNotBound => StatusCode::FORBIDDEN,
+            Self::LoginExpired | Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::LoginFailed => StatusCode::BAD_GATEWAY,
+            Self::LoginInProgress | Self::StoreUnavailable | Self::IdpUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Self::NotFound => StatusCode::NOT_FOUND,
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Self::NotSignedIn => "Sign-in required",
+            Self::AccessDenied => "Access denied",
+            Self::LoginExpired => "Sign-in expired",
+            Self::LoginNotBound => "Sign-in started elsewhere",
+            Self::LoginFailed => "Sign-in failed",
+            Self::LoginInProgress => "Sign-in in progress",
+            Self::BadRequest => "Bad request",
+            Self::StoreUnavailable => "Temporarily unavailable",
+            Self::IdpUnavailable => "Sign-in service unavailable",
+            Self::UpstreamUnavailable => "Application unavailable",
+            Self::NotFound => "Not found",
+        }
+    }
+}
+
+/// Whether the client wants a page (a browser) rather than JSON.
+pub fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"))
+}
+
+/// A link on an error page.
+pub struct Link<'a> {
+    /// Where it goes (a local path).
+    pub href: &'a str,
+    /// What it says.
+    pub text: &'a str,
+}
+
+/// An error response: a page for browsers, JSON otherwise.
+pub fn error(
+    headers: &HeaderMap,
+    code: ErrorCode,
+    message: &str,
+    link: Option<Link<'_>>,
+) -> Response {
+    let status = code.status();
+    let mut response = if wants_html(headers) {
+        let link = link
+            .map(|l| {
+                format!(
+                    "<p><a href=\"{}\">{}</a></p>",
+                    escape(l.href),
+                    escape(l.text)
+                )
+            })
+            .unwrap_or_default();
+        Html(page(
+            code.title(),
+            &format!(
+                "<h1>{}</h1><p>{}</p>{link}<p class=\"code\">error code: {}</p>",
+                escape(code.title()),
+                escape(message),
+                code.as_str()
+            ),
+        ))
+        .into_response()
+    } else {
+        axum::Json(serde_json::json!({ "error": code.as_str(), "message": message }))
+            .into_response()
+    };
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A complete HTML page with latchkey's minimal style and no external assets.
+pub fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width\"><title>{}</title><style>\
+         body{{font-family:system-ui,sans-serif;max-width:34rem;margin:4rem auto;padding:0 1rem;color:#222;line-height:1.5}}\
+         h1{{font-size:1.4rem}}a{{color:#0b57d0}}.code{{color:#777;font-size:.85rem}}\
+         table{{border-collapse:collapse}}td,th{{border:1px solid #ddd;padding:.2rem .6rem;text-align:left}}\
+         </style></head><body>{body}</body></html>",
+        escape(title)
+    )
+}

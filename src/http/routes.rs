@@ -1,0 +1,641 @@
+//! The request handlers.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, MatchedPath, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Response};
+use axum_extra::extract::cookie::PrivateCookieJar;
+use serde::Deserialize;
+
+use super::cookies::LoginCookie;
+use super::pages::{self, ErrorCode, Link};
+use super::proxy::Forwarded;
+use super::{App, Shared};
+use super::{authz, redirect};
+use crate::clock::{Clock, SystemClock};
+use crate::idp::Identity;
+use crate::login::{Callback, FailureReason, LoginError};
+use crate::session::{ActiveSession, SessionError};
+
+type AppState = State<Shared>;
+
+/// The signed-in user's name, attached to responses for the request log.
+#[derive(Clone)]
+struct User(String);
+
+/// A `302 Found` to `location`.
+fn found(location: &str) -> Response {
+    match HeaderValue::from_str(location) {
+        Ok(value) => (StatusCode::FOUND, [(header::LOCATION, value)]).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+fn with_user(mut response: Response, identity: &Identity) -> Response {
+    response
+        .extensions_mut()
+        .insert(User(identity.subject.clone()));
+    response
+}
+
+/// The largest Cookie header accepted; browsers send at most a few KiB.
+const MAX_COOKIE_HEADER: usize = 16 * 1024;
+
+/// Logs one line per request and counts it; refuses oversized cookies.
+pub(super) async fn observe(State(app): AppState, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "upstream".to_owned());
+    let cookie_bytes: usize = request
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .map(|v| v.len())
+        .sum();
+    let response = if cookie_bytes > MAX_COOKIE_HEADER {
+        pages::error(
+            request.headers(),
+            ErrorCode::BadRequest,
+            "The request's cookies are too large. Clear this site's cookies and try again.",
+            None,
+        )
+    } else {
+        next.run(request).await
+    };
+    let status = response.status().as_u16();
+    app.metrics.request(&route, status);
+    let user = response
+        .extensions()
+        .get::<User>()
+        .map(|u| u.0.as_str())
+        .unwrap_or("-");
+    tracing::info!(
+        method = %method,
+        path = %path,
+        route = %route,
+        status,
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        user,
+        "request"
+    );
+    response
+}
+
+/// Who is making a request.
+enum Caller {
+    /// A browser with a session cookie.
+    Session(ActiveSession),
+    /// An API client with a valid bearer token.
+    Bearer(Identity),
+    /// Nobody; `clear_cookie` when a stale or invalid session cookie was sent.
+    Anonymous { clear_cookie: bool },
+}
+
+impl Caller {
+    fn identity(&self) -> Option<&Identity> {
+        match self {
+            Caller::Session(s) => Some(&s.identity),
+            Caller::Bearer(identity) => Some(identity),
+            Caller::Anonymous { .. } => None,
+        }
+    }
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && token.split('.').count() == 3).then_some(token)
+}
+
+/// Resolves the caller: session cookie first, then a bearer JWT.
+async fn caller(
+    app: &App,
+    jar: &PrivateCookieJar,
+    headers: &HeaderMap,
+) -> Result<Caller, Response> {
+    let sent_session_cookie = raw_cookie_names(headers)
+        .iter()
+        .any(|n| n == app.cookies.session_name());
+    if let Some(id) = app.cookies.session_id(jar) {
+        match app.sessions.load(&id).await {
+            Ok(session) => return Ok(Caller::Session(session)),
+            Err(SessionError::NotFound | SessionError::Ended(_)) => {}
+            Err(SessionError::Corrupt(reason)) => {
+                tracing::error!(%reason, "unreadable session record; treating as signed out");
+            }
+            Err(SessionError::Store(error)) => {
+                tracing::warn!(%error, "store unavailable");
+                return Err(pages::error(
+                    headers,
+                    ErrorCode::StoreUnavailable,
+                    "Sessions cannot be checked right now. Please try again shortly.",
+                    None,
+                ));
+            }
+            Err(error @ (SessionError::RefreshUnavailable(_) | SessionError::RefreshTimedOut)) => {
+                tracing::warn!(%error, "session refresh failed");
+                return Err(pages::error(
+                    headers,
+                    ErrorCode::IdpUnavailable,
+                    "Your session could not be renewed because the identity provider is not answering. Please try again shortly.",
+                    None,
+                ));
+            }
+        }
+    }
+    if let Some(token) = bearer_token(headers) {
+        return match app.provider.validator().validate(token, None).await {
+            Ok(validated) => Ok(Caller::Bearer(validated.identity)),
+            Err(error) => {
+                tracing::info!(%error, "bearer token rejected");
+                Err(pages::error(
+                    headers,
+                    ErrorCode::NotSignedIn,
+                    &format!("The bearer token was rejected: {error}"),
+                    None,
+                ))
+            }
+        };
+    }
+    Ok(Caller::Anonymous {
+        clear_cookie: sent_session_cookie,
+    })
+}
+
+/// Names of the cookies the request carries (even ones that do not decrypt).
+fn raw_cookie_names(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| cookie::Cookie::split_parse(v.to_owned()))
+        .filter_map(Result::ok)
+        .map(|c| c.name().to_owned())
+        .collect()
+}
+
+/// The path and query of the request, for `rd`.
+fn destination(request: &Request) -> String {
+    request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into())
+}
+
+fn start_url(rd: &str) -> String {
+    let mut url = url::form_urlencoded::Serializer::new(String::new());
+    url.append_pair("rd", rd);
+    format!("/oauth2/start?{}", url.finish())
+}
+
+/// Not signed in: browsers go to sign-in, API clients get 401 JSON.
+fn sign_in_required(
+    app: &App,
+    jar: PrivateCookieJar,
+    headers: &HeaderMap,
+    rd: &str,
+    clear_cookie: bool,
+) -> Response {
+    let jar = if clear_cookie {
+        app.cookies.clear_session(jar)
+    } else {
+        jar
+    };
+    let response = if pages::wants_html(headers) {
+        found(&start_url(&redirect::local_path(Some(rd))))
+    } else {
+        pages::error(headers, ErrorCode::NotSignedIn, "Sign in first.", None)
+    };
+    (jar, response).into_response()
+}
+
+fn denied(headers: &HeaderMap, identity: &Identity, reason: &str) -> Response {
+    let who = identity.email.as_deref().unwrap_or(&identity.subject);
+    with_user(
+        pages::error(
+            headers,
+            ErrorCode::AccessDenied,
+            &format!("You are signed in as {who}, but {reason}."),
+            Some(Link {
+                href: "/oauth2/sign_out",
+                text: "Sign out and use another account",
+            }),
+        ),
+        identity,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct StartQuery {
+    rd: Option<String>,
+}
+
+pub(super) async fn start(
+    State(app): AppState,
+    jar: PrivateCookieJar,
+    headers: HeaderMap,
+    Query(query): Query<StartQuery>,
+) -> Response {
+    let return_to = redirect::local_path(query.rd.as_deref());
+    match app.login.begin(&return_to).await {
+        Ok(started) => {
+            app.metrics.logins_started.inc();
+            let login = LoginCookie {
+                started: SystemClock.now_ms(),
+                binding: started.binding.clone(),
+                return_to,
+            };
+            let jar = app.cookies.add_login(jar, &started.state, &login);
+            (jar, found(&started.authorization_url)).into_response()
+        }
+        Err(error) => {
+            tracing::warn!(%error, "could not start a login");
+            pages::error(
+                &headers,
+                ErrorCode::StoreUnavailable,
+                "Sign-in cannot start right now. Please try again shortly.",
+                None,
+            )
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct CallbackQuery {
+    state: Option<String>,
+    code: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+    iss: Option<String>,
+}
+
+pub(super) async fn callback(
+    State(app): AppState,
+    jar: PrivateCookieJar,
+    headers: HeaderMap,
+    Query(query): Query<CallbackQuery>,
+) -> Response {
+    let Some(state) = query.state.as_deref().filter(|s| !s.is_empty()) else {
+        return pages::error(
+            &headers,
+            ErrorCode::BadRequest,
+            "The sign-in response has no state parameter.",
+            Some(Link {
+                href: "/oauth2/start",
+                text: "Sign in",
+            }),
+        );
+    };
+    let login_cookie = app.cookies.login(&jar, state);
+    let binding = login_cookie.as_ref().map(|l| l.binding.as_str());
+    let return_to = login_cookie
+        .as_ref()
+        .map(|l| l.return_to.clone())
+        .unwrap_or_else(|| "/".into());
+    let start_again = start_url(&return_to);
+    let again = || {
+        Some(Link {
+            href: &start_again,
+            text: "Start again",
+        })
+    };
+
+    // An error response, or one from another issuer (RFC 9207), ends the login.
+    let refusal = match (
+        &query.error,
+        app.provider.check_response_issuer(query.iss.as_deref()),
+    ) {
+        (Some(error), _) => Some(match &query.error_description {
+            Some(description) => format!("{error}: {description}"),
+            None => error.clone(),
+        }),
+        (None, Err(error)) => Some(error.to_string()),
+        (None, Ok(())) => None,
+    };
+    if let Some(reason) = refusal {
+        app.metrics.logins_failed.inc();
+        let _ = app.login.abort(state, binding, &reason).await;
+        return pages::error(
+            &headers,
+            ErrorCode::LoginFailed,
+            &format!("The identity provider did not sign you in ({reason})."),
+            again(),
+        );
+    }
+    let Some(code) = query.code.as_deref().filter(|c| !c.is_empty()) else {
+        return pages::error(
+            &headers,
+            ErrorCode::BadRequest,
+            "The sign-in response has no code parameter.",
+            again(),
+        );
+    };
+    match app
+        .login
+        .complete(Callback {
+            state,
+            code,
+            binding,
+        })
+        .await
+    {
+        Ok(done) => {
+            if done.exchanged_here {
+                app.metrics.logins_completed.inc();
+            } else {
+                app.metrics.duplicate_callbacks.inc();
+            }
+            let jar = app.cookies.set_session(jar, &done.session_id);
+            (jar, found(&redirect::local_path(Some(&done.return_to)))).into_response()
+        }
+        Err(error) => {
+            let (code, message) = match &error {
+                LoginError::UnknownLogin => (
+                    ErrorCode::LoginExpired,
+                    "This sign-in has expired or was already used up. Start again.".to_owned(),
+                ),
+                LoginError::BindingMismatch => (
+                    ErrorCode::LoginNotBound,
+                    "This sign-in was started in another browser (or its cookie was lost). Start again here.".to_owned(),
+                ),
+                LoginError::Failed(FailureReason::Idp(reason)) => {
+                    (ErrorCode::LoginFailed, format!("Sign-in failed: {reason}."))
+                }
+                LoginError::Failed(reason) => {
+                    (ErrorCode::LoginFailed, format!("Sign-in failed: {reason}."))
+                }
+                LoginError::LeaseLost => (
+                    ErrorCode::LoginFailed,
+                    "Sign-in took too long to complete. Start again.".to_owned(),
+                ),
+                LoginError::StillInProgress => (
+                    ErrorCode::LoginInProgress,
+                    "This sign-in is still being completed. Reload the page in a moment.".to_owned(),
+                ),
+                LoginError::Store(_) | LoginError::Corrupt(_) => (
+                    ErrorCode::StoreUnavailable,
+                    "Sign-in cannot complete right now. Please try again shortly.".to_owned(),
+                ),
+            };
+            if matches!(code, ErrorCode::LoginFailed) {
+                app.metrics.logins_failed.inc();
+            }
+            tracing::info!(error = %error, code = code.as_str(), "callback failed");
+            pages::error(&headers, code, &message, again())
+        }
+    }
+}
+
+pub(super) async fn sign_out(
+    State(app): AppState,
+    jar: PrivateCookieJar,
+    headers: HeaderMap,
+) -> Response {
+    let mut id_token = None;
+    if let Some(id) = app.cookies.session_id(&jar) {
+        match app.sessions.sign_out(&id).await {
+            Ok(record) => id_token = record.and_then(|r| r.tokens.id_token),
+            Err(error) => {
+                tracing::warn!(%error, "sign-out could not reach the store");
+                return pages::error(
+                    &headers,
+                    ErrorCode::StoreUnavailable,
+                    "You could not be signed out right now. Please try again shortly.",
+                    None,
+                );
+            }
+        }
+    }
+    let jar = app.cookies.clear_all(jar, &raw_cookie_names(&headers));
+    let after = app.settings.post_logout_redirect_url.as_deref();
+    let response = match app.provider.end_session_url(id_token.as_deref(), after) {
+        Some(url) => found(&url),
+        None => match after {
+            Some(url) => found(url),
+            None => Html(pages::page(
+                "Signed out",
+                "<h1>Signed out</h1><p>You are signed out.</p><p><a href=\"/oauth2/start\">Sign in again</a></p>",
+            ))
+            .into_response(),
+        },
+    };
+    (jar, response).into_response()
+}
+
+/// Forward-auth for nginx `auth_request`, Traefik `forwardAuth`, Caddy `forward_auth`.
+pub(super) async fn forward_auth(
+    State(app): AppState,
+    jar: PrivateCookieJar,
+    headers: HeaderMap,
+) -> Response {
+    let caller = match caller(&app, &jar, &headers).await {
+        Ok(caller) => caller,
+        Err(response) => return response,
+    };
+    let Some(identity) = caller.identity() else {
+        let clear = matches!(caller, Caller::Anonymous { clear_cookie: true });
+        let jar = if clear {
+            app.cookies.clear_session(jar)
+        } else {
+            jar
+        };
+        let mut response = (StatusCode::UNAUTHORIZED, jar).into_response();
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return response;
+    };
+    if let Err(reason) = authz::check(&app.settings, identity) {
+        return denied(&headers, identity, &reason);
+    }
+    let mut response = StatusCode::ACCEPTED.into_response();
+    let out = response.headers_mut();
+    let mut put = |name: &'static str, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            out.insert(name, value);
+        }
+    };
+    put("x-auth-request-user", &identity.subject);
+    if let Some(email) = &identity.email {
+        put("x-auth-request-email", email);
+    }
+    if !identity.groups.is_empty() {
+        put("x-auth-request-groups", &identity.groups.join(","));
+    }
+    if app.settings.pass_access_token
+        && let Caller::Session(session) = &caller
+    {
+        put("x-auth-request-access-token", &session.tokens.access_token);
+    }
+    with_user(response, identity)
+}
+
+pub(super) async fn userinfo(
+    State(app): AppState,
+    jar: PrivateCookieJar,
+    headers: HeaderMap,
+) -> Response {
+    let caller = match caller(&app, &jar, &headers).await {
+        Ok(caller) => caller,
+        Err(response) => return response,
+    };
+    match caller.identity() {
+        Some(identity) => with_user(
+            axum::Json(serde_json::json!({
+                "user": identity.subject,
+                "email": identity.email,
+                "groups": identity.groups,
+                "issuer": identity.issuer,
+            }))
+            .into_response(),
+            identity,
+        ),
+        None => pages::error(
+            &HeaderMap::new(),
+            ErrorCode::NotSignedIn,
+            "Sign in first.",
+            None,
+        ),
+    }
+}
+
+pub(super) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+pub(super) async fn readyz(State(app): AppState) -> Response {
+    let store = match app.store.get("readyz:probe").await {
+        Ok(_) => Ok(()),
+        Err(error) => Err(error.to_string()),
+    };
+    let discovery = format!(
+        "{}/.well-known/openid-configuration",
+        app.provider.issuer().trim_end_matches('/')
+    );
+    let idp = match app.readiness.get(&discovery).send().await {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(format!("{discovery} answered HTTP {}", r.status().as_u16())),
+        Err(error) => Err(format!("{discovery}: {}", error.without_url())),
+    };
+    let ready = store.is_ok() && idp.is_ok();
+    let show = |r: &Result<(), String>| match r {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => e.clone(),
+    };
+    let body = axum::Json(serde_json::json!({
+        "ready": ready,
+        "store": show(&store),
+        "idp": show(&idp),
+    }));
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body).into_response()
+}
+
+pub(super) async fn metrics(State(app): AppState) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Everything else: the protected app.
+pub(super) async fn protected(
+    State(app): AppState,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    jar: PrivateCookieJar,
+    request: Request,
+) -> Response {
+    let method = request.method().as_str().to_owned();
+    let path = request.uri().path().to_owned();
+    let skip = app
+        .settings
+        .skip_auth_routes
+        .iter()
+        .any(|r| r.matches(&method, &path));
+    if skip {
+        return forward(&app, request, Forwarded::default(), peer, None).await;
+    }
+    let headers = request.headers().clone();
+    let caller = match caller(&app, &jar, &headers).await {
+        Ok(caller) => caller,
+        Err(response) => return response,
+    };
+    let Some(identity) = caller.identity().cloned() else {
+        let clear = matches!(caller, Caller::Anonymous { clear_cookie: true });
+        return sign_in_required(&app, jar, &headers, &destination(&request), clear);
+    };
+    if let Err(reason) = authz::check(&app.settings, &identity) {
+        return denied(&headers, &identity, &reason);
+    }
+    let access_token = match (&caller, app.settings.pass_access_token) {
+        (Caller::Session(session), true) => Some(session.tokens.access_token.clone()),
+        _ => None,
+    };
+    let who = Forwarded {
+        identity: Some(&identity),
+        access_token: access_token.as_deref(),
+    };
+    let response = forward(&app, request, who, peer, Some(&headers)).await;
+    with_user(response, &identity)
+}
+
+async fn forward(
+    app: &App,
+    request: Request,
+    who: Forwarded<'_>,
+    peer: SocketAddr,
+    headers: Option<&HeaderMap>,
+) -> Response {
+    let Some(upstream) = &app.upstream else {
+        // Forward-auth mode: nothing to proxy to.
+        let headers = headers.cloned().unwrap_or_default();
+        return match who.identity {
+            Some(identity) if request.uri().path() == "/" => Html(pages::page(
+                "Signed in",
+                &format!(
+                    "<h1>Signed in</h1><p>You are signed in as {}.</p><p><a href=\"/oauth2/sign_out\">Sign out</a></p>",
+                    crate::dev_idp::escape_html(identity.email.as_deref().unwrap_or(&identity.subject))
+                ),
+            ))
+            .into_response(),
+            _ => pages::error(&headers, ErrorCode::NotFound, "There is no such page here.", None),
+        };
+    };
+    let proto = if app.settings.secure_cookies() {
+        "https"
+    } else {
+        "http"
+    };
+    let request_headers = request.headers().clone();
+    let response = upstream
+        .forward(request.map(Body::new), who, peer, proto, &app.cookies)
+        .await;
+    if response.status() == StatusCode::BAD_GATEWAY && response.headers().is_empty() {
+        return pages::error(
+            &request_headers,
+            ErrorCode::UpstreamUnavailable,
+            "The application behind this sign-in is not answering.",
+            None,
+        );
+    }
+    response
+}

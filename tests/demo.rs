@@ -1,0 +1,91 @@
+//! `latchkey demo`, run as a user runs it: start the binary, read the URL it
+//! prints, sign in as alice through it, see the sample app's page.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use reqwest::header::{ACCEPT, LOCATION};
+use url::Url;
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_starts_and_alice_signs_in() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args([
+            "demo",
+            "--port",
+            "0",
+            "--idp-port",
+            "0",
+            "--upstream-port",
+            "0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _running = Running(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let open = loop {
+        let line = lines.next().expect("the demo printed its URL").unwrap();
+        if let Some(rest) = line.trim().strip_prefix("open ") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    assert!(open.starts_with("http://127.0.0.1:"), "{open}");
+    std::thread::spawn(move || for _ in lines {});
+
+    let browser = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut next = Url::parse(&open).unwrap();
+    let mut page = String::new();
+    for _ in 0..10 {
+        let response = browser
+            .get(next.clone())
+            .header(ACCEPT, "text/html")
+            .send()
+            .await
+            .unwrap();
+        if response.status().is_redirection() {
+            next = next
+                .join(response.headers()[LOCATION].to_str().unwrap())
+                .unwrap();
+            continue;
+        }
+        assert_eq!(response.status(), 200);
+        if next.path() == "/authorize" {
+            let mut form: Vec<(String, String)> = next.query_pairs().into_owned().collect();
+            form.extend([
+                ("username".into(), "alice".into()),
+                ("password".into(), "alice".into()),
+                ("action".into(), "login".into()),
+            ]);
+            let mut action = next.clone();
+            action.set_query(None);
+            let posted = browser.post(action).form(&form).send().await.unwrap();
+            next = next
+                .join(posted.headers()[LOCATION].to_str().unwrap())
+                .unwrap();
+            continue;
+        }
+        page = response.text().await.unwrap();
+        break;
+    }
+    assert!(
+        page.contains("Hello from the app behind latchkey"),
+        "{page}"
+    );
+    assert!(page.contains("alice@example.com"), "{page}");
+}

@@ -1,0 +1,544 @@
+//! `latchkey serve` end to end over real sockets: a scripted browser with a
+//! cookie jar, the development IdP, the sample upstream, and the proxy between.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use latchkey::config::RawSettings;
+use latchkey::demo::sample_app;
+use latchkey::dev_idp::{DevClient, DevIdp, DevIdpConfig};
+use latchkey::http::{App, Server};
+use reqwest::header::{ACCEPT, COOKIE, LOCATION};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use url::Url;
+
+const HTML: &str = "text/html, application/json";
+const SECRET: &str = "proxy-e2e-secret";
+
+struct Harness {
+    proxy: SocketAddr,
+    idp: DevIdp,
+    server: Server,
+    _store: tempfile::TempDir,
+}
+
+impl Harness {
+    async fn start(customize: impl FnOnce(&mut RawSettings)) -> Self {
+        Self::start_with(true, customize).await
+    }
+
+    async fn start_with(with_upstream: bool, customize: impl FnOnce(&mut RawSettings)) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = listener.local_addr().unwrap();
+        let upstream_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = upstream_listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(upstream_listener, sample_app()).await.unwrap() });
+        let idp = DevIdp::start(DevIdpConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            clients: vec![DevClient {
+                client_id: "latchkey".into(),
+                client_secret: SECRET.into(),
+                redirect_uris: vec![format!("http://{proxy}/oauth2/callback")],
+                post_logout_redirect_uris: vec![format!("http://{proxy}/")],
+            }],
+            ..DevIdpConfig::default()
+        })
+        .await
+        .unwrap();
+        let store = tempfile::tempdir().unwrap();
+        let mut raw = RawSettings {
+            issuer: Some(idp.issuer().into()),
+            client_id: Some("latchkey".into()),
+            client_secret: Some(SECRET.into()),
+            redirect_url: Some(format!("http://{proxy}/oauth2/callback")),
+            upstream: with_upstream.then(|| format!("http://{upstream}")),
+            store: Some(format!("sqlite://{}", store.path().join("s.db").display())),
+            cookie_secret: Some(base64::engine::general_purpose::STANDARD.encode([9u8; 32])),
+            post_logout_redirect_url: Some(format!("http://{proxy}/")),
+            ..RawSettings::default()
+        };
+        customize(&mut raw);
+        let app: Arc<App> = App::new(raw.validate().unwrap()).await.unwrap();
+        let server = Server::start(listener, app).unwrap();
+        Self {
+            proxy,
+            idp,
+            server,
+            _store: store,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy)
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+/// A browser: a cookie jar, and no automatic redirects.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn location(response: &reqwest::Response, base: &Url) -> Url {
+    assert!(
+        response.status().is_redirection(),
+        "expected a redirect, got {}",
+        response.status()
+    );
+    base.join(response.headers()[LOCATION].to_str().unwrap())
+        .unwrap()
+}
+
+/// Follows redirects from `url`, signing in at the dev IdP as `user` when its
+/// form appears, until the callback redirect; returns the callback URL.
+async fn to_callback(browser: &reqwest::Client, url: &str, user: &str) -> Url {
+    let mut next = Url::parse(url).unwrap();
+    for _ in 0..8 {
+        if next.path() == "/oauth2/callback" {
+            return next;
+        }
+        let response = browser
+            .get(next.clone())
+            .header(ACCEPT, HTML)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 && next.path() == "/authorize" {
+            let mut form: Vec<(String, String)> = next.query_pairs().into_owned().collect();
+            form.extend([
+                ("username".into(), user.into()),
+                ("password".into(), user.into()),
+                ("action".into(), "login".into()),
+            ]);
+            let mut action = next.clone();
+            action.set_query(None);
+            let posted = browser.post(action).form(&form).send().await.unwrap();
+            next = location(&posted, &next);
+        } else {
+            next = location(&response, &next);
+        }
+    }
+    panic!("never reached the callback");
+}
+
+/// Signs `user` in starting from `path`; returns where the callback sent the browser.
+async fn sign_in(h: &Harness, browser: &reqwest::Client, path: &str, user: &str) -> Url {
+    let callback = to_callback(browser, &h.url(path), user).await;
+    let done = browser
+        .get(callback.clone())
+        .header(ACCEPT, HTML)
+        .send()
+        .await
+        .unwrap();
+    location(&done, &callback)
+}
+
+async fn upstream_json(
+    browser: &reqwest::Client,
+    url: &str,
+    extra: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut request = browser.get(url).header(ACCEPT, HTML);
+    for (k, v) in extra {
+        request = request.header(*k, *v);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_login_reaches_the_upstream_with_identity_headers() {
+    let h = Harness::start(|_| {}).await;
+    let b = browser();
+    let landed = sign_in(&h, &b, "/app/page?x=1", "alice").await;
+    assert_eq!(landed.path(), "/app/page");
+    assert_eq!(landed.query(), Some("x=1"));
+    let spoofed = [
+        ("x-forwarded-user", "mallory"),
+        ("x-forwarded-email", "mallory@evil.example"),
+        ("x-auth-request-user", "mallory"),
+        ("x-forwarded-groups", "admins"),
+    ];
+    let (status, seen) = upstream_json(&b, landed.as_str(), &spoofed).await;
+    assert_eq!(status, 200, "{seen}");
+    let headers = &seen["headers"];
+    assert_eq!(headers["x-forwarded-user"], "alice");
+    assert_eq!(headers["x-forwarded-email"], "alice@example.com");
+    assert_eq!(headers["x-forwarded-groups"], "admins,staff");
+    assert!(headers.get("x-auth-request-user").is_none(), "{headers}");
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    // latchkey's own cookies never reach the app; the app's own do.
+    let (_, seen) = upstream_json(&b, landed.as_str(), &[(COOKIE.as_str(), "app=1")]).await;
+    let cookie = seen["headers"]["cookie"].as_str().unwrap_or("");
+    assert!(
+        !cookie.contains("_latchkey") && !cookie.contains("latchkey-login"),
+        "{cookie}"
+    );
+    assert_eq!(h.idp.knobs().code_grants(), 1);
+    assert_eq!(h.metric("latchkey_logins_completed_total").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_clients_without_a_session_get_401_json() {
+    let h = Harness::start(|_| {}).await;
+    let response = reqwest::Client::new()
+        .get(h.url("/api/things"))
+        .header(ACCEPT, "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "not_signed_in");
+    // A browser is sent to sign in instead, keeping its destination.
+    let response = browser()
+        .get(h.url("/app?a=b"))
+        .header(ACCEPT, HTML)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 302);
+    assert_eq!(
+        response.headers()[LOCATION],
+        "/oauth2/start?rd=%2Fapp%3Fa%3Db"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_answers_202_with_headers_or_401() {
+    let h = Harness::start_with(false, |_| {}).await;
+    let b = browser();
+    let anonymous = b.get(h.url("/oauth2/auth")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    sign_in(&h, &b, "/", "bob").await;
+    let ok = b.get(h.url("/oauth2/auth")).send().await.unwrap();
+    assert_eq!(ok.status(), 202);
+    assert_eq!(ok.headers()["x-auth-request-user"], "bob");
+    assert_eq!(ok.headers()["x-auth-request-email"], "bob@example.com");
+    assert_eq!(ok.headers()["x-auth-request-groups"], "staff");
+    let info: Value = b
+        .get(h.url("/oauth2/userinfo"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["email"], "bob@example.com");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_auth_routes_match_the_path_only() {
+    let h = Harness::start(|raw| raw.skip_auth_routes = Some(vec!["GET=^/public/".into()])).await;
+    let client = reqwest::Client::new();
+    let (status, seen) = upstream_json(
+        &client,
+        &h.url("/public/style.css"),
+        &[("x-forwarded-user", "mallory")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(seen["headers"].get("x-forwarded-user").is_none(), "{seen}");
+    // The query string cannot open a protected path, nor can another method.
+    let protected = client
+        .get(h.url("/private?x=/public/"))
+        .header(ACCEPT, "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(protected.status(), 401);
+    let post = client
+        .post(h.url("/public/x"))
+        .header(ACCEPT, "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_outside_allowed_groups_are_denied_with_a_page() {
+    let h = Harness::start(|raw| raw.allowed_groups = Some(vec!["admins".into()])).await;
+    let bob = browser();
+    let landed = sign_in(&h, &bob, "/", "bob").await;
+    let response = bob
+        .get(landed)
+        .header(ACCEPT, "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let page = response.text().await.unwrap();
+    assert!(
+        page.contains("bob@example.com") && page.contains("/oauth2/sign_out"),
+        "{page}"
+    );
+    assert!(page.contains("access_denied"));
+    let alice = browser();
+    let landed = sign_in(&h, &alice, "/", "alice").await;
+    let (status, _) = upstream_json(&alice, landed.as_str(), &[]).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_out_ends_the_session_everywhere() {
+    let h = Harness::start(|_| {}).await;
+    let b = browser();
+    sign_in(&h, &b, "/", "alice").await;
+    assert_eq!(
+        b.get(h.url("/oauth2/auth")).send().await.unwrap().status(),
+        202
+    );
+    let out = b.get(h.url("/oauth2/sign_out")).send().await.unwrap();
+    let to_idp = location(&out, &Url::parse(&h.url("/")).unwrap());
+    assert!(
+        to_idp
+            .as_str()
+            .starts_with(&format!("{}/end_session", h.idp.issuer())),
+        "{to_idp}"
+    );
+    let back = b.get(to_idp.clone()).send().await.unwrap();
+    assert_eq!(location(&back, &to_idp).as_str(), h.url("/"));
+    assert_eq!(
+        b.get(h.url("/oauth2/auth")).send().await.unwrap().status(),
+        401
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_login_gets_the_login_expired_page() {
+    let h = Harness::start(|_| {}).await;
+    let response = browser()
+        .get(h.url("/oauth2/callback?state=nope&code=x"))
+        .header(ACCEPT, "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let page = response.text().await.unwrap();
+    assert!(
+        page.contains("login_expired") && page.contains("Start again"),
+        "{page}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_expired_link_keeps_the_destination() {
+    let h = Harness::start(|raw| raw.login_ttl = Some("1s".into())).await;
+    let b = browser();
+    let callback = to_callback(&b, &h.url("/deep/link"), "alice").await;
+    // The login record expires (real time: the store's TTL is the store's).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let response = b
+        .get(callback)
+        .header(ACCEPT, "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let page = response.text().await.unwrap();
+    assert!(page.contains("/oauth2/start?rd=%2Fdeep%2Flink"), "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_redirects_through_rd_end_on_a_local_path() {
+    let h = Harness::start(|_| {}).await;
+    for rd in [
+        "//evil.example",
+        "/\\evil.example",
+        "https://evil.example",
+        "%2F%2Fevil.example",
+        "/%5Cevil.example",
+        "javascript:alert(1)",
+    ] {
+        let b = browser();
+        let start = format!(
+            "/oauth2/start?rd={}",
+            url::form_urlencoded::byte_serialize(rd.as_bytes()).collect::<String>()
+        );
+        let landed = sign_in(&h, &b, &start, "alice").await;
+        assert_eq!(landed.as_str(), h.url("/"), "rd {rd:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_cookies_get_400_or_a_fresh_sign_in_never_500() {
+    let h = Harness::start(|_| {}).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let huge = format!("_latchkey={}", "a".repeat(20_000));
+    let response = client
+        .get(h.url("/"))
+        .header(COOKIE, huge)
+        .header(ACCEPT, "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    for junk in [
+        "_latchkey=garbage",
+        "_latchkey=",
+        "_latchkey",
+        "=;;=;",
+        "latchkey-login-abcdefgh=%%%",
+    ] {
+        let response = client
+            .get(h.url("/"))
+            .header(COOKIE, junk)
+            .header(ACCEPT, "text/html")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 302, "{junk:?}");
+        if junk.starts_with("_latchkey=") {
+            // The unreadable session cookie is expired in the browser.
+            let cleared = response
+                .headers()
+                .get_all(reqwest::header::SET_COOKIE)
+                .iter()
+                .any(|c| {
+                    c.to_str().unwrap().starts_with("_latchkey=")
+                        && c.to_str().unwrap().contains("Max-Age=0")
+                });
+            assert!(cleared, "{junk:?}: {:?}", response.headers());
+        }
+    }
+    let response = client
+        .get(h.url("/oauth2/callback?state=s&code=c"))
+        .header(COOKIE, "latchkey-login-abcdefgh=garbage")
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_client_error(), "{}", response.status());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_callbacks_through_http_give_one_session() {
+    let h = Harness::start(|_| {}).await;
+    let b = browser();
+    let callback = to_callback(&b, &h.url("/"), "alice").await;
+    // A slow token endpoint, so that both callbacks are in flight together
+    // (the guarantee holds for any interleaving; the delay only makes the
+    // concurrent one the likely one).
+    h.idp.knobs().delay_token_calls(Duration::from_millis(300));
+    let (first, second) = tokio::join!(
+        b.get(callback.clone()).header(ACCEPT, HTML).send(),
+        b.get(callback.clone()).header(ACCEPT, HTML).send()
+    );
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(first.status(), 302);
+    assert_eq!(second.status(), 302);
+    assert_eq!(first.headers()[LOCATION], "/");
+    assert_eq!(second.headers()[LOCATION], "/");
+    assert_eq!(h.idp.knobs().code_grants(), 1);
+    assert_eq!(h.metric("latchkey_code_exchanges_total").await, 1.0);
+    assert_eq!(h.metric("latchkey_logins_completed_total").await, 1.0);
+    assert_eq!(
+        h.metric("latchkey_duplicate_callbacks_absorbed_total")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        b.get(h.url("/oauth2/auth")).send().await.unwrap().status(),
+        202
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_tabs_cannot_grow_the_cookie_header() {
+    let h = Harness::start(|_| {}).await;
+    let b = browser();
+    // Cookies are per host, not per port: an echo server on another port of
+    // 127.0.0.1 sees exactly what the browser would send latchkey.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, sample_app()).await.unwrap() });
+    let login_cookies = || async {
+        let seen: Value = b
+            .get(&echo)
+            .header(ACCEPT, "application/json")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        seen["headers"]["cookie"]
+            .as_str()
+            .unwrap_or("")
+            .split(';')
+            .filter(|c| c.trim().starts_with("latchkey-login-"))
+            .count()
+    };
+    for tabs in 1..=12 {
+        let response = b.get(h.url("/oauth2/start?rd=/")).send().await.unwrap();
+        assert_eq!(response.status(), 302);
+        let expected = tabs.min(latchkey::http::cookies::MAX_LOGIN_COOKIES);
+        assert_eq!(login_cookies().await, expected, "after {tabs} tabs");
+    }
+    // The newest tab can still finish its login.
+    let newest = b
+        .get(h.url("/oauth2/start?rd=/newest"))
+        .send()
+        .await
+        .unwrap();
+    let authorize = Url::parse(newest.headers()[LOCATION].to_str().unwrap()).unwrap();
+    let callback = to_callback(&b, authorize.as_str(), "alice").await;
+    let done = b.get(callback.clone()).send().await.unwrap();
+    assert_eq!(location(&done, &callback).path(), "/newest");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics() {
+    let h = Harness::start(|_| {}).await;
+    let client = reqwest::Client::new();
+    assert_eq!(
+        client.get(h.url("/healthz")).send().await.unwrap().status(),
+        200
+    );
+    let ready = client.get(h.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["store"], "ok");
+    assert_eq!(body["idp"], "ok");
+    let metrics = client
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "latchkey_http_requests_total",
+        "latchkey_logins_started_total",
+        "latchkey_store_operation_seconds",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from\n{metrics}");
+    }
+    h.server.shutdown().await;
+}
