@@ -31,11 +31,19 @@ impl Harness {
     }
 
     async fn start_with(with_upstream: bool, customize: impl FnOnce(&mut RawSettings)) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy = listener.local_addr().unwrap();
         let upstream_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream = upstream_listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(upstream_listener, sample_app()).await.unwrap() });
+        Self::start_in_front_of(with_upstream.then_some(upstream), customize).await
+    }
+
+    /// latchkey in front of whatever listens at `upstream`.
+    async fn start_in_front_of(
+        upstream: Option<SocketAddr>,
+        customize: impl FnOnce(&mut RawSettings),
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = listener.local_addr().unwrap();
         let idp = DevIdp::start(DevIdpConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             clients: vec![DevClient {
@@ -54,7 +62,7 @@ impl Harness {
             client_id: Some("latchkey".into()),
             client_secret: Some(SECRET.into()),
             redirect_url: Some(format!("http://{proxy}/oauth2/callback")),
-            upstream: with_upstream.then(|| format!("http://{upstream}")),
+            upstream: upstream.map(|u| format!("http://{u}")),
             store: Some(format!("sqlite://{}", store.path().join("s.db").display())),
             cookie_secret: Some(base64::engine::general_purpose::STANDARD.encode([9u8; 32])),
             post_logout_redirect_url: Some(format!("http://{proxy}/")),
@@ -541,4 +549,241 @@ async fn health_readiness_and_metrics() {
         assert!(metrics.contains(name), "{name} missing from\n{metrics}");
     }
     h.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_access_token_sends_the_users_token_upstream() {
+    let h = Harness::start(|raw| raw.pass_access_token = Some(true)).await;
+    let b = browser();
+    let landed = sign_in(&h, &b, "/", "alice").await;
+    let (status, seen) = upstream_json(
+        &b,
+        landed.as_str(),
+        &[("authorization", "Bearer client-sent")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let auth = seen["headers"]["authorization"].as_str().unwrap();
+    assert!(
+        auth.starts_with("Bearer ") && auth != "Bearer client-sent",
+        "{auth}"
+    );
+    let forward = b.get(h.url("/oauth2/auth")).send().await.unwrap();
+    assert_eq!(
+        forward.headers()["x-auth-request-access-token"]
+            .to_str()
+            .unwrap(),
+        auth.trim_start_matches("Bearer ")
+    );
+}
+
+/// An ID token for `latchkey` straight from the dev IdP (as an API client's
+/// own login would produce).
+async fn id_token_from(h: &Harness) -> String {
+    let (challenge, verifier) = openidconnect::PkceCodeChallenge::new_random_sha256();
+    let redirect = h.url("/oauth2/callback");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let form = [
+        ("response_type", "code"),
+        ("client_id", "latchkey"),
+        ("redirect_uri", redirect.as_str()),
+        ("scope", "openid email"),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+        ("username", "bob"),
+        ("password", "bob"),
+        ("action", "login"),
+    ];
+    let issuer = h.idp.issuer().to_owned();
+    let back = client
+        .post(format!("{issuer}/authorize"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    let back = Url::parse(back.headers()[LOCATION].to_str().unwrap()).unwrap();
+    let code = back
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    let tokens: Value = client
+        .post(format!("{issuer}/token"))
+        .basic_auth("latchkey", Some(SECRET))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", redirect.as_str()),
+            ("code_verifier", verifier.secret().as_str()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    tokens["id_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_clients_may_present_a_validated_bearer_jwt() {
+    let h = Harness::start(|_| {}).await;
+    let token = id_token_from(&h).await;
+    let api = reqwest::Client::new();
+    let (status, seen) = upstream_json(
+        &api,
+        &h.url("/api/report"),
+        &[
+            ("authorization", &format!("Bearer {token}")),
+            ("accept", "application/json"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(seen["headers"]["x-forwarded-user"], "bob");
+    // A forged or foreign token is refused, as JSON.
+    let mut forged = token.clone();
+    forged.replace_range(forged.len() - 4.., "AAAA");
+    for bad in [forged.as_str(), "a.b.c"] {
+        let response = api
+            .get(h.url("/api/report"))
+            .header("authorization", format!("Bearer {bad}"))
+            .header(ACCEPT, "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "not_signed_in");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_pass_through_to_the_upstream() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    // An upstream that accepts one upgrade, reports the request head it got,
+    // then echoes bytes.
+    let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = raw.local_addr().unwrap();
+    let (head_tx, head_rx) = tokio::sync::oneshot::channel::<String>();
+    tokio::spawn(async move {
+        let (socket, _) = raw.accept().await.unwrap();
+        let mut socket = BufReader::new(socket);
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            socket.read_line(&mut line).await.unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        head_tx.send(head).unwrap();
+        let mut socket = socket.into_inner();
+        socket
+            .write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        loop {
+            let n = socket.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            socket.write_all(&buf[..n]).await.unwrap();
+        }
+    });
+    let h = Harness::start_in_front_of(Some(upstream), |_| {}).await;
+    let jar = Arc::new(reqwest::cookie::Jar::default());
+    let b = reqwest::Client::builder()
+        .cookie_provider(jar.clone())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let callback = to_callback(&b, &h.url("/oauth2/start?rd=/"), "alice").await;
+    b.get(callback).send().await.unwrap();
+    use reqwest::cookie::CookieStore;
+    let cookies = jar
+        .cookies(&Url::parse(&h.url("/")).unwrap())
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut socket = tokio::net::TcpStream::connect(h.proxy).await.unwrap();
+    let request = format!(
+        "GET /socket HTTP/1.1\r\nHost: {}\r\nCookie: {cookies}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        h.proxy
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut reader = BufReader::new(socket);
+    let mut status = String::new();
+    reader.read_line(&mut status).await.unwrap();
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let head = head_rx.await.unwrap().to_ascii_lowercase();
+    assert!(
+        head.contains("upgrade: echo") && head.contains("x-forwarded-user: alice"),
+        "{head}"
+    );
+    let mut socket = reader.into_inner();
+    socket.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    socket.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"ping");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_in_flight_requests() {
+    use std::sync::Mutex;
+    // An upstream whose answer the test releases.
+    let (arrived_tx, arrived_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let gates = Arc::new(Mutex::new((Some(arrived_tx), Some(release_rx))));
+    let app = axum::Router::new().route(
+        "/public/slow",
+        axum::routing::get(move || {
+            let gates = gates.clone();
+            async move {
+                let (arrived, release) = {
+                    let mut g = gates.lock().unwrap();
+                    (g.0.take(), g.1.take())
+                };
+                arrived.unwrap().send(()).unwrap();
+                release.unwrap().await.unwrap();
+                "done"
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let h = Harness::start_in_front_of(Some(upstream), |raw| {
+        raw.skip_auth_routes = Some(vec!["^/public/".into()]);
+    })
+    .await;
+    let url = h.url("/public/slow");
+    let in_flight =
+        tokio::spawn(async move { reqwest::get(url).await.unwrap().text().await.unwrap() });
+    arrived_rx.await.unwrap();
+    let proxy = h.proxy;
+    let shutdown = tokio::spawn(h.server.shutdown());
+    release_tx.send(()).unwrap();
+    assert_eq!(in_flight.await.unwrap(), "done");
+    shutdown.await.unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(proxy).await.is_err(),
+        "still accepting"
+    );
 }

@@ -37,3 +37,60 @@ pub fn check(settings: &Settings, identity: &Identity) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RawSettings;
+    use base64::Engine;
+
+    fn settings(domains: &[&str], emails: &[&str], groups: &[&str]) -> Settings {
+        let list = |v: &[&str]| Some(v.iter().map(|s| (*s).to_owned()).collect());
+        RawSettings {
+            issuer: Some("https://idp.example.com".into()),
+            client_id: Some("app".into()),
+            redirect_url: Some("https://app.example.com/oauth2/callback".into()),
+            cookie_secret: Some(base64::engine::general_purpose::STANDARD.encode([1u8; 32])),
+            email_domains: list(domains),
+            allowed_emails: list(emails),
+            allowed_groups: list(groups),
+            ..RawSettings::default()
+        }
+        .validate()
+        .unwrap()
+    }
+
+    fn who(email: Option<&str>, groups: &[&str]) -> Identity {
+        Identity {
+            issuer: "https://idp.example.com".into(),
+            subject: "u".into(),
+            email: email.map(str::to_owned),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn empty_rules_admit_everyone() {
+        assert!(check(&settings(&[], &[], &[]), &who(None, &[])).is_ok());
+    }
+
+    #[test]
+    fn email_domains_and_exceptions() {
+        let s = settings(&["example.com"], &["guest@other.org"], &[]);
+        assert!(check(&s, &who(Some("a@example.com"), &[])).is_ok());
+        assert!(check(&s, &who(Some("A@EXAMPLE.COM"), &[])).is_ok());
+        assert!(check(&s, &who(Some("guest@other.org"), &[])).is_ok());
+        assert!(check(&s, &who(Some("a@other.org"), &[])).is_err());
+        assert!(check(&s, &who(Some("a@example.com.evil.org"), &[])).is_err());
+        assert!(check(&s, &who(None, &[])).is_err());
+        assert!(check(&settings(&["*"], &[], &[]), &who(Some("x@y.z"), &[])).is_ok());
+    }
+
+    #[test]
+    fn groups_need_one_match() {
+        let s = settings(&[], &[], &["admins", "ops"]);
+        assert!(check(&s, &who(None, &["staff", "ops"])).is_ok());
+        assert!(check(&s, &who(None, &["staff"])).is_err());
+        assert!(check(&s, &who(None, &[])).is_err());
+    }
+}

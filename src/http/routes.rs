@@ -236,6 +236,27 @@ fn denied(headers: &HeaderMap, identity: &Identity, reason: &str) -> Response {
     )
 }
 
+/// Says so in the log when a login starts on another host than `redirect_url`
+/// names: the login cookie would then not come back with the callback. Only a
+/// warning, since a front proxy may legitimately rewrite `Host`.
+fn warn_on_host_mismatch(app: &App, headers: &HeaderMap) {
+    let configured = &app.settings.redirect_url;
+    let expected = match (configured.host_str(), configured.port()) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (Some(host), None) => host.to_owned(),
+        (None, _) => return,
+    };
+    let seen = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    if let Some(seen) = seen.filter(|seen| !seen.eq_ignore_ascii_case(&expected)) {
+        tracing::warn!(
+            host = seen,
+            redirect_url_host = %expected,
+            "a login started on a host other than redirect_url's; its cookie will not reach \
+             the callback unless a front proxy rewrites Host: set redirect_url to this host"
+        );
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub(super) struct StartQuery {
     rd: Option<String>,
@@ -247,6 +268,7 @@ pub(super) async fn start(
     headers: HeaderMap,
     Query(query): Query<StartQuery>,
 ) -> Response {
+    warn_on_host_mismatch(&app, &headers);
     let return_to = redirect::local_path(query.rd.as_deref());
     match app.login.begin(&return_to).await {
         Ok(started) => {
