@@ -74,6 +74,10 @@ pub struct RawSettings {
     /// How long a started login may take [default: 10m].
     #[arg(long, env = "LATCHKEY_LOGIN_TTL")]
     pub login_ttl: Option<String>,
+    /// How long one callback may spend exchanging the code before duplicates
+    /// treat the login as failed [default: 30s].
+    #[arg(long, env = "LATCHKEY_EXCHANGE_LEASE")]
+    pub exchange_lease: Option<String>,
     /// Refresh access tokens this long before they expire [default: 60s].
     #[arg(long, env = "LATCHKEY_REFRESH_BEFORE_EXPIRY")]
     pub refresh_before_expiry: Option<String>,
@@ -122,6 +126,7 @@ impl RawSettings {
             pass_access_token,
             session_ttl,
             login_ttl,
+            exchange_lease,
             refresh_before_expiry,
             post_logout_redirect_url,
             allowed_algs,
@@ -210,6 +215,8 @@ pub struct Settings {
     pub session_ttl: Duration,
     /// Login lifetime.
     pub login_ttl: Duration,
+    /// Lease of one code exchange (and of one refresh).
+    pub exchange_lease: Duration,
     /// Refresh window.
     pub refresh_before_expiry: Duration,
     /// Post-logout redirect.
@@ -493,6 +500,7 @@ impl RawSettings {
             pass_access_token: self.pass_access_token.unwrap_or(false),
             session_ttl: duration(self.session_ttl, "session_ttl", "7d")?,
             login_ttl: duration(self.login_ttl, "login_ttl", "10m")?,
+            exchange_lease: duration(self.exchange_lease, "exchange_lease", "30s")?,
             refresh_before_expiry: duration(
                 self.refresh_before_expiry,
                 "refresh_before_expiry",

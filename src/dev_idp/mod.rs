@@ -130,6 +130,24 @@ pub struct Knobs {
     failing_token_calls: AtomicU32,
     token_delay_ms: AtomicU64,
     userinfo_subject: Mutex<Option<String>>,
+    held: HoldGate,
+}
+
+/// Holds token calls until released, counting arrivals (for tests that must
+/// know a call is in flight).
+#[derive(Debug)]
+struct HoldGate {
+    holding: tokio::sync::watch::Sender<bool>,
+    arrived: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for HoldGate {
+    fn default() -> Self {
+        Self {
+            holding: tokio::sync::watch::Sender::new(false),
+            arrived: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl Knobs {
@@ -160,6 +178,18 @@ impl Knobs {
             .userinfo_subject
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = subject.map(str::to_owned);
+    }
+
+    /// While `true`, token calls wait (after being counted) until it is set
+    /// back to `false`.
+    pub fn hold_token_calls(&self, hold: bool) {
+        self.held.holding.send_replace(hold);
+    }
+
+    /// Waits until at least `n` token calls have arrived in all.
+    pub async fn wait_token_calls(&self, n: u64) {
+        let mut arrived = self.held.arrived.subscribe();
+        let _ = arrived.wait_for(|a| *a >= n).await;
     }
 
     /// Every token call waits this long first.

@@ -74,6 +74,9 @@ pub(super) async fn token(
 ) -> Response {
     let knobs = &idp.knobs;
     knobs.token_calls.fetch_add(1, Ordering::SeqCst);
+    knobs.held.arrived.send_modify(|n| *n += 1);
+    let mut holding = knobs.held.holding.subscribe();
+    let _ = holding.wait_for(|hold| !*hold).await;
     let delay = knobs.token_delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         // The test knob: a slow provider.

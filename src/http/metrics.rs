@@ -41,6 +41,7 @@ pub struct Metrics {
     exchanges: Counter,
     refreshes: Counter,
     refresh_waits: Counter,
+    login_waits: Counter,
     store_latency: Family<OperationLabels, Histogram>,
 }
 
@@ -87,6 +88,11 @@ impl Default for Metrics {
             "refresh_waits",
             "Times a request waited for another request's refresh",
         );
+        let login_waits = counter(
+            &mut registry,
+            "login_waits",
+            "Times a duplicate callback waited for the callback exchanging its code",
+        );
         let store_latency = Family::<OperationLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -107,6 +113,7 @@ impl Default for Metrics {
             exchanges,
             refreshes,
             refresh_waits,
+            login_waits,
             store_latency,
         }
     }
@@ -238,6 +245,8 @@ impl Store for MeteredStore {
     ) -> StoreResult<()> {
         if key.starts_with("session:") {
             self.metrics.refresh_waits.inc();
+        } else if key.starts_with("login:") {
+            self.metrics.login_waits.inc();
         }
         self.inner.wait_for_change(key, seen, timeout).await
     }

@@ -122,7 +122,8 @@ impl App {
             LoginSettings {
                 login_ttl: settings.login_ttl,
                 session_ttl: settings.session_ttl,
-                ..LoginSettings::default()
+                exchange_lease: settings.exchange_lease,
+                wait_timeout: settings.exchange_lease,
             },
         );
         let sessions = Sessions::new(
@@ -131,6 +132,7 @@ impl App {
             clock,
             SessionSettings {
                 refresh_before_expiry: settings.refresh_before_expiry,
+                refresh_lease: settings.exchange_lease,
                 ..SessionSettings::default()
             },
         );

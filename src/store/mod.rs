@@ -169,12 +169,14 @@ pub async fn connect(url: &str) -> StoreResult<Arc<dyn Store>> {
     }
     #[cfg(feature = "redis")]
     if url.starts_with("redis://") || url.starts_with("rediss://") {
-        return Ok(Arc::new(redis::RedisStore::connect(url, "latchkey").await?));
+        let (url, prefix) = split_prefix(url)?;
+        return Ok(Arc::new(redis::RedisStore::connect(&url, &prefix).await?));
     }
     #[cfg(feature = "postgres")]
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let (url, prefix) = split_prefix(url)?;
         return Ok(Arc::new(
-            postgres::PostgresStore::connect(url, "latchkey:").await?,
+            postgres::PostgresStore::connect(&url, &prefix).await?,
         ));
     }
     Err(StoreError::Config(format!(
@@ -191,6 +193,40 @@ pub async fn connect(url: &str) -> StoreResult<Arc<dyn Store>> {
             " (postgres:// needs the `postgres` feature)"
         },
     )))
+}
+
+/// The key prefix of a shared store: the URL's `prefix` query parameter
+/// (default `latchkey:`), so that several deployments can share one server.
+/// Returns the URL without that parameter, for the driver.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+fn split_prefix(url: &str) -> StoreResult<(String, String)> {
+    let mut parsed = ::url::Url::parse(url)
+        .map_err(|e| StoreError::Config(format!("store URL {}: {e}", redact_url(url))))?;
+    let mut prefix = None;
+    let kept: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter(|(k, v)| {
+            if k == "prefix" {
+                prefix = Some(v.to_string());
+                false
+            } else {
+                true
+            }
+        })
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if kept.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    let prefix = prefix.unwrap_or_else(|| "latchkey".into());
+    let prefix = if prefix.ends_with(':') {
+        prefix
+    } else {
+        format!("{prefix}:")
+    };
+    Ok((parsed.to_string(), prefix))
 }
 
 /// A URL with any password replaced by `***`, fit for error messages and logs.
