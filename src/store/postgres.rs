@@ -56,7 +56,8 @@ impl PostgresStore {
     pub async fn connect(url: &str, namespace: &str) -> StoreResult<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(10)
-            .acquire_timeout(Duration::from_secs(5))
+            // Fail fast when the server is away: requests get a 503 instead of hanging.
+            .acquire_timeout(Duration::from_secs(2))
             .connect(url)
             .await
             .map_err(|e| {

@@ -92,8 +92,11 @@ impl RedisStore {
         let client = redis::Client::open(url)
             .map_err(|e| StoreError::Config(format!("redis URL {}: {e}", redact_url(url))))?;
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(5)));
+            // Fail fast when the server is away: requests get a 503 instead of hanging.
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
         let connection = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(|e| {

@@ -1,0 +1,210 @@
+//! The shared store goes away mid-traffic and comes back: requests fail fast
+//! with 503 and a clear answer (no panic, no corrupted record), and latchkey
+//! recovers without a restart. The outage is made by a TCP relay between
+//! latchkey and the real server, which the test cuts and restores, so the
+//! shared servers themselves are never touched.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use latchkey::config::RawSettings;
+use latchkey::dev_idp::{DevClient, DevIdp, DevIdpConfig};
+use latchkey::http::{App, Server};
+use latchkey::secret::random_token;
+use reqwest::header::{ACCEPT, LOCATION};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use url::Url;
+
+/// Relays TCP to `target` while up; when cut, drops every relayed connection
+/// and refuses new ones.
+struct Relay {
+    addr: SocketAddr,
+    up: watch::Sender<bool>,
+}
+
+impl Relay {
+    async fn start(target: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = watch::Sender::new(true);
+        let state = up.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let (mut client, _) = listener.accept().await.unwrap();
+                let mut state = state.clone();
+                if !*state.borrow_and_update() {
+                    continue; // dropped: the connection is refused
+                }
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = state.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Relay { addr, up }
+    }
+
+    fn cut(&self) {
+        self.up.send_replace(false);
+    }
+
+    fn restore(&self) {
+        self.up.send_replace(true);
+    }
+}
+
+/// `url` with its host and port replaced by the relay's, and a fresh prefix.
+fn through(url: &str, relay: SocketAddr) -> String {
+    let mut url = Url::parse(url).unwrap();
+    url.set_ip_host(relay.ip()).unwrap();
+    url.set_port(Some(relay.port())).unwrap();
+    url.query_pairs_mut()
+        .append_pair("prefix", &format!("outage-{}", &random_token()[..10]));
+    url.to_string()
+}
+
+fn target_of(url: &str) -> SocketAddr {
+    let url = Url::parse(url).unwrap();
+    let host = url.host_str().unwrap();
+    let port = url
+        .port()
+        .unwrap_or(if url.scheme() == "redis" { 6379 } else { 5432 });
+    format!("{host}:{port}").parse().unwrap()
+}
+
+async fn outage_and_recovery(server_url: String) {
+    let relay = Relay::start(target_of(&server_url)).await;
+    let store = through(&server_url, relay.addr);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    let idp = DevIdp::start(DevIdpConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        clients: vec![DevClient {
+            client_id: "latchkey".into(),
+            client_secret: "s".into(),
+            redirect_uris: vec![format!("http://{proxy}/oauth2/callback")],
+            post_logout_redirect_uris: vec![],
+        }],
+        ..DevIdpConfig::default()
+    })
+    .await
+    .unwrap();
+    let settings = RawSettings {
+        issuer: Some(idp.issuer().into()),
+        client_id: Some("latchkey".into()),
+        client_secret: Some("s".into()),
+        redirect_url: Some(format!("http://{proxy}/oauth2/callback")),
+        store: Some(store.clone()),
+        cookie_secret: Some(base64::engine::general_purpose::STANDARD.encode([3u8; 32])),
+        ..RawSettings::default()
+    }
+    .validate()
+    .unwrap();
+    let app: Arc<App> = App::new(settings).await.unwrap();
+    let _server = Server::start(listener, app).unwrap();
+    let url = |path: &str| format!("http://{proxy}{path}");
+    let browser = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    // Sign in while the store is up.
+    let start = browser.get(url("/oauth2/start")).send().await.unwrap();
+    let authorize = Url::parse(start.headers()[LOCATION].to_str().unwrap()).unwrap();
+    let mut form: Vec<(String, String)> = authorize.query_pairs().into_owned().collect();
+    form.extend([
+        ("username".into(), "alice".into()),
+        ("password".into(), "alice".into()),
+        ("action".into(), "login".into()),
+    ]);
+    let mut action = authorize.clone();
+    action.set_query(None);
+    let back = browser.post(action).form(&form).send().await.unwrap();
+    let callback = back.headers()[LOCATION].to_str().unwrap().to_owned();
+    assert_eq!(browser.get(&callback).send().await.unwrap().status(), 302);
+    assert_eq!(
+        browser
+            .get(url("/oauth2/auth"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+
+    // The store goes away: fast 503s with a clear code, for browsers and APIs.
+    relay.cut();
+    for path in ["/oauth2/auth", "/oauth2/userinfo", "/app", "/oauth2/start"] {
+        let started = Instant::now();
+        let response = browser
+            .get(url(path))
+            .header(ACCEPT, "application/json")
+            .send()
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        assert_eq!(response.status(), 503, "{path}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "store_unavailable", "{path}");
+        assert!(took < Duration::from_secs(6), "{path} took {took:?}");
+    }
+    let page = browser
+        .get(url("/app"))
+        .header(ACCEPT, "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 503);
+    assert!(page.text().await.unwrap().contains("store_unavailable"));
+    let ready = browser.get(url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+
+    // It comes back: the same session works again, without a restart.
+    relay.restore();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = browser
+            .get(url("/oauth2/auth"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 202 {
+            break;
+        }
+        assert_eq!(status, 503, "only 503 while reconnecting");
+        assert!(Instant::now() < deadline, "latchkey did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        browser.get(url("/readyz")).send().await.unwrap().status(),
+        200
+    );
+    let store = latchkey::store::connect(&store).await.unwrap();
+    store.purge("").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_and_recovery() {
+    match std::env::var("LATCHKEY_TEST_REDIS") {
+        Ok(url) => outage_and_recovery(url).await,
+        Err(_) => eprintln!("skipping: set LATCHKEY_TEST_REDIS to run it"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_and_recovery() {
+    match std::env::var("LATCHKEY_TEST_POSTGRES") {
+        Ok(url) => outage_and_recovery(url).await,
+        Err(_) => eprintln!("skipping: set LATCHKEY_TEST_POSTGRES to run it"),
+    }
+}
