@@ -6,26 +6,41 @@
 //! contract operation is one statement (`INSERT … ON CONFLICT … WHERE expired`,
 //! `UPDATE … WHERE version = $n`), and the login commit is one transaction. The
 //! sweep deletes in small batches with `SKIP LOCKED`, never locking the table.
+//! A trigger announces every changed key with `NOTIFY`, and each store LISTENs,
+//! so waiters in every replica wake as soon as a record changes.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::sync::Arc;
+
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::{Executor, Row};
 
 use super::{ChangeSignal, LoginCommit, Store, StoreError, StoreResult, Versioned, redact_url};
 use crate::clock::duration_ms;
 use crate::secret::random_u64;
 
-/// Other replicas' writes are noticed within this interval.
-const POLL_INTERVAL: Duration = Duration::from_millis(25);
+/// Other replicas' writes wake waiters through LISTEN/NOTIFY; this poll is
+/// the fallback for a notification lost while the listener reconnects.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The notification channel; the payload is the changed key.
+const CHANNEL: &str = "latchkey_changes";
 
 /// The PostgreSQL backend.
 #[derive(Debug)]
 pub struct PostgresStore {
     pool: PgPool,
     namespace: String,
-    changes: ChangeSignal,
+    changes: Arc<ChangeSignal>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
 }
 
 fn unavailable(e: sqlx::Error) -> StoreError {
@@ -54,6 +69,15 @@ impl PostgresStore {
     /// Connects, creates the schema if needed, and keys every record under
     /// `namespace` (so several deployments or test runs can share a database).
     pub async fn connect(url: &str, namespace: &str) -> StoreResult<Self> {
+        Self::connect_with_poll(url, namespace, POLL_INTERVAL).await
+    }
+
+    /// [`PostgresStore::connect`] with another fallback poll interval.
+    pub async fn connect_with_poll(
+        url: &str,
+        namespace: &str,
+        poll_interval: Duration,
+    ) -> StoreResult<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(10)
             // Fail fast when the server is away: requests get a 503 instead of hanging.
@@ -80,11 +104,41 @@ impl PostgresStore {
         tx.execute("CREATE INDEX IF NOT EXISTS latchkey_kv_expires ON latchkey_kv (expires_at)")
             .await
             .map_err(unavailable)?;
+        // Every change announces its key, so waiters in other replicas wake
+        // at once (a trigger: no extra round trip per write).
+        tx.execute(
+            "CREATE OR REPLACE FUNCTION latchkey_notify() RETURNS trigger AS $$
+             BEGIN
+                 PERFORM pg_notify('latchkey_changes', COALESCE(NEW.key, OLD.key));
+                 RETURN NULL;
+             END $$ LANGUAGE plpgsql",
+        )
+        .await
+        .map_err(unavailable)?;
+        tx.execute(
+            "DO $$ BEGIN
+                 IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'latchkey_kv_notify') THEN
+                     CREATE TRIGGER latchkey_kv_notify AFTER INSERT OR UPDATE OR DELETE
+                     ON latchkey_kv FOR EACH ROW EXECUTE FUNCTION latchkey_notify();
+                 END IF;
+             END $$",
+        )
+        .await
+        .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
+        let changes = Arc::new(ChangeSignal::new(poll_interval));
+        let mut listener = PgListener::connect_with(&pool).await.map_err(unavailable)?;
+        listener.listen(CHANNEL).await.map_err(unavailable)?;
+        let listener = tokio::spawn(relay_notifications(
+            listener,
+            namespace.to_owned(),
+            changes.clone(),
+        ));
         Ok(Self {
             pool,
             namespace: namespace.to_owned(),
-            changes: ChangeSignal::new(POLL_INTERVAL),
+            changes,
+            listener,
         })
     }
 
@@ -94,6 +148,29 @@ impl PostgresStore {
 
     async fn live_version(&self, key: &str) -> StoreResult<Option<u64>> {
         Ok(self.get(key).await?.map(|v| v.version))
+    }
+}
+
+/// Wakes local waiters for every change to a key of `namespace`. The listener
+/// reconnects by itself after a lost connection; polling covers the gap.
+async fn relay_notifications(
+    mut listener: PgListener,
+    namespace: String,
+    changes: Arc<ChangeSignal>,
+) {
+    loop {
+        match listener.recv().await {
+            Ok(notification) => {
+                if notification.payload().starts_with(&namespace) {
+                    changes.notify();
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%error, "LISTEN connection lost; polling until it is back");
+                changes.notify();
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
+        }
     }
 }
 

@@ -6,12 +6,17 @@
 //! fallback to loading them). Versions are compared and written as decimal
 //! strings computed here, never as Lua numbers.
 //!
+//! Every write also publishes the changed key on `<namespace>changes`, and
+//! each store subscribes, so waiters in every replica wake at once.
+//!
 //! Redis Cluster: the login commit touches the login key and the session key,
 //! which today hash to different slots; single-node Redis (and Sentinel) only.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
@@ -19,19 +24,29 @@ use super::{ChangeSignal, LoginCommit, Store, StoreError, StoreResult, Versioned
 use crate::clock::duration_ms;
 use crate::secret::random_u64;
 
-/// Other replicas' writes are noticed within this interval.
-const POLL_INTERVAL: Duration = Duration::from_millis(25);
+/// Other replicas' writes wake waiters through pub/sub; this poll is the
+/// fallback for a message lost while the subscriber reconnects.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+// Every script publishes the key it changed on the namespace's channel (the
+// last ARGV), so that waiters in every replica wake at once.
 
 const INSERT_IF_ABSENT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'ver', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PUBLISH', ARGV[4], KEYS[1])
 return 1";
 
 const COMPARE_AND_SWAP: &str = r"
 if redis.call('HGET', KEYS[1], 'ver') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'ver', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PUBLISH', ARGV[5], KEYS[1])
+return 1";
+
+const DELETE: &str = r"
+if redis.call('DEL', KEYS[1]) == 1 then redis.call('PUBLISH', ARGV[1], KEYS[1]) end
 return 1";
 
 const COMMIT_LOGIN: &str = r"
@@ -41,16 +56,27 @@ redis.call('HSET', KEYS[1], 'v', ARGV[2], 'ver', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('HSET', KEYS[2], 'v', ARGV[5], 'ver', ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[7])
+redis.call('PUBLISH', ARGV[8], KEYS[1])
+redis.call('PUBLISH', ARGV[8], KEYS[2])
 return 1";
 
 /// The Redis backend.
 pub struct RedisStore {
     connection: ConnectionManager,
     namespace: String,
+    channel: String,
     insert_script: Script,
     cas_script: Script,
+    delete_script: Script,
     commit_script: Script,
-    changes: ChangeSignal,
+    changes: Arc<ChangeSignal>,
+    subscriber: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.subscriber.abort();
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -89,6 +115,15 @@ impl RedisStore {
     /// Connects (with automatic reconnection) and keys every record under
     /// `namespace`, so several deployments or test runs can share a server.
     pub async fn connect(url: &str, namespace: &str) -> StoreResult<Self> {
+        Self::connect_with_poll(url, namespace, POLL_INTERVAL).await
+    }
+
+    /// [`RedisStore::connect`] with another fallback poll interval.
+    pub async fn connect_with_poll(
+        url: &str,
+        namespace: &str,
+        poll_interval: Duration,
+    ) -> StoreResult<Self> {
         let client = redis::Client::open(url)
             .map_err(|e| StoreError::Config(format!("redis URL {}: {e}", redact_url(url))))?;
         let config = ConnectionManagerConfig::new()
@@ -97,18 +132,31 @@ impl RedisStore {
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let connection = ConnectionManager::new_with_config(client, config)
+        let connection = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(|e| {
                 StoreError::Unavailable(format!("connecting to {}: {e}", redact_url(url)))
             })?;
+        let channel = format!("{namespace}changes");
+        let changes = Arc::new(ChangeSignal::new(poll_interval));
+        let mut pubsub = client.get_async_pubsub().await.map_err(unavailable)?;
+        pubsub.subscribe(&channel).await.map_err(unavailable)?;
+        let subscriber = tokio::spawn(relay_messages(
+            client,
+            pubsub,
+            channel.clone(),
+            changes.clone(),
+        ));
         Ok(Self {
             connection,
             namespace: namespace.to_owned(),
+            channel,
             insert_script: Script::new(INSERT_IF_ABSENT),
             cas_script: Script::new(COMPARE_AND_SWAP),
+            delete_script: Script::new(DELETE),
             commit_script: Script::new(COMMIT_LOGIN),
-            changes: ChangeSignal::new(POLL_INTERVAL),
+            changes,
+            subscriber,
         })
     }
 
@@ -123,6 +171,36 @@ impl RedisStore {
     }
 }
 
+/// Wakes local waiters for every published change; resubscribes after a lost
+/// connection (polling covers the gap).
+async fn relay_messages(
+    client: redis::Client,
+    mut pubsub: redis::aio::PubSub,
+    channel: String,
+    changes: Arc<ChangeSignal>,
+) {
+    loop {
+        {
+            let mut messages = pubsub.into_on_message();
+            while messages.next().await.is_some() {
+                changes.notify();
+            }
+        }
+        // The connection is gone: wake everyone to re-check, then resubscribe.
+        changes.notify();
+        loop {
+            tokio::time::sleep(POLL_INTERVAL).await;
+            let Ok(mut fresh) = client.get_async_pubsub().await else {
+                continue;
+            };
+            if fresh.subscribe(&channel).await.is_ok() {
+                pubsub = fresh;
+                break;
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Store for RedisStore {
     async fn insert_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> StoreResult<bool> {
@@ -133,6 +211,7 @@ impl Store for RedisStore {
             .arg(value)
             .arg(initial_version().to_string())
             .arg(ttl_ms(ttl))
+            .arg(&self.channel)
             .invoke_async(&mut con)
             .await
             .map_err(unavailable)?;
@@ -172,6 +251,7 @@ impl Store for RedisStore {
             .arg(value)
             .arg((expected_version + 1).to_string())
             .arg(ttl_ms(ttl))
+            .arg(&self.channel)
             .invoke_async(&mut con)
             .await
             .map_err(unavailable)?;
@@ -183,7 +263,13 @@ impl Store for RedisStore {
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
         let mut con = self.connection.clone();
-        let _: () = con.del(self.key(key)).await.map_err(unavailable)?;
+        let _: i64 = self
+            .delete_script
+            .key(self.key(key))
+            .arg(&self.channel)
+            .invoke_async(&mut con)
+            .await
+            .map_err(unavailable)?;
         self.changes.notify();
         Ok(())
     }
@@ -201,6 +287,7 @@ impl Store for RedisStore {
             .arg(c.session_value)
             .arg(initial_version().to_string())
             .arg(ttl_ms(c.session_ttl))
+            .arg(&self.channel)
             .invoke_async(&mut con)
             .await
             .map_err(unavailable)?;

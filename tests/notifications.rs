@@ -1,0 +1,102 @@
+//! Cross-replica wake-ups: a waiter in one store instance is woken by a write
+//! made through another instance (another replica) by notification — Redis
+//! pub/sub, PostgreSQL LISTEN/NOTIFY — not by polling: the fallback poll is
+//! set to an hour here, so only a notification can end the wait in time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use latchkey::secret::random_token;
+use latchkey::store::Store;
+
+const NO_POLLING: Duration = Duration::from_secs(3600);
+const TTL: Duration = Duration::from_secs(60);
+
+async fn woken_by_another_instance(
+    waiter: Arc<dyn Store>,
+    writer: Arc<dyn Store>,
+    elsewhere: Arc<dyn Store>,
+) {
+    waiter.insert_if_absent("k", b"v1", TTL).await.unwrap();
+    let version = waiter.get("k").await.unwrap().unwrap().version;
+    let waiting = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move { waiter.wait_for_change("k", Some(version), NO_POLLING).await })
+    };
+    // Control: the same key written in another namespace must not wake it.
+    elsewhere
+        .insert_if_absent("k", b"other", TTL)
+        .await
+        .unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(500), async {
+        while !waiting.is_finished() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(
+        early.is_err(),
+        "the waiter returned without a change to its key"
+    );
+    // The real write, through the other instance.
+    assert!(
+        writer
+            .compare_and_swap("k", version, b"v2", TTL)
+            .await
+            .unwrap()
+    );
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("not woken by the other instance's write")
+        .unwrap()
+        .unwrap();
+    for store in [&waiter, &elsewhere] {
+        store.purge("").await.unwrap();
+    }
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_wakes_waiters_across_instances() {
+    use latchkey::store::redis::RedisStore;
+    let Ok(url) = std::env::var("LATCHKEY_TEST_REDIS") else {
+        eprintln!("skipping: set LATCHKEY_TEST_REDIS to run it");
+        return;
+    };
+    let ns = format!("notify-{}:", &random_token()[..10]);
+    let other = format!("notify-other-{}:", &random_token()[..10]);
+    let open = |ns: String| {
+        let url = url.clone();
+        async move {
+            Arc::new(
+                RedisStore::connect_with_poll(&url, &ns, NO_POLLING)
+                    .await
+                    .unwrap(),
+            ) as Arc<dyn Store>
+        }
+    };
+    woken_by_another_instance(open(ns.clone()).await, open(ns).await, open(other).await).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_wakes_waiters_across_instances() {
+    use latchkey::store::postgres::PostgresStore;
+    let Ok(url) = std::env::var("LATCHKEY_TEST_POSTGRES") else {
+        eprintln!("skipping: set LATCHKEY_TEST_POSTGRES to run it");
+        return;
+    };
+    let ns = format!("notify-{}:", &random_token()[..10]);
+    let other = format!("notify-other-{}:", &random_token()[..10]);
+    let open = |ns: String| {
+        let url = url.clone();
+        async move {
+            Arc::new(
+                PostgresStore::connect_with_poll(&url, &ns, NO_POLLING)
+                    .await
+                    .unwrap(),
+            ) as Arc<dyn Store>
+        }
+    };
+    woken_by_another_instance(open(ns.clone()).await, open(ns).await, open(other).await).await;
+}
