@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use crate::clock::{Clock, UnixMillis, duration_ms};
 use crate::idp::{AuthorizationRequest, CodeExchange, IdentityProvider, IdpError};
 use crate::secret::{hash_token, keyed_hash, random_token, token_matches_hash};
-use crate::session::{SessionRecord, session_key};
+use crate::session::{SessionRecord, login_tag, session_key};
 use crate::store::{LoginCommit, Store, StoreError};
 
 /// Timing of the login state machine.
@@ -181,12 +181,16 @@ impl LoginRecord {
 
 /// The store key of the login named by `state`.
 pub fn login_key(state: &str) -> String {
-    format!("login:{}", hash_token(state))
+    format!("login:{{{}}}:{}", login_tag(state), hash_token(state))
 }
 
 /// The session id of a completed login; see the module documentation.
 fn derive_session_id(state: &str, lease_id: &str) -> String {
-    keyed_hash(state, &format!("latchkey session id {lease_id}"))
+    format!(
+        "{}.{}",
+        login_tag(state),
+        keyed_hash(state, &format!("latchkey session id {lease_id}"))
+    )
 }
 
 /// Runs logins against one store and one identity provider.
@@ -531,5 +535,40 @@ impl Drop for AbandonGuard {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hash tag between `{` and `}`, as Redis Cluster computes slots.
+    fn hash_tag(key: &str) -> &str {
+        let open = key.find('{').unwrap();
+        let close = key[open..].find('}').unwrap() + open;
+        &key[open + 1..close]
+    }
+
+    #[test]
+    fn a_login_and_its_session_share_one_hash_tag() {
+        let state = random_token();
+        let session_id = derive_session_id(&state, &random_token());
+        assert_eq!(
+            hash_tag(&login_key(&state)),
+            hash_tag(&session_key(&session_id))
+        );
+        assert!(!hash_tag(&login_key(&state)).is_empty());
+        let other = random_token();
+        assert_ne!(hash_tag(&login_key(&state)), hash_tag(&login_key(&other)));
+    }
+
+    #[test]
+    fn session_ids_are_derived_per_lease_and_keep_256_bits() {
+        let state = random_token();
+        let a = derive_session_id(&state, "lease-a");
+        assert_eq!(a, derive_session_id(&state, "lease-a"));
+        assert_ne!(a, derive_session_id(&state, "lease-b"));
+        let (_, mac) = a.split_once('.').unwrap();
+        assert_eq!(mac.len(), 43);
     }
 }

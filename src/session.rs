@@ -21,8 +21,21 @@ use crate::secret::{hash_token, random_token};
 use crate::store::{Store, StoreError, Versioned};
 
 /// The store key of the session with this id (the id itself is never stored).
+///
+/// A session id made by a login starts with its login's tag (`TAG.rest`), and
+/// the key carries it as a Redis Cluster hash tag, so that the login record and
+/// the session record that the login commit writes together hash to one slot.
 pub fn session_key(session_id: &str) -> String {
-    format!("session:{}", hash_token(session_id))
+    let tag = match session_id.split_once('.') {
+        Some((tag, _)) => tag.to_owned(),
+        None => login_tag(session_id),
+    };
+    format!("session:{{{tag}}}:{}", hash_token(session_id))
+}
+
+/// The hash tag of the login named by `state` (8 characters of its hash).
+pub(crate) fn login_tag(state: &str) -> String {
+    hash_token(state)[..8].to_owned()
 }
 
 /// A refresh in progress: who holds it and until when.
