@@ -15,7 +15,8 @@
 //! hands out for a per-login cookie; a callback without it is rejected, which is
 //! both login-CSRF protection and what makes a replay safe.
 //!
-//! The session id is derived, not stored: `HMAC(state, lease_id)`. The browser
+//! The session id is derived, not stored: `TAG.HMAC(state, lease_id)`, where
+//! TAG is the login's hash tag (see [`session_key`]). The browser
 //! holds `state` (it comes back on every callback) and the store holds only
 //! `sha256(state)` as the key and the random `lease_id`, so every caller for one
 //! login computes the same session id while a store dump reveals none.
