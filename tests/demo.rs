@@ -4,6 +4,9 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
+mod common;
+
+use common::browser::{browser, sign_in_at_idp};
 use reqwest::header::{ACCEPT, LOCATION};
 use url::Url;
 
@@ -44,11 +47,7 @@ async fn the_demo_starts_and_alice_signs_in() {
     assert!(open.starts_with("http://127.0.0.1:"), "{open}");
     std::thread::spawn(move || for _ in lines {});
 
-    let browser = reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let browser = browser();
     let mut next = Url::parse(&open).unwrap();
     let mut page = String::new();
     for _ in 0..10 {
@@ -66,18 +65,7 @@ async fn the_demo_starts_and_alice_signs_in() {
         }
         assert_eq!(response.status(), 200);
         if next.path() == "/authorize" {
-            let mut form: Vec<(String, String)> = next.query_pairs().into_owned().collect();
-            form.extend([
-                ("username".into(), "alice".into()),
-                ("password".into(), "alice".into()),
-                ("action".into(), "login".into()),
-            ]);
-            let mut action = next.clone();
-            action.set_query(None);
-            let posted = browser.post(action).form(&form).send().await.unwrap();
-            next = next
-                .join(posted.headers()[LOCATION].to_str().unwrap())
-                .unwrap();
+            next = sign_in_at_idp(&browser, &next, "alice").await;
             continue;
         }
         page = response.text().await.unwrap();

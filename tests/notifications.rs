@@ -55,6 +55,17 @@ async fn woken_by_another_instance(
     }
 }
 
+/// Runs the scenario with stores opened by `open(namespace)`.
+async fn across_instances<F, Fut>(open: F)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn Store>>,
+{
+    let ns = format!("notify-{}:", &random_token()[..10]);
+    let other = format!("notify-other-{}:", &random_token()[..10]);
+    woken_by_another_instance(open(ns.clone()).await, open(ns).await, open(other).await).await;
+}
+
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_wakes_waiters_across_instances() {
@@ -63,19 +74,14 @@ async fn redis_wakes_waiters_across_instances() {
         eprintln!("skipping: set LATCHKEY_TEST_REDIS to run it");
         return;
     };
-    let ns = format!("notify-{}:", &random_token()[..10]);
-    let other = format!("notify-other-{}:", &random_token()[..10]);
-    let open = |ns: String| {
+    across_instances(|ns| {
         let url = url.clone();
         async move {
-            Arc::new(
-                RedisStore::connect_with_poll(&url, &ns, NO_POLLING)
-                    .await
-                    .unwrap(),
-            ) as Arc<dyn Store>
+            let store = RedisStore::connect_with_poll(&url, &ns, NO_POLLING).await;
+            Arc::new(store.unwrap()) as Arc<dyn Store>
         }
-    };
-    woken_by_another_instance(open(ns.clone()).await, open(ns).await, open(other).await).await;
+    })
+    .await;
 }
 
 #[cfg(feature = "postgres")]
@@ -86,17 +92,12 @@ async fn postgres_wakes_waiters_across_instances() {
         eprintln!("skipping: set LATCHKEY_TEST_POSTGRES to run it");
         return;
     };
-    let ns = format!("notify-{}:", &random_token()[..10]);
-    let other = format!("notify-other-{}:", &random_token()[..10]);
-    let open = |ns: String| {
+    across_instances(|ns| {
         let url = url.clone();
         async move {
-            Arc::new(
-                PostgresStore::connect_with_poll(&url, &ns, NO_POLLING)
-                    .await
-                    .unwrap(),
-            ) as Arc<dyn Store>
+            let store = PostgresStore::connect_with_poll(&url, &ns, NO_POLLING).await;
+            Arc::new(store.unwrap()) as Arc<dyn Store>
         }
-    };
-    woken_by_another_instance(open(ns.clone()).await, open(ns).await, open(other).await).await;
+    })
+    .await;
 }

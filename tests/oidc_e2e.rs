@@ -2,8 +2,12 @@
 //! a full code flow with a scripted browser, refresh with rotation, reuse
 //! detection, RP-initiated logout, and the failure paths around them.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
+
+use common::browser::submit_login_form;
 
 use latchkey::clock::SystemClock;
 use latchkey::dev_idp::{DevClient, DevIdp, DevIdpConfig};
@@ -100,18 +104,7 @@ impl Rig {
         assert_eq!(page.status(), 200);
         let html = page.text().await.unwrap();
         assert!(html.contains("development only") && html.contains("alice"));
-        let mut form: Vec<(String, String)> = authorize.query_pairs().into_owned().collect();
-        form.push(("username".into(), username.into()));
-        form.push(("password".into(), password.into()));
-        form.push(("action".into(), action.into()));
-        let mut action_url = authorize.clone();
-        action_url.set_query(None);
-        self.browser
-            .post(action_url)
-            .form(&form)
-            .send()
-            .await
-            .unwrap()
+        submit_login_form(&self.browser, &authorize, username, password, action).await
     }
 
     async fn back_from(&self, response: reqwest::Response) -> Back {

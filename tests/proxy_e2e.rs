@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
 use base64::Engine;
+use common::browser::{browser, location, sign_in_at_idp};
 use latchkey::config::RawSettings;
 use latchkey::demo::sample_app;
 use latchkey::dev_idp::{DevClient, DevIdp, DevIdpConfig};
@@ -98,25 +101,6 @@ impl Harness {
     }
 }
 
-/// A browser: a cookie jar, and no automatic redirects.
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-fn location(response: &reqwest::Response, base: &Url) -> Url {
-    assert!(
-        response.status().is_redirection(),
-        "expected a redirect, got {}",
-        response.status()
-    );
-    base.join(response.headers()[LOCATION].to_str().unwrap())
-        .unwrap()
-}
-
 /// Follows redirects from `url`, signing in at the dev IdP as `user` when its
 /// form appears, until the callback redirect; returns the callback URL.
 async fn to_callback(browser: &reqwest::Client, url: &str, user: &str) -> Url {
@@ -132,16 +116,7 @@ async fn to_callback(browser: &reqwest::Client, url: &str, user: &str) -> Url {
             .await
             .unwrap();
         if response.status() == 200 && next.path() == "/authorize" {
-            let mut form: Vec<(String, String)> = next.query_pairs().into_owned().collect();
-            form.extend([
-                ("username".into(), user.into()),
-                ("password".into(), user.into()),
-                ("action".into(), "login".into()),
-            ]);
-            let mut action = next.clone();
-            action.set_query(None);
-            let posted = browser.post(action).form(&form).send().await.unwrap();
-            next = location(&posted, &next);
+            next = sign_in_at_idp(browser, &next, user).await;
         } else {
             next = location(&response, &next);
         }

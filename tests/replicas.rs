@@ -9,8 +9,11 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use axum_extra::extract::cookie::Key;
 use base64::Engine;
+use common::browser::{browser, sign_in_at_idp};
 use latchkey::dev_idp::{DevClient, DevIdp, DevIdpConfig};
 use latchkey::secret::random_token;
 use reqwest::header::{ACCEPT, LOCATION, SET_COOKIE};
@@ -122,14 +125,6 @@ async fn dev_idp(access_ttl: Duration) -> DevIdp {
     .unwrap()
 }
 
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
 /// Starts a login at `replica` and signs in at the IdP as alice; returns the
 /// callback's query string (the IdP's redirect, not yet followed).
 async fn login_until_callback(browser: &reqwest::Client, replica: &Replica) -> String {
@@ -139,16 +134,7 @@ async fn login_until_callback(browser: &reqwest::Client, replica: &Replica) -> S
         .await
         .unwrap();
     let authorize = Url::parse(start.headers()[LOCATION].to_str().unwrap()).unwrap();
-    let mut form: Vec<(String, String)> = authorize.query_pairs().into_owned().collect();
-    form.extend([
-        ("username".into(), "alice".into()),
-        ("password".into(), "alice".into()),
-        ("action".into(), "login".into()),
-    ]);
-    let mut action = authorize.clone();
-    action.set_query(None);
-    let back = browser.post(action).form(&form).send().await.unwrap();
-    let back = Url::parse(back.headers()[LOCATION].to_str().unwrap()).unwrap();
+    let back = sign_in_at_idp(browser, &authorize, "alice").await;
     assert!(back.as_str().starts_with(CALLBACK));
     back.query().unwrap().to_owned()
 }

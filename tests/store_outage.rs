@@ -8,7 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use base64::Engine;
+use common::browser::{browser, sign_in_at_idp};
 use latchkey::config::RawSettings;
 use latchkey::dev_idp::{DevClient, DevIdp, DevIdpConfig};
 use latchkey::http::{App, Server};
@@ -111,26 +114,13 @@ async fn outage_and_recovery(server_url: String) {
     let app: Arc<App> = App::new(settings).await.unwrap();
     let _server = Server::start(listener, app).unwrap();
     let url = |path: &str| format!("http://{proxy}{path}");
-    let browser = reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let browser = browser();
 
     // Sign in while the store is up.
     let start = browser.get(url("/oauth2/start")).send().await.unwrap();
     let authorize = Url::parse(start.headers()[LOCATION].to_str().unwrap()).unwrap();
-    let mut form: Vec<(String, String)> = authorize.query_pairs().into_owned().collect();
-    form.extend([
-        ("username".into(), "alice".into()),
-        ("password".into(), "alice".into()),
-        ("action".into(), "login".into()),
-    ]);
-    let mut action = authorize.clone();
-    action.set_query(None);
-    let back = browser.post(action).form(&form).send().await.unwrap();
-    let callback = back.headers()[LOCATION].to_str().unwrap().to_owned();
-    assert_eq!(browser.get(&callback).send().await.unwrap().status(), 302);
+    let callback = sign_in_at_idp(&browser, &authorize, "alice").await;
+    assert_eq!(browser.get(callback).send().await.unwrap().status(), 302);
     assert_eq!(
         browser
             .get(url("/oauth2/auth"))

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod backends;
+pub mod browser;
 pub mod idp_double;
 pub mod naive;
 pub mod observed_store;
