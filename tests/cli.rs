@@ -136,3 +136,23 @@ fn serve_help_documents_every_setting() {
         assert!(stdout.contains(flag), "{flag} missing from serve --help");
     }
 }
+
+#[test]
+fn demo_names_a_taken_port_and_the_flag_to_change_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (code, _, stderr) = latchkey(&[
+        "demo",
+        "--port",
+        &port,
+        "--idp-port",
+        "0",
+        "--upstream-port",
+        "0",
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&port) && stderr.contains("--port"),
+        "{stderr}"
+    );
+}

@@ -762,3 +762,82 @@ async fn shutdown_finishes_in_flight_requests() {
         "still accepting"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookies_are_httponly_lax_and_host_prefixed_over_https() {
+    // Over http (this harness): no prefix, no Secure, but HttpOnly and Lax.
+    let h = Harness::start(|_| {}).await;
+    let response = browser()
+        .get(h.url("/oauth2/start?rd=/"))
+        .send()
+        .await
+        .unwrap();
+    let set: Vec<String> = response
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    let login = set
+        .iter()
+        .find(|c| c.starts_with("latchkey-login-"))
+        .expect("a login cookie");
+    for attribute in ["HttpOnly", "SameSite=Lax", "Path=/"] {
+        assert!(login.contains(attribute), "{attribute} missing: {login}");
+    }
+    assert!(!login.contains("Secure"), "{login}");
+    // Over https: __Host- names and Secure.
+    let h = Harness::start(|raw| {
+        let url = raw.redirect_url.take().unwrap();
+        raw.redirect_url = Some(url.replace("http://", "https://"));
+    })
+    .await;
+    let response = browser()
+        .get(h.url("/oauth2/start?rd=/"))
+        .send()
+        .await
+        .unwrap();
+    let login = response
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("__Host-latchkey-login-"))
+        .expect("a __Host- login cookie");
+    assert!(
+        login.contains("Secure") && login.contains("HttpOnly"),
+        "{login}"
+    );
+    assert!(!login.contains("Domain"), "{login}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_sent_forwarding_headers_decide_nothing() {
+    let h = Harness::start(|raw| raw.skip_auth_routes = Some(vec!["^/public/".into()])).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for (name, value) in [
+        ("x-forwarded-uri", "/public/x"),
+        ("x-original-url", "/public/x"),
+        ("x-forwarded-host", "public.example"),
+        ("x-forwarded-user", "alice"),
+    ] {
+        let response = client
+            .get(h.url("/private"))
+            .header(name, value)
+            .header(ACCEPT, "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{name}");
+        let auth = client
+            .get(h.url("/oauth2/auth"))
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(auth.status(), 401, "{name}");
+    }
+}
