@@ -1,0 +1,58 @@
+//! The two reference servers of the benchmark, each run as its own process so
+//! that its memory can be measured: the fast upstream (a fixed small body) and
+//! the bare proxy (a pass-through with the same pooled hyper client latchkey
+//! uses, and no auth) — the physical limit of a Rust proxy on this machine.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::Uri;
+use axum::response::{IntoResponse, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+
+/// The body every upstream answer carries.
+pub const BODY: &str = "hello from the upstream\n";
+
+/// Serves the fixed body on `listen`, printing the bound address.
+pub async fn upstream(listen: SocketAddr) {
+    let listener = TcpListener::bind(listen).await.expect("bind upstream");
+    println!("listening {}", listener.local_addr().unwrap());
+    let app = Router::new().fallback(|| async { BODY });
+    axum::serve(listener, app).await.unwrap();
+}
+
+#[derive(Clone)]
+struct Bare {
+    origin: String,
+    client: Client<HttpConnector, Body>,
+}
+
+async fn pass(State(bare): State<Bare>, mut request: Request) -> Response {
+    let path = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    *request.uri_mut() = format!("{}{path}", bare.origin).parse::<Uri>().unwrap();
+    match bare.client.request(request).await {
+        Ok(response) => response.map(Body::new).into_response(),
+        Err(_) => axum::http::StatusCode::BAD_GATEWAY.into_response(),
+    }
+}
+
+/// Proxies everything on `listen` to `upstream`, printing the bound address.
+pub async fn bare_proxy(listen: SocketAddr, upstream: SocketAddr) {
+    let listener = TcpListener::bind(listen).await.expect("bind bare proxy");
+    println!("listening {}", listener.local_addr().unwrap());
+    let bare = Bare {
+        origin: format!("http://{upstream}"),
+        client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+    };
+    let app = Router::new().fallback(pass).with_state(bare);
+    axum::serve(listener, app).await.unwrap();
+}
