@@ -862,7 +862,6 @@ ErrorLog {dir}/error.log
 LogLevel warn
 Listen 127.0.0.1:{port}
 LoadModule mpm_event_module {m}/mod_mpm_event.so
-LoadModule unixd_module {m}/mod_unixd.so
 LoadModule authz_core_module {m}/mod_authz_core.so
 LoadModule authz_user_module {m}/mod_authz_user.so
 LoadModule authn_core_module {m}/mod_authn_core.so

@@ -841,3 +841,25 @@ async fn client_sent_forwarding_headers_decide_nothing() {
         assert_eq!(auth.status(), 401, "{name}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_upstream_gets_a_502_page_not_a_hang() {
+    // A port nothing listens on.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let h = Harness::start_in_front_of(Some(closed), |_| {}).await;
+    let b = browser();
+    let landed = sign_in(&h, &b, "/", "alice").await;
+    let response = b
+        .get(landed)
+        .header(ACCEPT, "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "upstream_unavailable");
+}

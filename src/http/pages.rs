@@ -106,8 +106,13 @@ pub fn error(
     message: &str,
     link: Option<Link<'_>>,
 ) -> Response {
+    error_for(wants_html(headers), code, message, link)
+}
+
+/// An error response: a page when `html`, JSON otherwise.
+pub fn error_for(html: bool, code: ErrorCode, message: &str, link: Option<Link<'_>>) -> Response {
     let status = code.status();
-    let mut response = if wants_html(headers) {
+    let mut response = if html {
         let link = link
             .map(|l| {
                 format!(

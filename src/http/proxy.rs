@@ -49,6 +49,14 @@ pub struct Forwarded<'a> {
     pub access_token: Option<&'a str>,
 }
 
+/// Why a request could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// The upstream could not be reached or broke the connection.
+    #[error("upstream request failed: {0}")]
+    Unreachable(String),
+}
+
 /// The upstream app.
 #[derive(Clone)]
 pub struct Upstream {
@@ -74,7 +82,7 @@ impl Upstream {
         peer: SocketAddr,
         proto: &'static str,
         cookies: &Cookies,
-    ) -> Response<Body> {
+    ) -> Result<Response<Body>, ForwardError> {
         let upgrade = upgrade_protocol(request.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let path = request
@@ -82,9 +90,9 @@ impl Upstream {
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        let Ok(uri) = format!("{}{path}", self.origin).parse::<Uri>() else {
-            return status_only(StatusCode::BAD_REQUEST);
-        };
+        let uri = format!("{}{path}", self.origin)
+            .parse::<Uri>()
+            .map_err(|e| ForwardError::Unreachable(format!("bad upstream URI: {e}")))?;
         let (mut parts, body) = request.into_parts();
         parts.uri = uri;
         let headers = &mut parts.headers;
@@ -116,13 +124,11 @@ impl Upstream {
             set(headers, "authorization", &format!("Bearer {token}"));
         }
         let request = Request::from_parts(parts, body);
-        let mut response = match self.client.request(request).await {
-            Ok(response) => response,
-            Err(error) => {
-                tracing::warn!(error = %error, "upstream request failed");
-                return status_only(StatusCode::BAD_GATEWAY);
-            }
-        };
+        let mut response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| ForwardError::Unreachable(e.to_string()))?;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut response);
@@ -139,17 +145,11 @@ impl Upstream {
                     }
                 });
             }
-            return response.map(|_| Body::empty());
+            return Ok(response.map(|_| Body::empty()));
         }
         strip_hop_by_hop(response.headers_mut());
-        response.map(Body::new)
+        Ok(response.map(Body::new))
     }
-}
-
-fn status_only(status: StatusCode) -> Response<Body> {
-    let mut response = Response::new(Body::empty());
-    *response.status_mut() = status;
-    response
 }
 
 fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {

@@ -123,9 +123,6 @@ async fn caller(
     jar: &PrivateCookieJar,
     headers: &HeaderMap,
 ) -> Result<Caller, Response> {
-    let sent_session_cookie = raw_cookie_names(headers)
-        .iter()
-        .any(|n| n == app.cookies.session_name());
     if let Some(id) = app.cookies.session_id(jar) {
         match app.sessions.load(&id).await {
             Ok(session) => return Ok(Caller::Session(session)),
@@ -167,9 +164,11 @@ async fn caller(
             }
         };
     }
-    Ok(Caller::Anonymous {
-        clear_cookie: sent_session_cookie,
-    })
+    // A session cookie that did not decrypt, or names no live session.
+    let clear_cookie = raw_cookie_names(headers)
+        .iter()
+        .any(|n| n == app.cookies.session_name());
+    Ok(Caller::Anonymous { clear_cookie })
 }
 
 /// Names of the cookies the request carries (even ones that do not decrypt).
@@ -594,19 +593,19 @@ pub(super) async fn protected(
         .iter()
         .any(|r| r.matches(&method, &path));
     if skip {
-        return forward(&app, request, Forwarded::default(), peer, None).await;
+        return forward(&app, request, Forwarded::default(), peer).await;
     }
-    let headers = request.headers().clone();
-    let caller = match caller(&app, &jar, &headers).await {
+    let caller = match caller(&app, &jar, request.headers()).await {
         Ok(caller) => caller,
         Err(response) => return response,
     };
     let Some(identity) = caller.identity().cloned() else {
         let clear = matches!(caller, Caller::Anonymous { clear_cookie: true });
-        return sign_in_required(&app, jar, &headers, &destination(&request), clear);
+        let rd = destination(&request);
+        return sign_in_required(&app, jar, request.headers(), &rd, clear);
     };
     if let Err(reason) = authz::check(&app.settings, &identity) {
-        return denied(&headers, &identity, &reason);
+        return denied(request.headers(), &identity, &reason);
     }
     let access_token = match (&caller, app.settings.pass_access_token) {
         (Caller::Session(session), true) => Some(session.tokens.access_token.clone()),
@@ -616,20 +615,14 @@ pub(super) async fn protected(
         identity: Some(&identity),
         access_token: access_token.as_deref(),
     };
-    let response = forward(&app, request, who, peer, Some(&headers)).await;
+    let response = forward(&app, request, who, peer).await;
     with_user(response, &identity)
 }
 
-async fn forward(
-    app: &App,
-    request: Request,
-    who: Forwarded<'_>,
-    peer: SocketAddr,
-    headers: Option<&HeaderMap>,
-) -> Response {
+async fn forward(app: &App, request: Request, who: Forwarded<'_>, peer: SocketAddr) -> Response {
+    let html = pages::wants_html(request.headers());
     let Some(upstream) = &app.upstream else {
         // Forward-auth mode: nothing to proxy to.
-        let headers = headers.cloned().unwrap_or_default();
         return match who.identity {
             Some(identity) if request.uri().path() == "/" => Html(pages::page(
                 "Signed in",
@@ -639,7 +632,7 @@ async fn forward(
                 ),
             ))
             .into_response(),
-            _ => pages::error(&headers, ErrorCode::NotFound, "There is no such page here.", None),
+            _ => pages::error_for(html, ErrorCode::NotFound, "There is no such page here.", None),
         };
     };
     let proto = if app.settings.secure_cookies() {
@@ -647,17 +640,19 @@ async fn forward(
     } else {
         "http"
     };
-    let request_headers = request.headers().clone();
-    let response = upstream
+    match upstream
         .forward(request.map(Body::new), who, peer, proto, &app.cookies)
-        .await;
-    if response.status() == StatusCode::BAD_GATEWAY && response.headers().is_empty() {
-        return pages::error(
-            &request_headers,
-            ErrorCode::UpstreamUnavailable,
-            "The application behind this sign-in is not answering.",
-            None,
-        );
+        .await
+    {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::warn!(%error, "upstream unavailable");
+            pages::error_for(
+                html,
+                ErrorCode::UpstreamUnavailable,
+                "The application behind this sign-in is not answering.",
+                None,
+            )
+        }
     }
-    response
 }
