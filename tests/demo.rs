@@ -36,7 +36,7 @@ async fn the_demo_starts_and_alice_signs_in() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let _running = Running(child);
+    let mut running = Running(child);
     let mut lines = BufReader::new(stdout).lines();
     let open = loop {
         let line = lines.next().expect("the demo printed its URL").unwrap();
@@ -76,4 +76,30 @@ async fn the_demo_starts_and_alice_signs_in() {
         "{page}"
     );
     assert!(page.contains("alice@example.com"), "{page}");
+
+    // SIGTERM: it stops serving and exits cleanly.
+    let pid = running.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = running.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo ignored SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        reqwest::get(&open).await.is_err(),
+        "still serving after SIGTERM"
+    );
 }
