@@ -12,7 +12,8 @@
 //! Over https every name carries the `__Host-` prefix (Secure, Path=/, no
 //! Domain); all are HttpOnly and SameSite=Lax.
 
-use axum_extra::extract::cookie::{Cookie, PrivateCookieJar, SameSite};
+use axum::http::{HeaderMap, header};
+use axum_extra::extract::cookie::{Cookie, Key, PrivateCookieJar, SameSite};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
@@ -94,6 +95,20 @@ impl Cookies {
     /// The session id in the jar, if a valid session cookie is there.
     pub fn session_id(&self, jar: &PrivateCookieJar) -> Option<String> {
         jar.get(&self.session).map(|c| c.value().to_owned())
+    }
+
+    /// The session id from the request's session cookie, decrypting only that
+    /// cookie (the request path does not need the others).
+    pub fn session_id_in(&self, headers: &HeaderMap, key: &Key) -> Option<String> {
+        let sent = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| Cookie::parse_encoded(c.trim().to_owned()).ok())
+            .find(|c| c.name() == self.session)?;
+        let jar = cookie::CookieJar::new();
+        jar.private(key).decrypt(sent).map(|c| c.value().to_owned())
     }
 
     /// Sets the session cookie.

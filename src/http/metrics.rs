@@ -17,7 +17,7 @@ use crate::store::{LoginCommit, Store, StoreResult, Versioned};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
+    route: &'static str,
     status: u16,
 }
 
@@ -121,12 +121,9 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Counts one HTTP request.
-    pub fn request(&self, route: &str, status: u16) {
+    pub fn request(&self, route: &'static str, status: u16) {
         self.requests
-            .get_or_create(&RequestLabels {
-                route: route.to_owned(),
-                status,
-            })
+            .get_or_create(&RequestLabels { route, status })
             .inc();
     }
 

@@ -42,19 +42,33 @@ fn with_user(mut response: Response, identity: &Identity) -> Response {
     response
 }
 
+/// The metrics label of a route: its pattern, or `upstream` for the app.
+fn route_label(matched: Option<&MatchedPath>) -> &'static str {
+    const ROUTES: [&str; 8] = [
+        "/oauth2/start",
+        "/oauth2/callback",
+        "/oauth2/sign_out",
+        "/oauth2/auth",
+        "/oauth2/userinfo",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ];
+    matched
+        .and_then(|m| ROUTES.iter().find(|r| **r == m.as_str()).copied())
+        .unwrap_or("upstream")
+}
+
 /// The largest Cookie header accepted; browsers send at most a few KiB.
 const MAX_COOKIE_HEADER: usize = 16 * 1024;
 
 /// Logs one line per request and counts it; refuses oversized cookies.
 pub(super) async fn observe(State(app): AppState, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "upstream".to_owned());
+    let route = route_label(request.extensions().get::<MatchedPath>());
+    // The log line's owned fields are built only when it will be written.
+    let logged = tracing::enabled!(tracing::Level::INFO)
+        .then(|| (request.method().clone(), request.uri().path().to_owned()));
     let cookie_bytes: usize = request
         .headers()
         .get_all(header::COOKIE)
@@ -72,7 +86,10 @@ pub(super) async fn observe(State(app): AppState, request: Request, next: Next) 
         next.run(request).await
     };
     let status = response.status().as_u16();
-    app.metrics.request(&route, status);
+    app.metrics.request(route, status);
+    let Some((method, path)) = logged else {
+        return response;
+    };
     let user = response
         .extensions()
         .get::<User>()
@@ -118,12 +135,8 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Resolves the caller: session cookie first, then a bearer JWT.
-async fn caller(
-    app: &App,
-    jar: &PrivateCookieJar,
-    headers: &HeaderMap,
-) -> Result<Caller, Response> {
-    if let Some(id) = app.cookies.session_id(jar) {
+async fn caller(app: &App, headers: &HeaderMap) -> Result<Caller, Response> {
+    if let Some(id) = app.cookies.session_id_in(headers, &app.key) {
         match app.sessions.load(&id).await {
             Ok(session) => return Ok(Caller::Session(session)),
             Err(SessionError::NotFound | SessionError::Ended(_)) => {}
@@ -455,17 +468,14 @@ pub(super) async fn sign_out(
 }
 
 /// Forward-auth for nginx `auth_request`, Traefik `forwardAuth`, Caddy `forward_auth`.
-pub(super) async fn forward_auth(
-    State(app): AppState,
-    jar: PrivateCookieJar,
-    headers: HeaderMap,
-) -> Response {
-    let caller = match caller(&app, &jar, &headers).await {
+pub(super) async fn forward_auth(State(app): AppState, headers: HeaderMap) -> Response {
+    let caller = match caller(&app, &headers).await {
         Ok(caller) => caller,
         Err(response) => return response,
     };
     let Some(identity) = caller.identity() else {
         let clear = matches!(caller, Caller::Anonymous { clear_cookie: true });
+        let jar = PrivateCookieJar::new(app.key.clone());
         let jar = if clear {
             app.cookies.clear_session(jar)
         } else {
@@ -502,12 +512,8 @@ pub(super) async fn forward_auth(
     with_user(response, identity)
 }
 
-pub(super) async fn userinfo(
-    State(app): AppState,
-    jar: PrivateCookieJar,
-    headers: HeaderMap,
-) -> Response {
-    let caller = match caller(&app, &jar, &headers).await {
+pub(super) async fn userinfo(State(app): AppState, headers: HeaderMap) -> Response {
+    let caller = match caller(&app, &headers).await {
         Ok(caller) => caller,
         Err(response) => return response,
     };
@@ -582,7 +588,6 @@ pub(super) async fn metrics(State(app): AppState) -> Response {
 pub(super) async fn protected(
     State(app): AppState,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    jar: PrivateCookieJar,
     request: Request,
 ) -> Response {
     let method = request.method().as_str().to_owned();
@@ -595,13 +600,14 @@ pub(super) async fn protected(
     if skip {
         return forward(&app, request, Forwarded::default(), peer).await;
     }
-    let caller = match caller(&app, &jar, request.headers()).await {
+    let caller = match caller(&app, request.headers()).await {
         Ok(caller) => caller,
         Err(response) => return response,
     };
     let Some(identity) = caller.identity().cloned() else {
         let clear = matches!(caller, Caller::Anonymous { clear_cookie: true });
         let rd = destination(&request);
+        let jar = PrivateCookieJar::new(app.key.clone());
         return sign_in_required(&app, jar, request.headers(), &rd, clear);
     };
     if let Err(reason) = authz::check(&app.settings, &identity) {
