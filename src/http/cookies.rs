@@ -92,11 +92,6 @@ impl Cookies {
         jar.add(removal)
     }
 
-    /// The session id in the jar, if a valid session cookie is there.
-    pub fn session_id(&self, jar: &PrivateCookieJar) -> Option<String> {
-        jar.get(&self.session).map(|c| c.value().to_owned())
-    }
-
     /// The session id from the request's session cookie, decrypting only that
     /// cookie (the request path does not need the others).
     pub fn session_id_in(&self, headers: &HeaderMap, key: &Key) -> Option<String> {

@@ -437,7 +437,7 @@ pub(super) async fn sign_out(
     headers: HeaderMap,
 ) -> Response {
     let mut id_token = None;
-    if let Some(id) = app.cookies.session_id(&jar) {
+    if let Some(id) = app.cookies.session_id_in(&headers, &app.key) {
         match app.sessions.sign_out(&id).await {
             Ok(record) => id_token = record.and_then(|r| r.tokens.id_token),
             Err(error) => {
