@@ -16,6 +16,7 @@
 //! - [`session`]: session records and single-flight refresh;
 //! - [`clock`] and [`secret`]: time and randomness, injectable where tests need it.
 
+mod cache;
 pub mod clock;
 pub mod config;
 pub mod demo;

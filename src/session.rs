@@ -20,6 +20,26 @@ use crate::idp::{Identity, IdentityProvider, IdpError, TokenSet};
 use crate::secret::{hash_token, random_token};
 use crate::store::{Store, StoreError, Versioned};
 
+use crate::cache::BoundedCache;
+
+/// A decoded record, tagged with the store version it was decoded from.
+///
+/// Every load still reads the record from the store (the store stays the only
+/// source of truth: a sign-out or a refresh on another replica is seen at
+/// once); the decoded copy is used only when the version read is the one it
+/// was decoded from. That is sound because a version names one content for a
+/// key: every write bumps it, and a key deleted and written again starts at a
+/// fresh random version (the store contract's `delete_is_final` check).
+#[derive(Debug, Clone)]
+struct CachedRecord {
+    /// The session's store key (derived from its id by a hash, kept to skip it).
+    key: Arc<str>,
+    /// The store version the record was decoded from.
+    version: u64,
+    /// The record.
+    record: Arc<SessionRecord>,
+}
+
 /// The store key of the session with this id (the id itself is never stored).
 ///
 /// A session id made by a login starts with its login's tag (`TAG.rest`), and
@@ -99,6 +119,8 @@ pub struct SessionSettings {
     pub refresh_lease: Duration,
     /// How long a request waits for another request's refresh.
     pub refresh_wait: Duration,
+    /// How many decoded records this process keeps (0: decode on every load).
+    pub cached_records: usize,
 }
 
 impl Default for SessionSettings {
@@ -107,6 +129,7 @@ impl Default for SessionSettings {
             refresh_before_expiry: Duration::from_secs(60),
             refresh_lease: Duration::from_secs(30),
             refresh_wait: Duration::from_secs(10),
+            cached_records: 10_000,
         }
     }
 }
@@ -114,10 +137,19 @@ impl Default for SessionSettings {
 /// A session ready for use by one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActiveSession {
+    record: Arc<SessionRecord>,
+}
+
+impl ActiveSession {
     /// Who is signed in.
-    pub identity: Identity,
+    pub fn identity(&self) -> &Identity {
+        &self.record.identity
+    }
+
     /// Tokens that are valid now (or, for a provider without refresh tokens, the last ones).
-    pub tokens: TokenSet,
+    pub fn tokens(&self) -> &TokenSet {
+        &self.record.tokens
+    }
 }
 
 /// Why a session cannot be used.
@@ -151,6 +183,7 @@ pub struct Sessions {
     idp: Arc<dyn IdentityProvider>,
     clock: Arc<dyn Clock>,
     settings: SessionSettings,
+    cache: Arc<BoundedCache<CachedRecord>>,
 }
 
 impl Sessions {
@@ -165,20 +198,57 @@ impl Sessions {
             store,
             idp,
             clock,
+            cache: Arc::new(BoundedCache::new(settings.cached_records)),
             settings,
         }
+    }
+
+    /// How many decoded records this process holds.
+    pub fn cached_records(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// The record under `key` for `session_id`, decoded or from the cache when
+    /// the store holds the version that was decoded. `None`: no such record.
+    async fn read(
+        &self,
+        session_id: &str,
+        key: &Arc<str>,
+        cached: &mut Option<CachedRecord>,
+    ) -> Result<Option<(Versioned, Arc<SessionRecord>)>, SessionError> {
+        let Some(current) = self.store.get(key).await? else {
+            self.cache.remove(session_id);
+            *cached = None;
+            return Ok(None);
+        };
+        if let Some(hit) = cached.as_ref().filter(|c| c.version == current.version) {
+            let record = hit.record.clone();
+            return Ok(Some((current, record)));
+        }
+        let record = Arc::new(SessionRecord::decode(&current.value)?);
+        let entry = CachedRecord {
+            key: key.clone(),
+            version: current.version,
+            record: record.clone(),
+        };
+        self.cache.put(session_id, entry.clone());
+        *cached = Some(entry);
+        Ok(Some((current, record)))
     }
 
     /// The session with this id, with its access token refreshed if it is due.
     /// At most one request per session calls the identity provider at a time.
     pub async fn load(&self, session_id: &str) -> Result<ActiveSession, SessionError> {
-        let key = session_key(session_id);
+        let mut cached = self.cache.get(session_id);
+        let key = match &cached {
+            Some(entry) => entry.key.clone(),
+            None => Arc::from(session_key(session_id)),
+        };
         let wait_deadline = Instant::now() + self.settings.refresh_wait;
         loop {
-            let Some(current) = self.store.get(&key).await? else {
+            let Some((current, record)) = self.read(session_id, &key, &mut cached).await? else {
                 return Err(SessionError::NotFound);
             };
-            let record = SessionRecord::decode(&current.value)?;
             let now = self.clock.now_ms();
             if !self.refresh_due(&record, now) {
                 return Ok(active(record));
@@ -199,6 +269,7 @@ impl Sessions {
                         .await?;
                 }
                 _ => {
+                    let record = SessionRecord::clone(&record);
                     if let Some(outcome) = self.try_refresh(&key, current, record, now).await? {
                         return outcome;
                     }
@@ -213,6 +284,7 @@ impl Sessions {
         let key = session_key(session_id);
         let existing = self.store.get(&key).await?;
         self.store.delete(&key).await?;
+        self.cache.remove(session_id);
         existing
             .map(|v| SessionRecord::decode(&v.value))
             .transpose()
@@ -326,9 +398,8 @@ impl Sessions {
     }
 }
 
-fn active(record: SessionRecord) -> ActiveSession {
+fn active(record: impl Into<Arc<SessionRecord>>) -> ActiveSession {
     ActiveSession {
-        identity: record.identity,
-        tokens: record.tokens,
+        record: record.into(),
     }
 }

@@ -178,12 +178,15 @@ async fn full_flow_against_panva_oidc_provider() {
         .load(&done.session_id)
         .await
         .unwrap();
-    assert_eq!(session.identity.subject, "alice");
-    assert_eq!(session.identity.issuer, node.issuer);
-    assert_eq!(session.identity.email.as_deref(), Some("alice@example.com"));
-    assert_eq!(session.identity.groups, ["admins", "staff"]);
+    assert_eq!(session.identity().subject, "alice");
+    assert_eq!(session.identity().issuer, node.issuer);
+    assert_eq!(
+        session.identity().email.as_deref(),
+        Some("alice@example.com")
+    );
+    assert_eq!(session.identity().groups, ["admins", "staff"]);
     let first = session
-        .tokens
+        .tokens()
         .refresh_token
         .clone()
         .expect("offline_access granted");
@@ -193,10 +196,13 @@ async fn full_flow_against_panva_oidc_provider() {
         .load(&done.session_id)
         .await
         .unwrap();
-    let second = refreshed.tokens.refresh_token.clone().unwrap();
+    let second = refreshed.tokens().refresh_token.clone().unwrap();
     assert_ne!(second, first, "the provider rotates refresh tokens");
-    assert_ne!(refreshed.tokens.access_token, session.tokens.access_token);
-    assert_eq!(refreshed.identity.subject, "alice");
+    assert_ne!(
+        refreshed.tokens().access_token,
+        session.tokens().access_token
+    );
+    assert_eq!(refreshed.identity().subject, "alice");
 
     // Reuse of the rotated token is refused (and the provider revokes the grant).
     let reuse = provider.refresh(&first).await.unwrap_err();

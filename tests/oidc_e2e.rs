@@ -160,21 +160,27 @@ async fn code_flow_refresh_rotation_and_reuse_detection() {
     // The session holds the validated identity, with userinfo's groups.
     let quiet = rig.sessions(Duration::ZERO);
     let session = quiet.load(&session_id).await.unwrap();
-    assert_eq!(session.identity.subject, "alice");
-    assert_eq!(session.identity.issuer, rig.idp.issuer());
-    assert_eq!(session.identity.email.as_deref(), Some("alice@example.com"));
-    assert_eq!(session.identity.groups, ["admins", "staff"]);
-    let first_refresh_token = session.tokens.refresh_token.clone().unwrap();
+    assert_eq!(session.identity().subject, "alice");
+    assert_eq!(session.identity().issuer, rig.idp.issuer());
+    assert_eq!(
+        session.identity().email.as_deref(),
+        Some("alice@example.com")
+    );
+    assert_eq!(session.identity().groups, ["admins", "staff"]);
+    let first_refresh_token = session.tokens().refresh_token.clone().unwrap();
     assert_eq!(rig.idp.knobs().refresh_grants(), 0);
 
     // Due for refresh (the dev IdP's tokens live 5 minutes): one refresh, rotated.
     let eager = rig.sessions(Duration::from_secs(3600));
     let refreshed = eager.load(&session_id).await.unwrap();
     assert_eq!(rig.idp.knobs().refresh_grants(), 1);
-    assert_ne!(refreshed.tokens.access_token, session.tokens.access_token);
-    let second_refresh_token = refreshed.tokens.refresh_token.clone().unwrap();
+    assert_ne!(
+        refreshed.tokens().access_token,
+        session.tokens().access_token
+    );
+    let second_refresh_token = refreshed.tokens().refresh_token.clone().unwrap();
     assert_ne!(second_refresh_token, first_refresh_token);
-    assert_eq!(refreshed.identity.subject, "alice");
+    assert_eq!(refreshed.identity().subject, "alice");
 
     // Presenting the rotated-away token is refused, and revokes the family.
     let reuse = rig
@@ -438,7 +444,7 @@ async fn key_rotation_at_the_idp_is_picked_up_without_a_restart() {
         .load(&session_id)
         .await
         .unwrap();
-    assert_eq!(refreshed.identity.subject, "alice");
+    assert_eq!(refreshed.identity().subject, "alice");
     assert_eq!(rig.provider.validator().keys().refetches(), 1);
     let counters: serde_json::Value = rig
         .browser

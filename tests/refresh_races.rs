@@ -15,7 +15,7 @@ use common::idp_double::{ControlledIdp, identity};
 use common::naive::{GlobalLockRefresh, NaiveRefresh, RefreshDriver};
 use common::observed_store::ObservedStore;
 use common::within;
-use latchkey::clock::{Clock, ManualClock};
+use latchkey::clock::{Clock, ManualClock, duration_ms};
 use latchkey::idp::IdpError;
 use latchkey::secret::random_token;
 use latchkey::session::{SessionError, SessionRecord, SessionSettings, Sessions, session_key};
@@ -45,6 +45,7 @@ fn rig_with(backend: TestBackend, refresh_wait: Duration) -> Rig {
             refresh_before_expiry: REFRESH_BEFORE_EXPIRY,
             refresh_lease: Duration::from_secs(3600),
             refresh_wait,
+            ..SessionSettings::default()
         },
     ));
     Rig {
@@ -63,6 +64,8 @@ fn rig(backend: TestBackend) -> Rig {
 /// When a new session's access token expires, relative to now.
 #[derive(Clone, Copy)]
 enum Token {
+    /// Outside the refresh window.
+    Fresh,
     /// Inside the refresh window but still valid.
     DueButValid,
     /// Already expired: requests cannot proceed without the refresh.
@@ -75,6 +78,7 @@ impl Rig {
         let mut tokens = self.idp.issue_tokens();
         let now = self.clock.now_ms();
         tokens.access_expires_at = match token {
+            Token::Fresh => now + 2 * duration_ms(ACCESS_TTL),
             Token::DueButValid => now + 10_000,
             Token::Expired => now - 1,
         };
@@ -310,10 +314,10 @@ async fn transient_error_keeps_the_session_and_frees_the_lease(backend: TestBack
         .fail_next_refresh(IdpError::Transient("503 from token endpoint".into()));
     // Still-valid token: served as is.
     let served = rig.sessions.load(&valid).await.unwrap();
-    assert_eq!(served.tokens.access_token, "access-0");
+    assert_eq!(served.tokens().access_token, "access-0");
     // The lease was freed: the next request refreshes at once.
     let refreshed = within("refresh after transient error", rig.sessions.load(&valid)).await;
-    assert_ne!(refreshed.unwrap().tokens.access_token, "access-0");
+    assert_ne!(refreshed.unwrap().tokens().access_token, "access-0");
     assert_eq!(rig.idp.refreshes(), 2);
 
     // Expired token: the request fails, but the session stays.
@@ -326,7 +330,52 @@ async fn transient_error_keeps_the_session_and_frees_the_lease(backend: TestBack
         "{err:?}"
     );
     let later = within("retry", rig.sessions.load(&expired)).await.unwrap();
-    assert_eq!(later.identity.subject, "alice");
+    assert_eq!(later.identity().subject, "alice");
+}
+
+/// Each process keeps decoded records, but the store decides: a change or a
+/// sign-out made by another replica (another `Sessions` over the same store,
+/// with its own cache) is seen by the next load.
+async fn cached_records_follow_the_store(backend: TestBackend) {
+    let rig = rig(backend);
+    let other_replica = Sessions::new(
+        rig.store.clone(),
+        rig.idp.clone(),
+        rig.clock.clone(),
+        SessionSettings::default(),
+    );
+    let id = rig.session(Token::Fresh).await;
+    let first = rig.sessions.load(&id).await.unwrap();
+    assert_eq!(rig.sessions.cached_records(), 1);
+    assert_eq!(rig.sessions.load(&id).await.unwrap(), first);
+
+    // Another replica rewrites the record (as its refresh would).
+    let key = session_key(&id);
+    let stored = rig.store.get(&key).await.unwrap().unwrap();
+    let mut record: SessionRecord = serde_json::from_slice(&stored.value).unwrap();
+    record.tokens.access_token = "rewritten-elsewhere".into();
+    record.tokens.access_expires_at = rig.clock.now_ms() + 3_600_000;
+    assert!(
+        rig.store
+            .compare_and_swap(
+                &key,
+                stored.version,
+                &record.encode(),
+                Duration::from_secs(86400)
+            )
+            .await
+            .unwrap()
+    );
+    let seen = rig.sessions.load(&id).await.unwrap();
+    assert_eq!(seen.tokens().access_token, "rewritten-elsewhere");
+
+    // Another replica signs the session out.
+    other_replica.sign_out(&id).await.unwrap();
+    assert!(matches!(
+        rig.sessions.load(&id).await.unwrap_err(),
+        SessionError::NotFound
+    ));
+    assert_eq!(rig.sessions.cached_records(), 0);
 }
 
 async fn refreshed_id_token_must_keep_the_subject(backend: TestBackend) {
@@ -396,6 +445,7 @@ backend_tests!(
     invalid_grant_ends_the_session,
     transient_error_keeps_the_session_and_frees_the_lease,
     refreshed_id_token_must_keep_the_subject,
+    cached_records_follow_the_store,
     sign_out_during_refresh_is_not_undone,
     waiting_for_a_refresh_is_bounded_and_deletes_nothing,
     unknown_session_is_not_found,

@@ -12,15 +12,21 @@
 //! Over https every name carries the `__Host-` prefix (Secure, Path=/, no
 //! Domain); all are HttpOnly and SameSite=Lax.
 
+use std::sync::Arc;
+
 use axum::http::{HeaderMap, header};
 use axum_extra::extract::cookie::{Cookie, Key, PrivateCookieJar, SameSite};
 use serde::{Deserialize, Serialize};
 
+use crate::cache::BoundedCache;
 use crate::config::Settings;
 use crate::secret::hash_token;
 
 /// At most this many login cookies live at once.
 pub const MAX_LOGIN_COOKIES: usize = 4;
+
+/// How many decrypted session cookies a process remembers.
+const DECRYPTED_SESSION_COOKIES: usize = 10_000;
 
 /// What a login cookie holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,14 +39,19 @@ pub struct LoginCookie {
     pub return_to: String,
 }
 
-/// Names and attributes of latchkey's cookies.
-#[derive(Debug, Clone)]
+/// Latchkey's cookies: their key, names and attributes.
+#[derive(Clone)]
 pub struct Cookies {
+    key: Key,
     session: String,
     login_prefix: String,
     secure: bool,
     session_max_age: u64,
     login_max_age: u64,
+    /// Session ids by the session cookie's value as sent, so that a browser's
+    /// requests decrypt its cookie once. Only values that decrypted with the
+    /// key are kept, so made-up cookies cannot fill it.
+    decrypted: Arc<BoundedCache<Arc<str>>>,
 }
 
 impl Cookies {
@@ -48,6 +59,7 @@ impl Cookies {
     pub fn new(settings: &Settings) -> Self {
         let secure = settings.secure_cookies();
         Self {
+            key: Key::derive_from(&settings.cookie_secret),
             session: settings.session_cookie(),
             login_prefix: if secure {
                 "__Host-latchkey-login-".into()
@@ -59,7 +71,18 @@ impl Cookies {
             // Outlives the login record, so that an expired login still
             // knows where the browser wanted to go.
             login_max_age: settings.login_ttl.as_secs() + 3600,
+            decrypted: Arc::new(BoundedCache::new(DECRYPTED_SESSION_COOKIES)),
         }
+    }
+
+    /// The key that encrypts and authenticates them (from `cookie_secret`).
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// A jar to add cookies to.
+    pub fn empty_jar(&self) -> PrivateCookieJar {
+        PrivateCookieJar::new(self.key.clone())
     }
 
     /// The session cookie's name.
@@ -93,17 +116,37 @@ impl Cookies {
     }
 
     /// The session id from the request's session cookie, decrypting only that
-    /// cookie (the request path does not need the others).
-    pub fn session_id_in(&self, headers: &HeaderMap, key: &Key) -> Option<String> {
-        let sent = headers
+    /// cookie (the request path does not need the others), and only the first
+    /// time this process sees its value.
+    pub fn session_id_in(&self, headers: &HeaderMap) -> Option<Arc<str>> {
+        let sent = self.sent_session_cookie(headers, Cookie::split_parse)?;
+        if let Some(id) = self.decrypted.get(sent.value()) {
+            return Some(id);
+        }
+        let decoded = self.sent_session_cookie(headers, Cookie::split_parse_encoded)?;
+        let jar = cookie::CookieJar::new();
+        let id: Arc<str> = jar
+            .private(&self.key)
+            .decrypt(decoded.into_owned())?
+            .value()
+            .into();
+        self.decrypted.put(sent.value(), id.clone());
+        Some(id)
+    }
+
+    /// The session cookie among the request's cookies, split by `split`.
+    fn sent_session_cookie<'h>(
+        &self,
+        headers: &'h HeaderMap,
+        split: fn(&'h str) -> cookie::SplitCookies<'h>,
+    ) -> Option<Cookie<'h>> {
+        headers
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|c| Cookie::parse_encoded(c.trim().to_owned()).ok())
-            .find(|c| c.name() == self.session)?;
-        let jar = cookie::CookieJar::new();
-        jar.private(key).decrypt(sent).map(|c| c.value().to_owned())
+            .flat_map(split)
+            .filter_map(Result::ok)
+            .find(|c| c.name() == self.session)
     }
 
     /// Sets the session cookie.
@@ -168,5 +211,73 @@ impl Cookies {
             jar = self.expire(jar, name.clone());
         }
         jar
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use axum::http::HeaderValue;
+    use axum::response::IntoResponse;
+    use base64::Engine;
+
+    use super::*;
+    use crate::config::RawSettings;
+
+    /// Cookies for a minimal configuration with this `cookie_secret`.
+    pub(crate) fn with_secret(secret: [u8; 32]) -> Cookies {
+        let settings = RawSettings {
+            issuer: Some("https://idp.example.com".into()),
+            client_id: Some("app".into()),
+            redirect_url: Some("http://127.0.0.1:4180/oauth2/callback".into()),
+            cookie_secret: Some(base64::engine::general_purpose::STANDARD.encode(secret)),
+            ..RawSettings::default()
+        }
+        .validate()
+        .unwrap();
+        Cookies::new(&settings)
+    }
+
+    /// The `Cookie` header a browser sends back after `jar` was set.
+    fn sent(jar: PrivateCookieJar) -> HeaderMap {
+        let response = (jar, ()).into_response();
+        let set = response.headers()[header::SET_COOKIE].to_str().unwrap();
+        let pair = set.split(';').next().unwrap();
+        let mut headers = HeaderMap::new();
+        let value = format!("theme=dark; {pair}; lang=en");
+        headers.insert(header::COOKIE, HeaderValue::from_str(&value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn session_cookie_decrypts_once_and_stays_authenticated() {
+        let cookies = with_secret([7; 32]);
+        let jar = cookies.set_session(cookies.empty_jar(), "TAG.session-id");
+        let headers = sent(jar);
+        assert_eq!(
+            cookies.session_id_in(&headers).as_deref(),
+            Some("TAG.session-id")
+        );
+        assert_eq!(cookies.decrypted.len(), 1);
+        // The second time it comes from the cache, with the same answer.
+        assert_eq!(
+            cookies.session_id_in(&headers).as_deref(),
+            Some("TAG.session-id")
+        );
+        assert_eq!(cookies.decrypted.len(), 1);
+
+        // A value altered by one character neither decrypts nor hits the cache.
+        let header = headers[header::COOKIE].to_str().unwrap();
+        let start = header.find(&format!("{}=", cookies.session)).unwrap();
+        let at = start + cookies.session.len() + 5;
+        let flipped = if &header[at..=at] == "A" { "B" } else { "A" };
+        let tampered = format!("{}{flipped}{}", &header[..at], &header[at + 1..]);
+        let mut bad = HeaderMap::new();
+        bad.insert(header::COOKIE, HeaderValue::from_str(&tampered).unwrap());
+        assert_eq!(cookies.session_id_in(&bad), None);
+        assert_eq!(cookies.decrypted.len(), 1);
+
+        // Another key (another deployment's cookie_secret) cannot read it.
+        let other = with_secret([9; 32]);
+        assert_eq!(other.session_id_in(&headers), None);
     }
 }

@@ -42,7 +42,6 @@ pub struct App {
     sessions: Sessions,
     provider: Arc<OidcProvider>,
     store: Arc<dyn Store>,
-    key: Key,
     cookies: Cookies,
     upstream: Option<Upstream>,
     metrics: Arc<Metrics>,
@@ -63,7 +62,7 @@ impl std::ops::Deref for Shared {
 
 impl FromRef<Shared> for Key {
     fn from_ref(app: &Shared) -> Key {
-        app.key.clone()
+        app.cookies.key().clone()
     }
 }
 
@@ -137,7 +136,6 @@ impl App {
             },
         );
         Ok(Arc::new(Self {
-            key: Key::derive_from(&settings.cookie_secret),
             cookies: Cookies::new(&settings),
             upstream: settings.upstream.as_ref().map(Upstream::new),
             readiness: reqwest::Client::builder()

@@ -16,28 +16,35 @@ use super::cookies::Cookies;
 use crate::idp::Identity;
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
+const X_FORWARDED_USER: HeaderName = HeaderName::from_static("x-forwarded-user");
+const X_FORWARDED_EMAIL: HeaderName = HeaderName::from_static("x-forwarded-email");
+const X_FORWARDED_GROUPS: HeaderName = HeaderName::from_static("x-forwarded-groups");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// Identity headers only latchkey may set.
-const IDENTITY_HEADERS: [&str; 9] = [
-    "x-forwarded-user",
-    "x-forwarded-email",
-    "x-forwarded-groups",
-    "x-forwarded-preferred-username",
-    "x-forwarded-access-token",
-    "x-auth-request-user",
-    "x-auth-request-email",
-    "x-auth-request-groups",
-    "x-auth-request-access-token",
+const IDENTITY_HEADERS: [HeaderName; 9] = [
+    X_FORWARDED_USER,
+    X_FORWARDED_EMAIL,
+    X_FORWARDED_GROUPS,
+    HeaderName::from_static("x-forwarded-preferred-username"),
+    HeaderName::from_static("x-forwarded-access-token"),
+    HeaderName::from_static("x-auth-request-user"),
+    HeaderName::from_static("x-auth-request-email"),
+    HeaderName::from_static("x-auth-request-groups"),
+    HeaderName::from_static("x-auth-request-access-token"),
 ];
 
 /// Who the upstream is told the request is from.
@@ -97,31 +104,31 @@ impl Upstream {
         parts.uri = uri;
         let headers = &mut parts.headers;
         let original_host = headers.get(header::HOST).cloned();
-        strip_hop_by_hop(headers);
-        for name in IDENTITY_HEADERS {
-            headers.remove(name);
-        }
+        let named = connection_named(headers);
+        remove_headers(headers, |name| {
+            HOP_BY_HOP.contains(name) || named.contains(name) || IDENTITY_HEADERS.contains(name)
+        });
         strip_our_cookies(headers, cookies);
         if let Some(protocol) = &upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol.clone());
         }
-        set(headers, "x-forwarded-for", &peer.ip().to_string());
-        set(headers, "x-forwarded-proto", proto);
+        set(headers, X_FORWARDED_FOR, &peer.ip().to_string());
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         if let Some(host) = original_host {
-            headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+            headers.insert(X_FORWARDED_HOST, host);
         }
         if let Some(identity) = who.identity {
-            set(headers, "x-forwarded-user", &identity.subject);
+            set(headers, X_FORWARDED_USER, &identity.subject);
             if let Some(email) = &identity.email {
-                set(headers, "x-forwarded-email", email);
+                set(headers, X_FORWARDED_EMAIL, email);
             }
             if !identity.groups.is_empty() {
-                set(headers, "x-forwarded-groups", &identity.groups.join(","));
+                set(headers, X_FORWARDED_GROUPS, &identity.groups.join(","));
             }
         }
         if let Some(token) = who.access_token {
-            set(headers, "authorization", &format!("Bearer {token}"));
+            set(headers, header::AUTHORIZATION, &format!("Bearer {token}"));
         }
         let request = Request::from_parts(parts, body);
         let mut response = self
@@ -152,9 +159,9 @@ impl Upstream {
     }
 }
 
-fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(HeaderName::from_static(name), value);
+        headers.insert(name, value);
     }
 }
 
@@ -171,36 +178,117 @@ fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
         .flatten()
 }
 
-/// Drops hop-by-hop headers, including any that `Connection` names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<String> = headers
+/// Headers that the `Connection` header names as hop-by-hop.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect();
-    for name in HOP_BY_HOP.iter().map(|s| s.to_string()).chain(named) {
-        headers.remove(name.as_str());
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// Drops hop-by-hop headers, including any that `Connection` names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named = connection_named(headers);
+    remove_headers(headers, |name| {
+        HOP_BY_HOP.contains(name) || named.contains(name)
+    });
+}
+
+/// Removes every header that `unwanted` picks, looking at each name once
+/// (cheaper than one lookup per unwanted name for the usual few headers).
+fn remove_headers(headers: &mut HeaderMap, unwanted: impl Fn(&HeaderName) -> bool) {
+    let doomed: Vec<HeaderName> = headers.keys().filter(|n| unwanted(n)).cloned().collect();
+    for name in doomed {
+        headers.remove(name);
     }
 }
 
 /// Removes latchkey's cookies from the `Cookie` header(s), keeping the app's.
+/// Headers without any of latchkey's cookies are left as they are.
 fn strip_our_cookies(headers: &mut HeaderMap, cookies: &Cookies) {
-    let kept: Vec<String> = headers
+    let mut kept = String::new();
+    let mut stripped = false;
+    let sent = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| cookie::Cookie::split_parse(v.to_owned()))
-        .filter_map(Result::ok)
-        .filter(|c| !cookies.is_ours(c.name()))
-        .map(|c| format!("{}={}", c.name(), c.value()))
-        .collect();
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok);
+    for cookie in sent {
+        if cookies.is_ours(cookie.name()) {
+            stripped = true;
+            continue;
+        }
+        if !kept.is_empty() {
+            kept.push_str("; ");
+        }
+        kept.push_str(cookie.name());
+        kept.push('=');
+        kept.push_str(cookie.value());
+    }
+    if !stripped {
+        return;
+    }
     headers.remove(header::COOKIE);
     if !kept.is_empty()
-        && let Ok(value) = HeaderValue::from_str(&kept.join("; "))
+        && let Ok(value) = HeaderValue::from_str(&kept)
     {
         headers.insert(header::COOKIE, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::cookies::tests::with_secret;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_dropped() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, X-Internal-Secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-internal-secret", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("accept", "*/*"),
+            ("x-request-id", "42"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "x-request-id"]);
+    }
+
+    #[test]
+    fn only_latchkeys_cookies_are_stripped() {
+        let cookies = with_secret([7; 32]);
+        let mut h = headers(&[
+            ("cookie", "app=1; _latchkey=abc"),
+            ("cookie", "latchkey-login-0123abcd=xyz; theme=dark"),
+        ]);
+        strip_our_cookies(&mut h, &cookies);
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "app=1; theme=dark");
+
+        let mut only_ours = headers(&[("cookie", "_latchkey=abc")]);
+        strip_our_cookies(&mut only_ours, &cookies);
+        assert!(only_ours.get(header::COOKIE).is_none());
+
+        // Without any of latchkey's cookies the headers stay as sent.
+        let mut apps = headers(&[("cookie", "app=1"), ("cookie", "theme=dark")]);
+        strip_our_cookies(&mut apps, &cookies);
+        let sent: Vec<_> = apps.get_all(header::COOKIE).iter().collect();
+        assert_eq!(sent, ["app=1", "theme=dark"]);
     }
 }

@@ -35,10 +35,13 @@ fn found(location: &str) -> Response {
     }
 }
 
+/// Attaches the user to `response` for the request log (when it is written).
 fn with_user(mut response: Response, identity: &Identity) -> Response {
-    response
-        .extensions_mut()
-        .insert(User(identity.subject.clone()));
+    if tracing::enabled!(tracing::Level::INFO) {
+        response
+            .extensions_mut()
+            .insert(User(identity.subject.clone()));
+    }
     response
 }
 
@@ -120,7 +123,7 @@ enum Caller {
 impl Caller {
     fn identity(&self) -> Option<&Identity> {
         match self {
-            Caller::Session(s) => Some(&s.identity),
+            Caller::Session(s) => Some(s.identity()),
             Caller::Bearer(identity) => Some(identity),
             Caller::Anonymous { .. } => None,
         }
@@ -136,7 +139,7 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 
 /// Resolves the caller: session cookie first, then a bearer JWT.
 async fn caller(app: &App, headers: &HeaderMap) -> Result<Caller, Response> {
-    if let Some(id) = app.cookies.session_id_in(headers, &app.key) {
+    if let Some(id) = app.cookies.session_id_in(headers) {
         match app.sessions.load(&id).await {
             Ok(session) => return Ok(Caller::Session(session)),
             Err(SessionError::NotFound | SessionError::Ended(_)) => {}
@@ -437,7 +440,7 @@ pub(super) async fn sign_out(
     headers: HeaderMap,
 ) -> Response {
     let mut id_token = None;
-    if let Some(id) = app.cookies.session_id_in(&headers, &app.key) {
+    if let Some(id) = app.cookies.session_id_in(&headers) {
         match app.sessions.sign_out(&id).await {
             Ok(record) => id_token = record.and_then(|r| r.tokens.id_token),
             Err(error) => {
@@ -475,7 +478,7 @@ pub(super) async fn forward_auth(State(app): AppState, headers: HeaderMap) -> Re
     };
     let Some(identity) = caller.identity() else {
         let clear = matches!(caller, Caller::Anonymous { clear_cookie: true });
-        let jar = PrivateCookieJar::new(app.key.clone());
+        let jar = app.cookies.empty_jar();
         let jar = if clear {
             app.cookies.clear_session(jar)
         } else {
@@ -507,7 +510,10 @@ pub(super) async fn forward_auth(State(app): AppState, headers: HeaderMap) -> Re
     if app.settings.pass_access_token
         && let Caller::Session(session) = &caller
     {
-        put("x-auth-request-access-token", &session.tokens.access_token);
+        put(
+            "x-auth-request-access-token",
+            &session.tokens().access_token,
+        );
     }
     with_user(response, identity)
 }
@@ -590,13 +596,11 @@ pub(super) async fn protected(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
-    let method = request.method().as_str().to_owned();
-    let path = request.uri().path().to_owned();
     let skip = app
         .settings
         .skip_auth_routes
         .iter()
-        .any(|r| r.matches(&method, &path));
+        .any(|r| r.matches(request.method().as_str(), request.uri().path()));
     if skip {
         return forward(&app, request, Forwarded::default(), peer).await;
     }
@@ -604,25 +608,25 @@ pub(super) async fn protected(
         Ok(caller) => caller,
         Err(response) => return response,
     };
-    let Some(identity) = caller.identity().cloned() else {
+    let Some(identity) = caller.identity() else {
         let clear = matches!(caller, Caller::Anonymous { clear_cookie: true });
         let rd = destination(&request);
-        let jar = PrivateCookieJar::new(app.key.clone());
+        let jar = app.cookies.empty_jar();
         return sign_in_required(&app, jar, request.headers(), &rd, clear);
     };
-    if let Err(reason) = authz::check(&app.settings, &identity) {
-        return denied(request.headers(), &identity, &reason);
+    if let Err(reason) = authz::check(&app.settings, identity) {
+        return denied(request.headers(), identity, &reason);
     }
     let access_token = match (&caller, app.settings.pass_access_token) {
-        (Caller::Session(session), true) => Some(session.tokens.access_token.clone()),
+        (Caller::Session(session), true) => Some(session.tokens().access_token.as_str()),
         _ => None,
     };
     let who = Forwarded {
-        identity: Some(&identity),
-        access_token: access_token.as_deref(),
+        identity: Some(identity),
+        access_token,
     };
     let response = forward(&app, request, who, peer).await;
-    with_user(response, &identity)
+    with_user(response, identity)
 }
 
 async fn forward(app: &App, request: Request, who: Forwarded<'_>, peer: SocketAddr) -> Response {

@@ -142,7 +142,7 @@ impl RefreshDriver for Sessions {
     async fn access_token(&self, session_id: &str) -> Result<String, String> {
         self.load(session_id)
             .await
-            .map(|s| s.tokens.access_token)
+            .map(|s| s.tokens().access_token.clone())
             .map_err(|e| e.to_string())
     }
 }
