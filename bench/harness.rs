@@ -162,7 +162,7 @@ impl Bench {
             // Request logs off for every row (nginx and Apache log nothing either).
             (
                 "LATCHKEY_LOG",
-                "latchkey=info,latchkey::http::routes=warn".to_owned(),
+                "latchkey=info,latchkey::request=warn".to_owned(),
             ),
         ];
         if upstream {

@@ -270,7 +270,10 @@ impl Sessions {
                 }
                 _ => {
                     let record = SessionRecord::clone(&record);
-                    if let Some(outcome) = self.try_refresh(&key, current, record, now).await? {
+                    // Boxed: refreshes are rare, and the refresh's large state
+                    // would otherwise be part of every request's future.
+                    let refresh = Box::pin(self.try_refresh(&key, current, record, now));
+                    if let Some(outcome) = refresh.await? {
                         return outcome;
                     }
                 }

@@ -45,7 +45,12 @@ async fn the_demo_starts_and_alice_signs_in() {
         }
     };
     assert!(open.starts_with("http://127.0.0.1:"), "{open}");
-    std::thread::spawn(move || for _ in lines {});
+    let (log_tx, log_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = log_tx.send(line);
+        }
+    });
 
     let browser = browser();
     let mut next = Url::parse(&open).unwrap();
@@ -102,4 +107,28 @@ async fn the_demo_starts_and_alice_signs_in() {
         reqwest::get(&open).await.is_err(),
         "still serving after SIGTERM"
     );
+
+    // One log line per request, under its own target, without secrets (and,
+    // written to a pipe, without terminal colour codes).
+    let logs: Vec<String> = log_rx.iter().collect();
+    let app_page = logs.iter().find(|l| {
+        l.contains("latchkey::request")
+            && l.contains("route=upstream")
+            && l.contains("status=200")
+            && l.contains("user=\"alice\"")
+    });
+    assert!(
+        app_page.is_some(),
+        "no request line for the app page in {logs:#?}"
+    );
+    for line in &logs {
+        assert!(
+            !line.contains("_latchkey=") && !line.contains("code=") && !line.contains("state="),
+            "a log line carries a secret: {line}"
+        );
+        assert!(
+            !line.contains('\u{1b}'),
+            "a log line written to a pipe carries colour codes: {line:?}"
+        );
+    }
 }

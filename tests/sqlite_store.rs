@@ -28,7 +28,7 @@ async fn records_survive_a_restart() {
         .await
         .unwrap()
         .expect("the record survived");
-    assert_eq!(record.value, b"kept");
+    assert_eq!(record.value[..], *b"kept");
     assert!(
         !reopened
             .insert_if_absent("k", b"again", Duration::from_secs(600))

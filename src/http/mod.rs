@@ -9,6 +9,7 @@
 pub mod authz;
 pub mod cookies;
 pub mod metrics;
+mod observe;
 pub mod pages;
 pub mod proxy;
 pub mod redirect;
@@ -20,13 +21,13 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::FromRef;
-use axum::middleware;
 use axum::routing::get;
 use axum_extra::extract::cookie::Key;
 use tokio::net::TcpListener;
 
 use self::cookies::Cookies;
 use self::metrics::{MeteredIdp, MeteredStore, Metrics};
+use self::observe::ObserveLayer;
 use self::proxy::Upstream;
 use crate::clock::SystemClock;
 use crate::config::Settings;
@@ -178,10 +179,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::protected)
-        .layer(middleware::from_fn_with_state(
-            Shared(app.clone()),
-            routes::observe,
-        ))
+        .layer(ObserveLayer::new(app.metrics.clone()))
         .with_state(Shared(app))
 }
 
@@ -198,7 +196,7 @@ impl Server {
     pub fn start(listener: TcpListener, app: Arc<App>) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
-        let service = router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let service = router(app.clone()).into_make_service_with_connect_info::<proxy::Peer>();
         let task = tokio::spawn(async move {
             axum::serve(listener, service)
                 .with_graceful_shutdown(async {

@@ -7,10 +7,13 @@
 use std::net::SocketAddr;
 
 use axum::body::Body;
+use axum::extract::connect_info::Connected;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header};
+use axum::serve::IncomingStream;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
 
 use super::cookies::Cookies;
 use crate::idp::Identity;
@@ -46,6 +49,32 @@ const IDENTITY_HEADERS: [HeaderName; 9] = [
     HeaderName::from_static("x-auth-request-groups"),
     HeaderName::from_static("x-auth-request-access-token"),
 ];
+
+/// The client end of a connection, with the `X-Forwarded-For` value the
+/// upstream is sent made once per connection rather than once per request.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: SocketAddr,
+    forwarded_for: HeaderValue,
+}
+
+impl From<SocketAddr> for Peer {
+    fn from(addr: SocketAddr) -> Self {
+        let forwarded_for = HeaderValue::try_from(addr.ip().to_string())
+            .expect("an IP address is a valid header value");
+        Self {
+            addr,
+            forwarded_for,
+        }
+    }
+}
+
+impl Connected<IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+        Self::from(*stream.remote_addr())
+    }
+}
 
 /// Who the upstream is told the request is from.
 #[derive(Debug, Default)]
@@ -86,7 +115,7 @@ impl Upstream {
         &self,
         mut request: Request<Body>,
         who: Forwarded<'_>,
-        peer: SocketAddr,
+        peer: &Peer,
         proto: &'static str,
         cookies: &Cookies,
     ) -> Result<Response<Body>, ForwardError> {
@@ -113,7 +142,7 @@ impl Upstream {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol.clone());
         }
-        set(headers, X_FORWARDED_FOR, &peer.ip().to_string());
+        headers.insert(X_FORWARDED_FOR, peer.forwarded_for.clone());
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         if let Some(host) = original_host {
             headers.insert(X_FORWARDED_HOST, host);

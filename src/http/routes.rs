@@ -1,19 +1,16 @@
 //! The request handlers.
 
-use std::net::SocketAddr;
-use std::time::Instant;
-
 use axum::body::Body;
-use axum::extract::{ConnectInfo, MatchedPath, Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum_extra::extract::cookie::PrivateCookieJar;
 use serde::Deserialize;
 
 use super::cookies::LoginCookie;
+use super::observe::{User, request_log_enabled};
 use super::pages::{self, ErrorCode, Link};
-use super::proxy::Forwarded;
+use super::proxy::{Forwarded, Peer};
 use super::{App, Shared};
 use super::{authz, redirect};
 use crate::clock::{Clock, SystemClock};
@@ -22,10 +19,6 @@ use crate::login::{Callback, FailureReason, LoginError};
 use crate::session::{ActiveSession, SessionError};
 
 type AppState = State<Shared>;
-
-/// The signed-in user's name, attached to responses for the request log.
-#[derive(Clone)]
-struct User(String);
 
 /// A `302 Found` to `location`.
 fn found(location: &str) -> Response {
@@ -37,76 +30,11 @@ fn found(location: &str) -> Response {
 
 /// Attaches the user to `response` for the request log (when it is written).
 fn with_user(mut response: Response, identity: &Identity) -> Response {
-    if tracing::enabled!(tracing::Level::INFO) {
+    if request_log_enabled() {
         response
             .extensions_mut()
             .insert(User(identity.subject.clone()));
     }
-    response
-}
-
-/// The metrics label of a route: its pattern, or `upstream` for the app.
-fn route_label(matched: Option<&MatchedPath>) -> &'static str {
-    const ROUTES: [&str; 8] = [
-        "/oauth2/start",
-        "/oauth2/callback",
-        "/oauth2/sign_out",
-        "/oauth2/auth",
-        "/oauth2/userinfo",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-    ];
-    matched
-        .and_then(|m| ROUTES.iter().find(|r| **r == m.as_str()).copied())
-        .unwrap_or("upstream")
-}
-
-/// The largest Cookie header accepted; browsers send at most a few KiB.
-const MAX_COOKIE_HEADER: usize = 16 * 1024;
-
-/// Logs one line per request and counts it; refuses oversized cookies.
-pub(super) async fn observe(State(app): AppState, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = route_label(request.extensions().get::<MatchedPath>());
-    // The log line's owned fields are built only when it will be written.
-    let logged = tracing::enabled!(tracing::Level::INFO)
-        .then(|| (request.method().clone(), request.uri().path().to_owned()));
-    let cookie_bytes: usize = request
-        .headers()
-        .get_all(header::COOKIE)
-        .iter()
-        .map(|v| v.len())
-        .sum();
-    let response = if cookie_bytes > MAX_COOKIE_HEADER {
-        pages::error(
-            request.headers(),
-            ErrorCode::BadRequest,
-            "The request's cookies are too large. Clear this site's cookies and try again.",
-            None,
-        )
-    } else {
-        next.run(request).await
-    };
-    let status = response.status().as_u16();
-    app.metrics.request(route, status);
-    let Some((method, path)) = logged else {
-        return response;
-    };
-    let user = response
-        .extensions()
-        .get::<User>()
-        .map(|u| u.0.as_str())
-        .unwrap_or("-");
-    tracing::info!(
-        method = %method,
-        path = %path,
-        route = %route,
-        status,
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-        user,
-        "request"
-    );
     response
 }
 
@@ -593,7 +521,7 @@ pub(super) async fn metrics(State(app): AppState) -> Response {
 /// Everything else: the protected app.
 pub(super) async fn protected(
     State(app): AppState,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     request: Request,
 ) -> Response {
     let skip = app
@@ -602,7 +530,7 @@ pub(super) async fn protected(
         .iter()
         .any(|r| r.matches(request.method().as_str(), request.uri().path()));
     if skip {
-        return forward(&app, request, Forwarded::default(), peer).await;
+        return forward(&app, request, Forwarded::default(), &peer).await;
     }
     let caller = match caller(&app, request.headers()).await {
         Ok(caller) => caller,
@@ -625,11 +553,11 @@ pub(super) async fn protected(
         identity: Some(identity),
         access_token,
     };
-    let response = forward(&app, request, who, peer).await;
+    let response = forward(&app, request, who, &peer).await;
     with_user(response, identity)
 }
 
-async fn forward(app: &App, request: Request, who: Forwarded<'_>, peer: SocketAddr) -> Response {
+async fn forward(app: &App, request: Request, who: Forwarded<'_>, peer: &Peer) -> Response {
     let html = pages::wants_html(request.headers());
     let Some(upstream) = &app.upstream else {
         // Forward-auth mode: nothing to proxy to.

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::Barrier;
 
 use super::{LoginCommit, Store, StoreResult};
@@ -109,10 +110,9 @@ async fn absent_and_insert_once(store: &Arc<dyn Store>, p: &str) -> StoreResult<
         ensure(first && !second, || {
             format!("inserts returned {first} then {second}, expected true then false")
         })?;
-        ensure(
-            read.as_ref().map(|r| r.value.as_slice()) == Some(b"one"),
-            || "the second insert overwrote the first".into(),
-        )?;
+        ensure(read.as_ref().map(|r| &r.value[..]) == Some(b"one"), || {
+            "the second insert overwrote the first".into()
+        })?;
         Ok("missing key absent; second insert refused, first value kept".into())
     })())
 }
@@ -148,7 +148,7 @@ async fn concurrent_insert_one_winner(store: &Arc<dyn Store>, p: &str) -> StoreR
             )
         })?;
         let expected = format!("caller {}", winners[0]).into_bytes();
-        ensure(stored == Some(expected), || {
+        ensure(stored == Some(expected.into()), || {
             "the stored value is not the winner's".into()
         })?;
         Ok(format!("{CALLERS} concurrent insert_if_absent -> 1 winner"))
@@ -182,7 +182,7 @@ async fn cas_bumps_version(store: &Arc<dyn Store>, p: &str) -> StoreResult<Check
         })?;
         ensure(!missing, || "CAS on a missing key succeeded".into())?;
         let after = after.ok_or("the record vanished after CAS")?;
-        ensure(after.value == b"v2", || {
+        ensure(after.value[..] == *b"v2", || {
             "CAS did not store its value".into()
         })?;
         ensure(after.version == before.version + 1, || {
@@ -359,23 +359,24 @@ async fn commit_all_or_nothing(store: &Arc<dyn Store>, p: &str) -> StoreResult<C
             "a commit onto a taken session key succeeded".into()
         })?;
         ensure(
-            taken_session.map(|r| r.value) == Some(b"other".to_vec()),
+            taken_session.map(|r| r.value) == Some(Bytes::from_static(b"other")),
             || "a failed commit overwrote an existing session".into(),
         )?;
         ensure(
             login_after_failures
                 .as_ref()
-                .map(|r| (r.value.as_slice(), r.version))
+                .map(|r| (&r.value[..], r.version))
                 == Some((b"pending".as_slice(), v)),
             || "a failed commit changed the login record".into(),
         )?;
         ensure(ok, || "a commit at the current version failed".into())?;
         ensure(
-            login_after.map(|r| (r.value, r.version)) == Some((b"completed".to_vec(), v + 1)),
+            login_after.map(|r| (r.value, r.version))
+                == Some((Bytes::from_static(b"completed"), v + 1)),
             || "the commit did not swap the login record to version + 1".into(),
         )?;
         ensure(
-            session_after.map(|r| r.value) == Some(b"session".to_vec()),
+            session_after.map(|r| r.value) == Some(Bytes::from_static(b"session")),
             || "the commit did not insert the session".into(),
         )?;
         Ok("stale version and taken session key wrote nothing; the good commit wrote both".into())

@@ -12,6 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::{LoginCommit, Store, StoreResult, Versioned};
@@ -21,7 +22,7 @@ const SHARDS: usize = 64;
 
 #[derive(Debug)]
 struct Record {
-    value: Vec<u8>,
+    value: Bytes,
     version: u64,
     expires_at: Instant,
 }
@@ -96,7 +97,7 @@ fn insert_live(
     now: Instant,
 ) -> bool {
     let record = Record {
-        value: value.to_vec(),
+        value: Bytes::copy_from_slice(value),
         version: initial_version(),
         expires_at: now + ttl,
     };
@@ -159,7 +160,7 @@ impl Store for MemoryStore {
         let now = Instant::now();
         let swapped = match live_at_version(&mut shard.lock(), key, expected_version, now) {
             Some(record) => {
-                record.value = value.to_vec();
+                record.value = Bytes::copy_from_slice(value);
                 record.version = expected_version + 1;
                 record.expires_at = now + ttl;
                 true
@@ -295,7 +296,7 @@ fn commit_in(
     }
     let record = live_at_version(login_map, c.login_key, c.login_version, now)
         .expect("checked above under the same lock");
-    record.value = c.login_value.to_vec();
+    record.value = Bytes::copy_from_slice(c.login_value);
     record.version = c.login_version + 1;
     record.expires_at = now + c.login_ttl;
     true

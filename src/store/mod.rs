@@ -23,13 +23,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 /// A record as read from the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Versioned {
-    /// The stored bytes.
-    pub value: Vec<u8>,
+    /// The stored bytes (shared, so that a backend holding them in memory
+    /// hands them out without copying).
+    pub value: Bytes,
     /// The record's current version; pass it to [`Store::compare_and_swap`].
     pub version: u64,
 }

@@ -231,7 +231,10 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(match (value, version) {
-            (Some(value), Some(version)) => Some(Versioned { value, version }),
+            (Some(value), Some(version)) => Some(Versioned {
+                value: value.into(),
+                version,
+            }),
             _ => None,
         })
     }

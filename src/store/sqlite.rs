@@ -131,7 +131,7 @@ impl Store for SqliteStore {
         .await
         .map_err(unavailable)?;
         Ok(row.map(|row| Versioned {
-            value: row.get::<Vec<u8>, _>(0),
+            value: row.get::<Vec<u8>, _>(0).into(),
             version: row.get::<i64, _>(1) as u64,
         }))
     }

@@ -1,0 +1,199 @@
+//! The layer around every route: refuses oversized `Cookie` headers, counts
+//! each request by route and status, and writes one log line per request.
+//!
+//! It is a plain tower layer rather than an `axum::middleware::from_fn`, so
+//! that it adds no allocation to a request: it sits on the hot path of every
+//! proxied request.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{Method, header};
+use axum::response::Response;
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use super::metrics::Metrics;
+use super::pages::{self, ErrorCode};
+
+/// The largest Cookie header accepted; browsers send at most a few KiB.
+const MAX_COOKIE_HEADER: usize = 16 * 1024;
+
+/// The signed-in user's name, attached to a response for the request log.
+#[derive(Clone)]
+pub(super) struct User(pub String);
+
+/// The log target of the per-request lines, so that operators can turn them
+/// off on their own (`LATCHKEY_LOG=info,latchkey::request=warn`).
+const REQUEST_LOG: &str = "latchkey::request";
+
+/// Whether the request log is on (its fields are built only then).
+pub(super) fn request_log_enabled() -> bool {
+    tracing::enabled!(target: REQUEST_LOG, tracing::Level::INFO)
+}
+
+/// Adds [`Observe`] to each route.
+#[derive(Clone)]
+pub(super) struct ObserveLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl ObserveLayer {
+    /// Counts requests in `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// One route, observed.
+#[derive(Clone)]
+pub(super) struct Observe<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+/// What the log line needs from the request.
+struct RequestLog {
+    started: Instant,
+    method: Method,
+    path: String,
+}
+
+impl<S, E> Service<Request> for Observe<S>
+where
+    S: Service<Request, Response = Response, Error = E>,
+{
+    type Response = Response;
+    type Error = E;
+    type Future = ObserveFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let route = route_label(request.extensions().get::<MatchedPath>());
+        let log = request_log_enabled().then(|| RequestLog {
+            started: Instant::now(),
+            method: request.method().clone(),
+            path: request.uri().path().to_owned(),
+        });
+        let cookie_bytes: usize = request
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .map(|v| v.len())
+            .sum();
+        let outcome = if cookie_bytes > MAX_COOKIE_HEADER {
+            Outcome::Refused {
+                response: Some(pages::error(
+                    request.headers(),
+                    ErrorCode::BadRequest,
+                    "The request's cookies are too large. Clear this site's cookies and try again.",
+                    None,
+                )),
+            }
+        } else {
+            Outcome::Routed {
+                future: self.inner.call(request),
+            }
+        };
+        ObserveFuture {
+            outcome,
+            route,
+            log,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+pin_project! {
+    #[project = OutcomeProjection]
+    enum Outcome<F> {
+        Routed { #[pin] future: F },
+        Refused { response: Option<Response> },
+    }
+}
+
+pin_project! {
+    /// The response of an observed route, counted and logged when ready.
+    pub(super) struct ObserveFuture<F> {
+        #[pin]
+        outcome: Outcome<F>,
+        route: &'static str,
+        log: Option<RequestLog>,
+        metrics: Arc<Metrics>,
+    }
+}
+
+impl<F, E> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = match this.outcome.project() {
+            OutcomeProjection::Routed { future } => ready!(future.poll(cx))?,
+            OutcomeProjection::Refused { response } => response
+                .take()
+                .expect("an observed request polled after completion"),
+        };
+        this.metrics.request(this.route, response.status().as_u16());
+        if let Some(log) = this.log.take() {
+            write_log(log, this.route, &response);
+        }
+        Poll::Ready(Ok(response))
+    }
+}
+
+fn write_log(log: RequestLog, route: &str, response: &Response) {
+    let user = response
+        .extensions()
+        .get::<User>()
+        .map(|u| u.0.as_str())
+        .unwrap_or("-");
+    tracing::info!(
+        target: REQUEST_LOG,
+        method = %log.method,
+        path = %log.path,
+        route = %route,
+        status = response.status().as_u16(),
+        latency_ms = log.started.elapsed().as_secs_f64() * 1000.0,
+        user,
+        "request"
+    );
+}
+
+/// The metrics label of a route: its pattern, or `upstream` for the app.
+fn route_label(matched: Option<&MatchedPath>) -> &'static str {
+    const ROUTES: [&str; 8] = [
+        "/oauth2/start",
+        "/oauth2/callback",
+        "/oauth2/sign_out",
+        "/oauth2/auth",
+        "/oauth2/userinfo",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ];
+    matched
+        .and_then(|m| ROUTES.iter().find(|r| **r == m.as_str()).copied())
+        .unwrap_or("upstream")
+}
