@@ -5,15 +5,19 @@
 //! one to make room; every operation locks one shard for one map operation.
 
 use std::collections::HashMap;
-use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::{Mutex, MutexGuard};
+
+// foldhash rather than SipHash: keys are long (cookie values, session ids) and
+// looked up on every request. It is seeded at random per map, and only
+// values that passed authentication are ever inserted.
+use foldhash::fast::RandomState;
 
 const SHARDS: usize = 16;
 
 /// A map of at most about `capacity` entries, keyed by string.
 pub(crate) struct BoundedCache<V> {
-    shards: Vec<Mutex<HashMap<String, V>>>,
+    shards: Vec<Mutex<HashMap<String, V, RandomState>>>,
     hasher: RandomState,
     per_shard: usize,
 }
@@ -32,12 +36,12 @@ impl<V: Clone> BoundedCache<V> {
     pub fn new(capacity: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
             per_shard: capacity.div_ceil(SHARDS),
         }
     }
 
-    fn shard(&self, key: &str) -> MutexGuard<'_, HashMap<String, V>> {
+    fn shard(&self, key: &str) -> MutexGuard<'_, HashMap<String, V, RandomState>> {
         let index = (self.hasher.hash_one(key) as usize) % SHARDS;
         // Each critical section is one map operation: a panic cannot leave a
         // shard half-updated, so poisoning is ignored.

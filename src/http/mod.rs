@@ -81,6 +81,9 @@ pub enum StartError {
     /// Discovery or client setup failed.
     #[error(transparent)]
     Oidc(#[from] crate::oidc::OidcSetupError),
+    /// The upstream URL cannot be proxied to.
+    #[error(transparent)]
+    Upstream(#[from] proxy::BadUpstream),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -138,7 +141,7 @@ impl App {
         );
         Ok(Arc::new(Self {
             cookies: Cookies::new(&settings),
-            upstream: settings.upstream.as_ref().map(Upstream::new),
+            upstream: settings.upstream.as_ref().map(Upstream::new).transpose()?,
             readiness: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
                 .redirect(reqwest::redirect::Policy::none())

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use axum::body::Body;
 use axum::extract::connect_info::Connected;
+use axum::http::uri::{self, Authority, PathAndQuery, Scheme};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header};
 use axum::serve::IncomingStream;
 use hyper_util::client::legacy::Client;
@@ -93,21 +94,46 @@ pub enum ForwardError {
     Unreachable(String),
 }
 
+/// An upstream URL that requests cannot be sent to.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream {url} cannot be proxied to: {reason}")]
+pub struct BadUpstream {
+    url: String,
+    reason: String,
+}
+
 /// The upstream app.
 #[derive(Clone)]
 pub struct Upstream {
-    origin: String,
+    scheme: Scheme,
+    authority: Authority,
     client: Client<HttpConnector, Body>,
 }
 
 impl Upstream {
     /// A pooled client for `base` (scheme, host and port are used).
-    pub fn new(base: &url::Url) -> Self {
-        let origin = base.origin().ascii_serialization();
+    pub fn new(base: &url::Url) -> Result<Self, BadUpstream> {
+        let bad = |reason: String| BadUpstream {
+            url: base.to_string(),
+            reason,
+        };
+        let origin = base
+            .origin()
+            .ascii_serialization()
+            .parse::<Uri>()
+            .map_err(|e| bad(e.to_string()))?
+            .into_parts();
+        let (Some(scheme), Some(authority)) = (origin.scheme, origin.authority) else {
+            return Err(bad("it names no scheme and host".into()));
+        };
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).build(connector);
-        Self { origin, client }
+        Ok(Self {
+            scheme,
+            authority,
+            client,
+        })
     }
 
     /// Forwards `request` and streams back the answer.
@@ -121,13 +147,17 @@ impl Upstream {
     ) -> Result<Response<Body>, ForwardError> {
         let upgrade = upgrade_protocol(request.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
-        let path = request
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let uri = format!("{}{path}", self.origin)
-            .parse::<Uri>()
+        let mut target = uri::Parts::default();
+        target.scheme = Some(self.scheme.clone());
+        target.authority = Some(self.authority.clone());
+        target.path_and_query = Some(
+            request
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        let uri = Uri::from_parts(target)
             .map_err(|e| ForwardError::Unreachable(format!("bad upstream URI: {e}")))?;
         let (mut parts, body) = request.into_parts();
         parts.uri = uri;

@@ -6,13 +6,14 @@
 //! for [`Store::wait_for_change`].
 
 use std::collections::HashMap;
-use std::collections::hash_map::{DefaultHasher, Entry};
-use std::hash::{Hash, Hasher};
+use std::collections::hash_map::Entry;
+use std::hash::BuildHasher;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use foldhash::fast::RandomState;
 use tokio::sync::Notify;
 
 use super::{LoginCommit, Store, StoreResult, Versioned};
@@ -33,14 +34,18 @@ impl Record {
     }
 }
 
+/// One shard's records. Keys are derived from hashes of secrets, so a fast
+/// hash seeded at random per process is enough.
+type Records = HashMap<String, Record, RandomState>;
+
 #[derive(Debug, Default)]
 struct Shard {
-    records: Mutex<HashMap<String, Record>>,
+    records: Mutex<Records>,
     changed: Notify,
 }
 
 impl Shard {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Record>> {
+    fn lock(&self) -> MutexGuard<'_, Records> {
         // A panic while holding the lock cannot leave a map half-updated (each
         // critical section is a single map operation), so poisoning is ignored.
         self.records.lock().unwrap_or_else(|e| e.into_inner())
@@ -51,6 +56,7 @@ impl Shard {
 #[derive(Debug)]
 pub struct MemoryStore {
     shards: Vec<Shard>,
+    hasher: RandomState,
 }
 
 impl Default for MemoryStore {
@@ -64,13 +70,12 @@ impl MemoryStore {
     pub fn new() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            hasher: RandomState::default(),
         }
     }
 
     fn shard(&self, key: &str) -> &Shard {
-        let mut hasher = DefaultHasher::new();
-        key.hash(&mut hasher);
-        &self.shards[(hasher.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
     fn live_version(&self, key: &str) -> Option<u64> {
@@ -90,7 +95,7 @@ fn initial_version() -> u64 {
 
 /// Inserts into `map` unless a live record holds `key`; returns whether it did.
 fn insert_live(
-    map: &mut HashMap<String, Record>,
+    map: &mut Records,
     key: &str,
     value: &[u8],
     ttl: Duration,
@@ -116,7 +121,7 @@ fn insert_live(
 
 /// The live record under `key` if its version is `expected`.
 fn live_at_version<'m>(
-    map: &'m mut HashMap<String, Record>,
+    map: &'m mut Records,
     key: &str,
     expected: u64,
     now: Instant,
@@ -273,8 +278,8 @@ impl Store for MemoryStore {
 /// The commit inside held shard locks. `session_map` is `None` when both keys
 /// live in the same shard.
 fn commit_in(
-    login_map: &mut HashMap<String, Record>,
-    session_map: Option<&mut HashMap<String, Record>>,
+    login_map: &mut Records,
+    session_map: Option<&mut Records>,
     c: &LoginCommit<'_>,
     now: Instant,
 ) -> bool {
