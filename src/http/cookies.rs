@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum_extra::extract::cookie::{Cookie, Key, PrivateCookieJar, SameSite};
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +37,36 @@ pub struct LoginCookie {
     pub binding: String,
     /// Where the browser wanted to go.
     pub return_to: String,
+}
+
+/// What a request's `Cookie` headers hold for latchkey, from one pass.
+pub struct SentCookies<'h> {
+    /// The session cookie as sent (still encrypted and percent-encoded).
+    session: Option<Cookie<'h>>,
+    upstream: UpstreamCookies,
+}
+
+impl SentCookies<'_> {
+    /// Whether a session cookie was sent (whether or not it decrypts).
+    pub fn has_session_cookie(&self) -> bool {
+        self.session.is_some()
+    }
+
+    /// The `Cookie` header for the upstream.
+    pub fn into_upstream(self) -> UpstreamCookies {
+        self.upstream
+    }
+}
+
+/// The `Cookie` header the upstream gets: latchkey's cookies never reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamCookies {
+    /// The request carries none of latchkey's cookies: leave its headers.
+    AsSent,
+    /// The request carries only latchkey's cookies: send no `Cookie` header.
+    Removed,
+    /// Send this `Cookie` header: the app's cookies alone.
+    Replaced(HeaderValue),
 }
 
 /// Latchkey's cookies: their key, names and attributes.
@@ -115,38 +145,62 @@ impl Cookies {
         jar.add(removal)
     }
 
-    /// The session id from the request's session cookie, decrypting only that
-    /// cookie (the request path does not need the others), and only the first
-    /// time this process sees its value.
-    pub fn session_id_in(&self, headers: &HeaderMap) -> Option<Arc<str>> {
-        let sent = self.sent_session_cookie(headers, Cookie::split_parse)?;
-        if let Some(id) = self.decrypted.get(sent.value()) {
-            return Some(id);
-        }
-        let decoded = self.sent_session_cookie(headers, Cookie::split_parse_encoded)?;
-        let jar = cookie::CookieJar::new();
-        let id: Arc<str> = jar
-            .private(&self.key)
-            .decrypt(decoded.into_owned())?
-            .value()
-            .into();
-        self.decrypted.put(sent.value(), id.clone());
-        Some(id)
-    }
-
-    /// The session cookie among the request's cookies, split by `split`.
-    fn sent_session_cookie<'h>(
-        &self,
-        headers: &'h HeaderMap,
-        split: fn(&'h str) -> cookie::SplitCookies<'h>,
-    ) -> Option<Cookie<'h>> {
-        headers
+    /// Reads the request's `Cookie` headers once: the session cookie, and the
+    /// `Cookie` header the upstream gets (the app's cookies, none of latchkey's).
+    pub fn sent<'h>(&self, headers: &'h HeaderMap) -> SentCookies<'h> {
+        let mut session = None;
+        let mut ours = false;
+        let mut kept = String::new();
+        let sent = headers
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .flat_map(split)
-            .filter_map(Result::ok)
-            .find(|c| c.name() == self.session)
+            .flat_map(Cookie::split_parse)
+            .filter_map(Result::ok);
+        for cookie in sent {
+            if self.is_ours(cookie.name()) {
+                ours = true;
+                if session.is_none() && cookie.name() == self.session {
+                    session = Some(cookie);
+                }
+                continue;
+            }
+            if !kept.is_empty() {
+                kept.push_str("; ");
+            }
+            kept.push_str(cookie.name());
+            kept.push('=');
+            kept.push_str(cookie.value());
+        }
+        let upstream = match (ours, kept.is_empty()) {
+            (false, _) => UpstreamCookies::AsSent,
+            (true, true) => UpstreamCookies::Removed,
+            (true, false) => HeaderValue::try_from(kept)
+                .map(UpstreamCookies::Replaced)
+                .unwrap_or(UpstreamCookies::Removed),
+        };
+        SentCookies { session, upstream }
+    }
+
+    /// The session id in the request's session cookie, if it decrypts. A value
+    /// is decrypted the first time this process sees it, then remembered.
+    pub fn session_id(&self, sent: &SentCookies<'_>) -> Option<Arc<str>> {
+        let cookie = sent.session.as_ref()?;
+        if let Some(id) = self.decrypted.get(cookie.value()) {
+            return Some(id);
+        }
+        // As set, the value is percent-encoded; decode it before decrypting.
+        let decoded =
+            Cookie::parse_encoded(format!("{}={}", cookie.name(), cookie.value())).ok()?;
+        let jar = cookie::CookieJar::new();
+        let id: Arc<str> = jar.private(&self.key).decrypt(decoded)?.value().into();
+        self.decrypted.put(cookie.value(), id.clone());
+        Some(id)
+    }
+
+    /// The session id in `headers`' session cookie, if it decrypts.
+    pub fn session_id_in(&self, headers: &HeaderMap) -> Option<Arc<str>> {
+        self.session_id(&self.sent(headers))
     }
 
     /// Sets the session cookie.
@@ -279,5 +333,40 @@ pub(crate) mod tests {
         // Another key (another deployment's cookie_secret) cannot read it.
         let other = with_secret([9; 32]);
         assert_eq!(other.session_id_in(&headers), None);
+    }
+
+    fn cookie_headers(values: &[&'static str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(header::COOKIE, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn the_upstream_gets_the_apps_cookies_and_none_of_latchkeys() {
+        let cookies = with_secret([7; 32]);
+        let both = cookie_headers(&[
+            "app=1; _latchkey=abc",
+            "latchkey-login-0123abcd=xyz; theme=dark",
+        ]);
+        let sent = cookies.sent(&both);
+        assert!(sent.has_session_cookie());
+        assert_eq!(
+            sent.into_upstream(),
+            UpstreamCookies::Replaced(HeaderValue::from_static("app=1; theme=dark"))
+        );
+
+        let only_ours = cookie_headers(&["_latchkey=abc; latchkey-login-0123abcd=xyz"]);
+        assert_eq!(
+            cookies.sent(&only_ours).into_upstream(),
+            UpstreamCookies::Removed
+        );
+
+        // Without any of latchkey's cookies the headers stay as sent.
+        let apps = cookie_headers(&["app=1", "theme=dark"]);
+        let sent = cookies.sent(&apps);
+        assert!(!sent.has_session_cookie());
+        assert_eq!(sent.into_upstream(), UpstreamCookies::AsSent);
     }
 }

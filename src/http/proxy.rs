@@ -16,7 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-use super::cookies::Cookies;
+use super::cookies::UpstreamCookies;
 use crate::idp::Identity;
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1).
@@ -143,7 +143,7 @@ impl Upstream {
         who: Forwarded<'_>,
         peer: &Peer,
         proto: &'static str,
-        cookies: &Cookies,
+        cookies: UpstreamCookies,
     ) -> Result<Response<Body>, ForwardError> {
         let upgrade = upgrade_protocol(request.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
@@ -167,7 +167,15 @@ impl Upstream {
         remove_headers(headers, |name| {
             HOP_BY_HOP.contains(name) || named.contains(name) || IDENTITY_HEADERS.contains(name)
         });
-        strip_our_cookies(headers, cookies);
+        match cookies {
+            UpstreamCookies::AsSent => {}
+            UpstreamCookies::Removed => {
+                headers.remove(header::COOKIE);
+            }
+            UpstreamCookies::Replaced(value) => {
+                headers.insert(header::COOKIE, value);
+            }
+        }
         if let Some(protocol) = &upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol.clone());
@@ -265,44 +273,9 @@ fn remove_headers(headers: &mut HeaderMap, unwanted: impl Fn(&HeaderName) -> boo
     }
 }
 
-/// Removes latchkey's cookies from the `Cookie` header(s), keeping the app's.
-/// Headers without any of latchkey's cookies are left as they are.
-fn strip_our_cookies(headers: &mut HeaderMap, cookies: &Cookies) {
-    let mut kept = String::new();
-    let mut stripped = false;
-    let sent = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(cookie::Cookie::split_parse)
-        .filter_map(Result::ok);
-    for cookie in sent {
-        if cookies.is_ours(cookie.name()) {
-            stripped = true;
-            continue;
-        }
-        if !kept.is_empty() {
-            kept.push_str("; ");
-        }
-        kept.push_str(cookie.name());
-        kept.push('=');
-        kept.push_str(cookie.value());
-    }
-    if !stripped {
-        return;
-    }
-    headers.remove(header::COOKIE);
-    if !kept.is_empty()
-        && let Ok(value) = HeaderValue::from_str(&kept)
-    {
-        headers.insert(header::COOKIE, value);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::cookies::tests::with_secret;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -327,27 +300,5 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["accept", "x-request-id"]);
-    }
-
-    #[test]
-    fn only_latchkeys_cookies_are_stripped() {
-        let cookies = with_secret([7; 32]);
-        let mut h = headers(&[
-            ("cookie", "app=1; _latchkey=abc"),
-            ("cookie", "latchkey-login-0123abcd=xyz; theme=dark"),
-        ]);
-        strip_our_cookies(&mut h, &cookies);
-        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
-        assert_eq!(h[header::COOKIE], "app=1; theme=dark");
-
-        let mut only_ours = headers(&[("cookie", "_latchkey=abc")]);
-        strip_our_cookies(&mut only_ours, &cookies);
-        assert!(only_ours.get(header::COOKIE).is_none());
-
-        // Without any of latchkey's cookies the headers stay as sent.
-        let mut apps = headers(&[("cookie", "app=1"), ("cookie", "theme=dark")]);
-        strip_our_cookies(&mut apps, &cookies);
-        let sent: Vec<_> = apps.get_all(header::COOKIE).iter().collect();
-        assert_eq!(sent, ["app=1", "theme=dark"]);
     }
 }

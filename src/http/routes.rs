@@ -7,7 +7,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum_extra::extract::cookie::PrivateCookieJar;
 use serde::Deserialize;
 
-use super::cookies::LoginCookie;
+use super::cookies::{LoginCookie, SentCookies, UpstreamCookies};
 use super::observe::{User, request_log_enabled};
 use super::pages::{self, ErrorCode, Link};
 use super::proxy::{Forwarded, Peer};
@@ -66,8 +66,12 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Resolves the caller: session cookie first, then a bearer JWT.
-async fn caller(app: &App, headers: &HeaderMap) -> Result<Caller, Response> {
-    if let Some(id) = app.cookies.session_id_in(headers) {
+async fn caller(
+    app: &App,
+    headers: &HeaderMap,
+    cookies: &SentCookies<'_>,
+) -> Result<Caller, Response> {
+    if let Some(id) = app.cookies.session_id(cookies) {
         match app.sessions.load(&id).await {
             Ok(session) => return Ok(Caller::Session(session)),
             Err(SessionError::NotFound | SessionError::Ended(_)) => {}
@@ -109,10 +113,9 @@ async fn caller(app: &App, headers: &HeaderMap) -> Result<Caller, Response> {
         };
     }
     // A session cookie that did not decrypt, or names no live session.
-    let clear_cookie = raw_cookie_names(headers)
-        .iter()
-        .any(|n| n == app.cookies.session_name());
-    Ok(Caller::Anonymous { clear_cookie })
+    Ok(Caller::Anonymous {
+        clear_cookie: cookies.has_session_cookie(),
+    })
 }
 
 /// Names of the cookies the request carries (even ones that do not decrypt).
@@ -400,7 +403,7 @@ pub(super) async fn sign_out(
 
 /// Forward-auth for nginx `auth_request`, Traefik `forwardAuth`, Caddy `forward_auth`.
 pub(super) async fn forward_auth(State(app): AppState, headers: HeaderMap) -> Response {
-    let caller = match caller(&app, &headers).await {
+    let caller = match caller(&app, &headers, &app.cookies.sent(&headers)).await {
         Ok(caller) => caller,
         Err(response) => return response,
     };
@@ -447,7 +450,7 @@ pub(super) async fn forward_auth(State(app): AppState, headers: HeaderMap) -> Re
 }
 
 pub(super) async fn userinfo(State(app): AppState, headers: HeaderMap) -> Response {
-    let caller = match caller(&app, &headers).await {
+    let caller = match caller(&app, &headers, &app.cookies.sent(&headers)).await {
         Ok(caller) => caller,
         Err(response) => return response,
     };
@@ -529,13 +532,16 @@ pub(super) async fn protected(
         .skip_auth_routes
         .iter()
         .any(|r| r.matches(request.method().as_str(), request.uri().path()));
+    let cookies = app.cookies.sent(request.headers());
     if skip {
-        return forward(&app, request, Forwarded::default(), &peer).await;
+        let upstream_cookies = cookies.into_upstream();
+        return forward(&app, request, Forwarded::default(), &peer, upstream_cookies).await;
     }
-    let caller = match caller(&app, request.headers()).await {
+    let caller = match caller(&app, request.headers(), &cookies).await {
         Ok(caller) => caller,
         Err(response) => return response,
     };
+    let upstream_cookies = cookies.into_upstream();
     let Some(identity) = caller.identity() else {
         let clear = matches!(caller, Caller::Anonymous { clear_cookie: true });
         let rd = destination(&request);
@@ -553,11 +559,17 @@ pub(super) async fn protected(
         identity: Some(identity),
         access_token,
     };
-    let response = forward(&app, request, who, &peer).await;
+    let response = forward(&app, request, who, &peer, upstream_cookies).await;
     with_user(response, identity)
 }
 
-async fn forward(app: &App, request: Request, who: Forwarded<'_>, peer: &Peer) -> Response {
+async fn forward(
+    app: &App,
+    request: Request,
+    who: Forwarded<'_>,
+    peer: &Peer,
+    cookies: UpstreamCookies,
+) -> Response {
     let html = pages::wants_html(request.headers());
     let Some(upstream) = &app.upstream else {
         // Forward-auth mode: nothing to proxy to.
@@ -579,7 +591,7 @@ async fn forward(app: &App, request: Request, who: Forwarded<'_>, peer: &Peer) -
         "http"
     };
     match upstream
-        .forward(request.map(Body::new), who, peer, proto, &app.cookies)
+        .forward(request.map(Body::new), who, peer, proto, cookies)
         .await
     {
         Ok(response) => response,

@@ -94,13 +94,7 @@ fn initial_version() -> u64 {
 }
 
 /// Inserts into `map` unless a live record holds `key`; returns whether it did.
-fn insert_live(
-    map: &mut Records,
-    key: &str,
-    value: &[u8],
-    ttl: Duration,
-    now: Instant,
-) -> bool {
+fn insert_live(map: &mut Records, key: &str, value: &[u8], ttl: Duration, now: Instant) -> bool {
     let record = Record {
         value: Bytes::copy_from_slice(value),
         version: initial_version(),
