@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 /// A running child process.
 pub struct Proc {
@@ -40,6 +41,23 @@ impl Proc {
 /// VmHWM of process `pid` in KiB.
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     status_field(pid, "VmHWM:")
+}
+
+/// User plus system CPU time of process `pid` so far (all its threads).
+pub fn cpu_time(pid: u32) -> Duration {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name (which may hold spaces), from field 3.
+            let after = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            Some(utime + stime)
+        })
+        .unwrap_or(0);
+    // The kernel counts in clock ticks of 1/100 s on Linux.
+    Duration::from_millis(ticks * 10)
 }
 
 /// VmRSS of process `pid` in KiB.

@@ -85,6 +85,9 @@ struct DevIdpArgs {
     /// signing key, counters).
     #[arg(long)]
     test_knobs: bool,
+    /// The ID token signing algorithm [default: RS256].
+    #[arg(long, value_enum)]
+    signing_alg: Option<latchkey::dev_idp::SigningAlg>,
 }
 
 #[tokio::main]
@@ -138,6 +141,9 @@ fn dev_idp_config(args: DevIdpArgs) -> Result<DevIdpConfig, String> {
             .collect::<Result<_, _>>()?;
     }
     config.test_knobs |= args.test_knobs;
+    if let Some(alg) = args.signing_alg {
+        config.signing_alg = alg;
+    }
     Ok(config)
 }
 

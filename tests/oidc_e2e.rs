@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::browser::submit_login_form;
 
 use latchkey::clock::SystemClock;
-use latchkey::dev_idp::{DevClient, DevIdp, DevIdpConfig};
+use latchkey::dev_idp::{DevClient, DevIdp, DevIdpConfig, SigningAlg};
 use latchkey::idp::{IdentityProvider, IdpError};
 use latchkey::login::{
     Callback, FailureReason, LoginError, LoginFlow, LoginSettings, StartedLogin,
@@ -26,7 +26,12 @@ const AFTER_LOGOUT: &str = "http://127.0.0.1:9/";
 const SECRET: &str = "e2e-secret";
 
 async fn dev_idp() -> DevIdp {
+    dev_idp_signing(SigningAlg::Rs256).await
+}
+
+async fn dev_idp_signing(signing_alg: SigningAlg) -> DevIdp {
     DevIdp::start(DevIdpConfig {
+        signing_alg,
         listen: "127.0.0.1:0".parse().unwrap(),
         clients: vec![DevClient {
             client_id: "e2e".into(),
@@ -54,7 +59,12 @@ struct Rig {
 
 async fn rig() -> Rig {
     let idp = dev_idp().await;
-    let provider = Arc::new(OidcProvider::discover(&settings(&idp)).await.unwrap());
+    let settings = settings(&idp);
+    rig_for(idp, settings).await
+}
+
+async fn rig_for(idp: DevIdp, settings: OidcSettings) -> Rig {
+    let provider = Arc::new(OidcProvider::discover(&settings).await.unwrap());
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let flow = LoginFlow::new(
         store.clone(),
@@ -200,6 +210,44 @@ async fn code_flow_refresh_rotation_and_reuse_detection() {
     assert!(
         matches!(ended, latchkey::session::SessionError::Ended(_)),
         "{ended:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eddsa_signed_tokens_verify_only_where_eddsa_is_allowed() {
+    // Allowed: the code flow and a refresh work as with RS256.
+    let idp = dev_idp_signing(SigningAlg::EdDsa).await;
+    let mut eddsa = settings(&idp);
+    eddsa.allowed_algs = vec!["EdDSA".into()];
+    let rig = rig_for(idp, eddsa).await;
+    let (_, session_id) = rig.login_as_alice().await;
+    let refreshed = rig
+        .sessions(Duration::from_secs(3600))
+        .load(&session_id)
+        .await
+        .unwrap();
+    assert_eq!(rig.idp.knobs().refresh_grants(), 1);
+    assert_eq!(refreshed.identity().subject, "alice");
+
+    // Not allowed (the default list): the login fails on the ID token.
+    let idp = dev_idp_signing(SigningAlg::EdDsa).await;
+    let defaults = settings(&idp);
+    let rig = rig_for(idp, defaults).await;
+    let started = rig.flow.begin("/app").await.unwrap();
+    let response = rig.sign_in(&started, "alice", "alice", "login").await;
+    let back = rig.back_from(response).await;
+    let refused = rig
+        .flow
+        .complete(Callback {
+            state: back.get("state").unwrap(),
+            code: back.get("code").unwrap(),
+            binding: Some(&started.binding),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, LoginError::Failed(FailureReason::Idp(why)) if why.contains("EdDSA")),
+        "{refused:?}"
     );
 }
 

@@ -3,7 +3,7 @@
 //! for production**: passwords are plain text in its configuration and its
 //! state lives in memory.
 //!
-//! It serves discovery, a JWKS (RS256 key generated at start), `/authorize`
+//! It serves discovery, a JWKS (an RS256 or EdDSA key generated at start), `/authorize`
 //! with a login form listing the test users, `/token` (authorization code with
 //! PKCE S256; refresh tokens rotated with reuse detection: presenting a rotated
 //! refresh token revokes its whole grant family, and so does replaying a code),
@@ -31,6 +31,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+pub use self::keys::SigningAlg;
 use self::keys::SigningKeys;
 use crate::clock::{Clock, SystemClock, UnixMillis, duration_ms};
 use crate::secret::random_token;
@@ -83,6 +84,8 @@ pub struct DevIdpConfig {
     pub access_ttl: Duration,
     /// Enables `/_dev/*` (fail, delay, rotate-key, counters).
     pub test_knobs: bool,
+    /// The ID token signing algorithm: `RS256` (default) or `EdDSA`.
+    pub signing_alg: SigningAlg,
 }
 
 /// Durations in the dev IdP's TOML as whole seconds.
@@ -117,6 +120,7 @@ impl Default for DevIdpConfig {
             code_ttl: Duration::from_secs(60),
             access_ttl: Duration::from_secs(300),
             test_knobs: false,
+            signing_alg: SigningAlg::default(),
         }
     }
 }
@@ -290,9 +294,12 @@ impl DevIdp {
             .unwrap_or_else(|| format!("http://{addr}"))
             .trim_end_matches('/')
             .to_owned();
+        let alg = config.signing_alg;
         let idp = Arc::new(Idp {
             issuer,
-            keys: Mutex::new(tokio::task::spawn_blocking(SigningKeys::generate).await?),
+            keys: Mutex::new(
+                tokio::task::spawn_blocking(move || SigningKeys::generate(alg)).await?,
+            ),
             grants: Mutex::new(Grants::default()),
             knobs: Arc::new(Knobs::default()),
             clock: SystemClock,
@@ -332,7 +339,8 @@ impl DevIdp {
 
     /// Signs new tokens with a fresh key (the previous key stays published).
     pub async fn rotate_signing_key(&self) {
-        let fresh = tokio::task::spawn_blocking(SigningKeys::generate)
+        let alg = self.idp.config.signing_alg;
+        let fresh = tokio::task::spawn_blocking(move || SigningKeys::generate(alg))
             .await
             .expect("key generation task");
         let mut keys = self.idp.keys();
@@ -385,7 +393,7 @@ async fn discovery(State(idp): Shared) -> Response {
         "end_session_endpoint": format!("{i}/end_session"),
         "response_types_supported": ["code"],
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["RS256"],
+        "id_token_signing_alg_values_supported": [idp.config.signing_alg.name()],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "grant_types_supported": ["authorization_code", "refresh_token"],
         "code_challenge_methods_supported": ["S256"],
@@ -670,7 +678,8 @@ async fn knob_delay(State(idp): Shared, Query(q): Query<DelayParam>) -> StatusCo
 }
 
 async fn knob_rotate(State(idp): Shared) -> StatusCode {
-    let Ok(fresh) = tokio::task::spawn_blocking(SigningKeys::generate).await else {
+    let alg = idp.config.signing_alg;
+    let Ok(fresh) = tokio::task::spawn_blocking(move || SigningKeys::generate(alg)).await else {
         return StatusCode::INTERNAL_SERVER_ERROR;
     };
     let mut keys = idp.keys();

@@ -9,7 +9,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use openidconnect::core::CoreJwsSigningAlgorithm;
 use openidconnect::{
     AccessToken, Audience, EndUserEmail, EndUserUsername, IdTokenClaims, IssuerUrl, Nonce,
     PkceCodeChallenge, PkceCodeVerifier, StandardClaims, SubjectIdentifier,
@@ -247,10 +246,12 @@ fn issue(
         ExtraClaims { claims: extra },
     )
     .set_nonce(nonce.map(Nonce::new));
+    // Signed with no lock held: concurrent token calls sign in parallel.
+    let key = idp.keys().current();
     let signed = LatchkeyIdToken::new(
         claims,
-        idp.keys().current(),
-        CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+        key.as_ref(),
+        key.alg().jws(),
         Some(&AccessToken::new(access_token.clone())),
         None,
     );
