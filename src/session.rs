@@ -9,7 +9,8 @@
 //! wait (bounded) for the version to change. Sessions never wait on each other:
 //! every lease and every wait is keyed by one session.
 
-use std::sync::Arc;
+use std::any::Any;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -37,7 +38,24 @@ struct CachedRecord {
     /// The store version the record was decoded from.
     version: u64,
     /// The record.
-    record: Arc<SessionRecord>,
+    loaded: Arc<Loaded>,
+}
+
+/// A decoded record, and a value derived from it by the caller (made once
+/// per record version in this process; see [`ActiveSession::derived`]).
+#[derive(Debug)]
+struct Loaded {
+    record: SessionRecord,
+    derived: OnceLock<Arc<dyn Any + Send + Sync>>,
+}
+
+impl From<SessionRecord> for Loaded {
+    fn from(record: SessionRecord) -> Self {
+        Self {
+            record,
+            derived: OnceLock::new(),
+        }
+    }
 }
 
 /// The store key of the session with this id (the id itself is never stored).
@@ -135,22 +153,45 @@ impl Default for SessionSettings {
 }
 
 /// A session ready for use by one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ActiveSession {
-    record: Arc<SessionRecord>,
+    loaded: Arc<Loaded>,
 }
 
 impl ActiveSession {
     /// Who is signed in.
     pub fn identity(&self) -> &Identity {
-        &self.record.identity
+        &self.loaded.record.identity
     }
 
     /// Tokens that are valid now (or, for a provider without refresh tokens, the last ones).
     pub fn tokens(&self) -> &TokenSet {
-        &self.record.tokens
+        &self.loaded.record.tokens
+    }
+
+    /// A value derived from the session's record by `make`, such as the
+    /// identity headers a proxy sends: made once per record version in this
+    /// process and shared by the requests that use that version. One type of
+    /// value is remembered; asking for another type makes it afresh each time.
+    pub fn derived<T: Any + Send + Sync>(&self, make: impl Fn(&SessionRecord) -> T) -> Arc<T> {
+        let any = self
+            .loaded
+            .derived
+            .get_or_init(|| Arc::new(make(&self.loaded.record)));
+        match any.clone().downcast::<T>() {
+            Ok(value) => value,
+            Err(_) => Arc::new(make(&self.loaded.record)),
+        }
     }
 }
+
+impl PartialEq for ActiveSession {
+    fn eq(&self, other: &Self) -> bool {
+        self.loaded.record == other.loaded.record
+    }
+}
+
+impl Eq for ActiveSession {}
 
 /// Why a session cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -215,25 +256,25 @@ impl Sessions {
         session_id: &str,
         key: &Arc<str>,
         cached: &mut Option<CachedRecord>,
-    ) -> Result<Option<(Versioned, Arc<SessionRecord>)>, SessionError> {
+    ) -> Result<Option<(Versioned, Arc<Loaded>)>, SessionError> {
         let Some(current) = self.store.get(key).await? else {
             self.cache.remove(session_id);
             *cached = None;
             return Ok(None);
         };
         if let Some(hit) = cached.as_ref().filter(|c| c.version == current.version) {
-            let record = hit.record.clone();
-            return Ok(Some((current, record)));
+            let loaded = hit.loaded.clone();
+            return Ok(Some((current, loaded)));
         }
-        let record = Arc::new(SessionRecord::decode(&current.value)?);
+        let loaded = Arc::new(Loaded::from(SessionRecord::decode(&current.value)?));
         let entry = CachedRecord {
             key: key.clone(),
             version: current.version,
-            record: record.clone(),
+            loaded: loaded.clone(),
         };
         self.cache.put(session_id, entry.clone());
         *cached = Some(entry);
-        Ok(Some((current, record)))
+        Ok(Some((current, loaded)))
     }
 
     /// The session with this id, with its access token refreshed if it is due.
@@ -246,18 +287,19 @@ impl Sessions {
         };
         let wait_deadline = Instant::now() + self.settings.refresh_wait;
         loop {
-            let Some((current, record)) = self.read(session_id, &key, &mut cached).await? else {
+            let Some((current, loaded)) = self.read(session_id, &key, &mut cached).await? else {
                 return Err(SessionError::NotFound);
             };
+            let record = &loaded.record;
             let now = self.clock.now_ms();
-            if !self.refresh_due(&record, now) {
-                return Ok(active(record));
+            if !self.refresh_due(record, now) {
+                return Ok(ActiveSession { loaded });
             }
             match &record.refresh_lease {
                 Some(lease) if lease.until > now => {
                     // Someone else is refreshing. Use the old token while it lasts.
                     if record.tokens.access_expires_at > now {
-                        return Ok(active(record));
+                        return Ok(ActiveSession { loaded });
                     }
                     let left = wait_deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
@@ -269,7 +311,7 @@ impl Sessions {
                         .await?;
                 }
                 _ => {
-                    let record = SessionRecord::clone(&record);
+                    let record = record.clone();
                     // Boxed: refreshes are rare, and the refresh's large state
                     // would otherwise be part of every request's future.
                     let refresh = Box::pin(self.try_refresh(&key, current, record, now));
@@ -401,8 +443,8 @@ impl Sessions {
     }
 }
 
-fn active(record: impl Into<Arc<SessionRecord>>) -> ActiveSession {
+fn active(record: SessionRecord) -> ActiveSession {
     ActiveSession {
-        record: record.into(),
+        loaded: Arc::new(Loaded::from(record)),
     }
 }

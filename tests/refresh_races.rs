@@ -347,7 +347,13 @@ async fn cached_records_follow_the_store(backend: TestBackend) {
     let id = rig.session(Token::Fresh).await;
     let first = rig.sessions.load(&id).await.unwrap();
     assert_eq!(rig.sessions.cached_records(), 1);
-    assert_eq!(rig.sessions.load(&id).await.unwrap(), first);
+    let second = rig.sessions.load(&id).await.unwrap();
+    assert_eq!(second, first);
+    // What a caller derives from the record is made once per version.
+    let token = |s: &latchkey::session::ActiveSession| {
+        s.derived(|record| record.tokens.access_token.clone())
+    };
+    assert!(Arc::ptr_eq(&token(&first), &token(&second)));
 
     // Another replica rewrites the record (as its refresh would).
     let key = session_key(&id);
@@ -368,6 +374,7 @@ async fn cached_records_follow_the_store(backend: TestBackend) {
     );
     let seen = rig.sessions.load(&id).await.unwrap();
     assert_eq!(seen.tokens().access_token, "rewritten-elsewhere");
+    assert_eq!(*token(&seen), "rewritten-elsewhere");
 
     // Another replica signs the session out.
     other_replica.sign_out(&id).await.unwrap();

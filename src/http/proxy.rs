@@ -5,6 +5,7 @@
 //! client sent are stripped first, as are latchkey's own cookies.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::connect_info::Connected;
@@ -82,8 +83,35 @@ impl Connected<IncomingStream<'_, TcpListener>> for Peer {
 pub struct Forwarded<'a> {
     /// The signed-in user, if any (skip-auth routes have none).
     pub identity: Option<&'a Identity>,
+    /// The headers that name `identity` to the upstream.
+    pub identity_headers: Option<Arc<IdentityHeaders>>,
     /// The access token to pass as `Authorization: Bearer`, if configured.
     pub access_token: Option<&'a str>,
+}
+
+/// The `X-Forwarded-User`, `-Email` and `-Groups` values of one identity.
+/// For a session they are made once per session record version (see
+/// [`crate::session::ActiveSession::derived`]), not once per request.
+#[derive(Debug)]
+pub struct IdentityHeaders {
+    user: Option<HeaderValue>,
+    email: Option<HeaderValue>,
+    groups: Option<HeaderValue>,
+}
+
+impl IdentityHeaders {
+    /// The headers for `identity`; a value that is not a valid header value
+    /// (a control character in a claim) is left out.
+    pub fn new(identity: &Identity) -> Self {
+        let value = |text: &str| HeaderValue::from_str(text).ok();
+        Self {
+            user: value(&identity.subject),
+            email: identity.email.as_deref().and_then(value),
+            groups: (!identity.groups.is_empty())
+                .then(|| identity.groups.join(","))
+                .and_then(|groups| value(&groups)),
+        }
+    }
 }
 
 /// Why a request could not be forwarded.
@@ -185,13 +213,16 @@ impl Upstream {
         if let Some(host) = original_host {
             headers.insert(X_FORWARDED_HOST, host);
         }
-        if let Some(identity) = who.identity {
-            set(headers, X_FORWARDED_USER, &identity.subject);
-            if let Some(email) = &identity.email {
-                set(headers, X_FORWARDED_EMAIL, email);
-            }
-            if !identity.groups.is_empty() {
-                set(headers, X_FORWARDED_GROUPS, &identity.groups.join(","));
+        if let Some(identity) = &who.identity_headers {
+            let named = [
+                (X_FORWARDED_USER, &identity.user),
+                (X_FORWARDED_EMAIL, &identity.email),
+                (X_FORWARDED_GROUPS, &identity.groups),
+            ];
+            for (name, value) in named {
+                if let Some(value) = value {
+                    headers.insert(name, value.clone());
+                }
             }
         }
         if let Some(token) = who.access_token {

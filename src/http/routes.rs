@@ -1,5 +1,7 @@
 //! The request handlers.
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -10,7 +12,7 @@ use serde::Deserialize;
 use super::cookies::{LoginCookie, SentCookies, UpstreamCookies};
 use super::observe::{User, request_log_enabled};
 use super::pages::{self, ErrorCode, Link};
-use super::proxy::{Forwarded, Peer};
+use super::proxy::{Forwarded, IdentityHeaders, Peer};
 use super::{App, Shared};
 use super::{authz, redirect};
 use crate::clock::{Clock, SystemClock};
@@ -555,8 +557,15 @@ pub(super) async fn protected(
         (Caller::Session(session), true) => Some(session.tokens().access_token.as_str()),
         _ => None,
     };
+    let identity_headers = match &caller {
+        Caller::Session(session) => {
+            session.derived(|record| IdentityHeaders::new(&record.identity))
+        }
+        _ => Arc::new(IdentityHeaders::new(identity)),
+    };
     let who = Forwarded {
         identity: Some(identity),
+        identity_headers: Some(identity_headers),
         access_token,
     };
     let response = forward(&app, request, who, &peer, upstream_cookies).await;
