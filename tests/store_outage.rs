@@ -198,3 +198,43 @@ async fn postgres_outage_and_recovery() {
         Err(_) => eprintln!("skipping: set LATCHKEY_TEST_POSTGRES to run it"),
     }
 }
+
+/// The server ends latchkey's pooled connections (as a restart or an
+/// administrator's `pg_terminate_backend` does): the next read still answers,
+/// on a fresh connection, instead of failing on the dead one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reads_survive_connections_the_server_ended() {
+    let Ok(server) = std::env::var("LATCHKEY_TEST_POSTGRES") else {
+        eprintln!("skipping: set LATCHKEY_TEST_POSTGRES to run it");
+        return;
+    };
+    let tag = random_token()[..12].to_lowercase().replace(['-', '_'], "x");
+    let app_name = format!("latchkey-test-{tag}");
+    let url = format!("{server}?application_name={app_name}&prefix=ended-{tag}");
+    let store = latchkey::store::connect(&url).await.unwrap();
+    assert!(
+        store
+            .insert_if_absent("k", b"v", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert!(store.get("k").await.unwrap().is_some());
+
+    let admin = sqlx::PgPool::connect(&server).await.unwrap();
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE application_name = $1) AS t",
+    )
+    .bind(&app_name)
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert!(ended >= 1, "no connection of the store was found to end");
+
+    let read = store
+        .get("k")
+        .await
+        .expect("a read after the server ended the connections");
+    assert_eq!(read.unwrap().value[..], *b"v");
+    store.purge("").await.unwrap();
+}

@@ -47,6 +47,40 @@ fn unavailable(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(format!("postgres: {e}"))
 }
 
+/// How long one store operation may take, waiting for a pooled connection
+/// included: a server that stops answering (a partition can leave the socket
+/// open) fails the request with a 503 instead of hanging it.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The connection pool's size.
+const MAX_CONNECTIONS: u32 = 10;
+
+/// Whether `e` says the connection is gone (the network dropped it, or the
+/// server ended it: a restart or an administrator's `pg_terminate_backend`).
+fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) => true,
+        // Class 08 (connection exception), 57P01..57P03 (shutdown, crash).
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P0")),
+        _ => false,
+    }
+}
+
+/// Runs `operation` within [`OPERATION_TIMEOUT`].
+async fn bounded<T>(
+    operation: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> StoreResult<T> {
+    match tokio::time::timeout(OPERATION_TIMEOUT, operation).await {
+        Ok(result) => result.map_err(unavailable),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "postgres: no answer within {} s",
+            OPERATION_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
 fn millis(ttl: Duration) -> i64 {
     i64::try_from(duration_ms(ttl)).unwrap_or(i64::MAX)
 }
@@ -79,9 +113,13 @@ impl PostgresStore {
         poll_interval: Duration,
     ) -> StoreResult<Self> {
         let pool = PgPoolOptions::new()
-            .max_connections(10)
+            .max_connections(MAX_CONNECTIONS)
             // Fail fast when the server is away: requests get a 503 instead of hanging.
             .acquire_timeout(Duration::from_secs(2))
+            // No ping before each query (a second round trip per request); a
+            // connection the server dropped fails its query instead, and reads
+            // retry once on a fresh connection.
+            .test_before_acquire(false)
             .connect(url)
             .await
             .map_err(|e| {
@@ -177,14 +215,15 @@ async fn relay_notifications(
 #[async_trait]
 impl Store for PostgresStore {
     async fn insert_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> StoreResult<bool> {
-        let done = sqlx::query(INSERT_IF_ABSENT)
-            .bind(self.key(key))
-            .bind(value)
-            .bind(initial_version())
-            .bind(millis(ttl))
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        let done = bounded(
+            sqlx::query(INSERT_IF_ABSENT)
+                .bind(self.key(key))
+                .bind(value)
+                .bind(initial_version())
+                .bind(millis(ttl))
+                .execute(&self.pool),
+        )
+        .await?;
         let inserted = done.rows_affected() == 1;
         if inserted {
             self.changes.notify();
@@ -193,13 +232,27 @@ impl Store for PostgresStore {
     }
 
     async fn get(&self, key: &str) -> StoreResult<Option<Versioned>> {
-        let row = sqlx::query(
-            "SELECT value, version FROM latchkey_kv WHERE key = $1 AND expires_at > now()",
-        )
-        .bind(self.key(key))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(unavailable)?;
+        let key = self.key(key);
+        let read = || {
+            sqlx::query(
+                "SELECT value, version FROM latchkey_kv WHERE key = $1 AND expires_at > now()",
+            )
+            .bind(&key)
+            .fetch_optional(&self.pool)
+        };
+        let row = bounded(async {
+            // A read is safe to repeat: on another connection when the pooled
+            // one turns out to be dead (connections are not pinged first, and
+            // after a server restart every idle one is).
+            let mut attempts = 1;
+            loop {
+                match read().await {
+                    Err(e) if connection_lost(&e) && attempts <= MAX_CONNECTIONS => attempts += 1,
+                    result => break result,
+                }
+            }
+        })
+        .await?;
         Ok(row.map(|row| Versioned {
             value: row.get::<Vec<u8>, _>(0).into(),
             version: row.get::<i64, _>(1) as u64,
@@ -213,14 +266,15 @@ impl Store for PostgresStore {
         value: &[u8],
         ttl: Duration,
     ) -> StoreResult<bool> {
-        let done = sqlx::query(COMPARE_AND_SWAP)
-            .bind(value)
-            .bind(millis(ttl))
-            .bind(self.key(key))
-            .bind(expected_version as i64)
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        let done = bounded(
+            sqlx::query(COMPARE_AND_SWAP)
+                .bind(value)
+                .bind(millis(ttl))
+                .bind(self.key(key))
+                .bind(expected_version as i64)
+                .execute(&self.pool),
+        )
+        .await?;
         let swapped = done.rows_affected() == 1;
         if swapped {
             self.changes.notify();
@@ -229,48 +283,22 @@ impl Store for PostgresStore {
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM latchkey_kv WHERE key = $1")
-            .bind(self.key(key))
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        bounded(
+            sqlx::query("DELETE FROM latchkey_kv WHERE key = $1")
+                .bind(self.key(key))
+                .execute(&self.pool),
+        )
+        .await?;
         self.changes.notify();
         Ok(())
     }
 
     async fn commit_login(&self, c: LoginCommit<'_>) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        let swapped = sqlx::query(COMPARE_AND_SWAP)
-            .bind(c.login_value)
-            .bind(millis(c.login_ttl))
-            .bind(self.key(c.login_key))
-            .bind(c.login_version as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?
-            .rows_affected()
-            == 1;
-        if !swapped {
-            tx.rollback().await.map_err(unavailable)?;
-            return Ok(false);
+        let committed = bounded(self.commit_login_tx(c)).await?;
+        if committed {
+            self.changes.notify();
         }
-        let inserted = sqlx::query(INSERT_IF_ABSENT)
-            .bind(self.key(c.session_key))
-            .bind(c.session_value)
-            .bind(initial_version())
-            .bind(millis(c.session_ttl))
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?
-            .rows_affected()
-            == 1;
-        if !inserted {
-            tx.rollback().await.map_err(unavailable)?;
-            return Ok(false);
-        }
-        tx.commit().await.map_err(unavailable)?;
-        self.changes.notify();
-        Ok(true)
+        Ok(committed)
     }
 
     async fn wait_for_change(
@@ -323,5 +351,41 @@ impl Store for PostgresStore {
             .map_err(unavailable)?;
         self.changes.notify();
         Ok(done.rows_affected())
+    }
+}
+
+impl PostgresStore {
+    /// The login commit as one transaction (see [`Store::commit_login`]).
+    async fn commit_login_tx(&self, c: LoginCommit<'_>) -> Result<bool, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+
+        let swapped = sqlx::query(COMPARE_AND_SWAP)
+            .bind(c.login_value)
+            .bind(millis(c.login_ttl))
+            .bind(self.key(c.login_key))
+            .bind(c.login_version as i64)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if !swapped {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let inserted = sqlx::query(INSERT_IF_ABSENT)
+            .bind(self.key(c.session_key))
+            .bind(c.session_value)
+            .bind(initial_version())
+            .bind(millis(c.session_ttl))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if !inserted {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 }
