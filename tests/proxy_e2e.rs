@@ -534,6 +534,12 @@ async fn health_readiness_and_metrics() {
     ] {
         assert!(metrics.contains(name), "{name} missing from\n{metrics}");
     }
+    // /readyz read the store: the `get` series counted it.
+    let gets = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("latchkey_store_operation_seconds_count{operation=\"get\"} "))
+        .and_then(|n| n.trim().parse::<f64>().ok());
+    assert!(gets.is_some_and(|n| n >= 1.0), "{metrics}");
     h.server.shutdown().await;
 }
 

@@ -154,7 +154,9 @@ impl Cookies {
         let sent = headers
             .get_all(header::COOKIE)
             .iter()
-            .filter_map(|v| v.to_str().ok())
+            // UTF-8 rather than `to_str`'s visible-ASCII check: it is checked
+            // a word at a time, and the cookie parser takes either.
+            .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
             .flat_map(Cookie::split_parse)
             .filter_map(Result::ok);
         for cookie in sent {
