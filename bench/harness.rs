@@ -56,6 +56,7 @@ fn main() {
         Some("bare-proxy") => runtime.block_on(servers::bare_proxy(
             arg(&args, "--listen").unwrap().parse().unwrap(),
             arg(&args, "--upstream").unwrap().parse().unwrap(),
+            args.iter().any(|a| a == "--forwarding-headers"),
         )),
         Some("run") => {
             let quick = args.iter().any(|a| a == "--quick");
@@ -63,7 +64,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: bench run [--quick] | upstream --listen ADDR | bare-proxy --listen ADDR --upstream ADDR"
+                "usage: bench run [--quick] | upstream --listen ADDR | bare-proxy --listen ADDR --upstream ADDR [--forwarding-headers]"
             );
             std::process::exit(2);
         }
@@ -531,6 +532,30 @@ async fn run(opts: Options) {
             .await,
     );
     drop(bare);
+    let bare_with_headers = procs::start(
+        bench.exe.to_str().unwrap(),
+        &[
+            "bare-proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream.to_string(),
+            "--forwarding-headers",
+        ],
+        &[],
+        procs::plain_listening,
+    );
+    rows.push(
+        bench
+            .steady(
+                "bare proxy adding latchkey's six forwarding headers (no auth)",
+                &Bench::url(bare_with_headers.addr.unwrap(), "/"),
+                None,
+                Some(&bare_with_headers),
+            )
+            .await,
+    );
+    drop(bare_with_headers);
 
     let unique = &latchkey::secret::random_token()[..8];
     let mut stores = vec![
