@@ -509,53 +509,32 @@ async fn run(opts: Options) {
             )
             .await,
     );
-    let bare = procs::start(
-        bench.exe.to_str().unwrap(),
-        &[
+    let bare_rows = [
+        ("bare proxy (hyper, no auth)", None),
+        (
+            "bare proxy adding latchkey's six forwarding headers (no auth)",
+            Some("--forwarding-headers"),
+        ),
+    ];
+    for (name, flag) in bare_rows {
+        let upstream = upstream.to_string();
+        let mut args = vec![
             "bare-proxy",
             "--listen",
             "127.0.0.1:0",
             "--upstream",
-            &upstream.to_string(),
-        ],
-        &[],
-        procs::plain_listening,
-    );
-    rows.push(
-        bench
-            .steady(
-                "bare proxy (hyper, no auth)",
-                &Bench::url(bare.addr.unwrap(), "/"),
-                None,
-                Some(&bare),
-            )
-            .await,
-    );
-    drop(bare);
-    let bare_with_headers = procs::start(
-        bench.exe.to_str().unwrap(),
-        &[
-            "bare-proxy",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &upstream.to_string(),
-            "--forwarding-headers",
-        ],
-        &[],
-        procs::plain_listening,
-    );
-    rows.push(
-        bench
-            .steady(
-                "bare proxy adding latchkey's six forwarding headers (no auth)",
-                &Bench::url(bare_with_headers.addr.unwrap(), "/"),
-                None,
-                Some(&bare_with_headers),
-            )
-            .await,
-    );
-    drop(bare_with_headers);
+            &upstream,
+        ];
+        args.extend(flag);
+        let bare = procs::start(
+            bench.exe.to_str().unwrap(),
+            &args,
+            &[],
+            procs::plain_listening,
+        );
+        let url = Bench::url(bare.addr.unwrap(), "/");
+        rows.push(bench.steady(name, &url, None, Some(&bare)).await);
+    }
 
     let unique = &latchkey::secret::random_token()[..8];
     let mut stores = vec![

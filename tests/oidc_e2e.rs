@@ -13,7 +13,7 @@ use latchkey::clock::SystemClock;
 use latchkey::dev_idp::{DevClient, DevIdp, DevIdpConfig, SigningAlg};
 use latchkey::idp::{IdentityProvider, IdpError};
 use latchkey::login::{
-    Callback, FailureReason, LoginError, LoginFlow, LoginSettings, StartedLogin,
+    Callback, CompletedLogin, FailureReason, LoginError, LoginFlow, LoginSettings, StartedLogin,
 };
 use latchkey::oidc::{OidcProvider, OidcSettings};
 use latchkey::session::{SessionSettings, Sessions};
@@ -127,7 +127,8 @@ impl Rig {
         }
     }
 
-    async fn login_as_alice(&self) -> (StartedLogin, String) {
+    /// Signs in as alice and sends the callback: what completing it answered.
+    async fn callback_as_alice(&self) -> (StartedLogin, Result<CompletedLogin, LoginError>) {
         let started = self.flow.begin("/app").await.unwrap();
         let response = self.sign_in(&started, "alice", "alice", "login").await;
         let back = self.back_from(response).await;
@@ -135,15 +136,20 @@ impl Rig {
         self.provider
             .check_response_issuer(back.get("iss"))
             .unwrap();
-        let done = self
+        let completed = self
             .flow
             .complete(Callback {
                 state: back.get("state").unwrap(),
                 code: back.get("code").unwrap(),
                 binding: Some(&started.binding),
             })
-            .await
-            .unwrap();
+            .await;
+        (started, completed)
+    }
+
+    async fn login_as_alice(&self) -> (StartedLogin, String) {
+        let (started, completed) = self.callback_as_alice().await;
+        let done = completed.unwrap();
         assert_eq!(done.return_to, "/app");
         (started, done.session_id)
     }
@@ -233,18 +239,7 @@ async fn eddsa_signed_tokens_verify_only_where_eddsa_is_allowed() {
     let idp = dev_idp_signing(SigningAlg::EdDsa).await;
     let defaults = settings(&idp);
     let rig = rig_for(idp, defaults).await;
-    let started = rig.flow.begin("/app").await.unwrap();
-    let response = rig.sign_in(&started, "alice", "alice", "login").await;
-    let back = rig.back_from(response).await;
-    let refused = rig
-        .flow
-        .complete(Callback {
-            state: back.get("state").unwrap(),
-            code: back.get("code").unwrap(),
-            binding: Some(&started.binding),
-        })
-        .await
-        .unwrap_err();
+    let refused = rig.callback_as_alice().await.1.unwrap_err();
     assert!(
         matches!(&refused, LoginError::Failed(FailureReason::Idp(why)) if why.contains("EdDSA")),
         "{refused:?}"

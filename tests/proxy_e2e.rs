@@ -534,6 +534,23 @@ async fn health_readiness_and_metrics() {
     ] {
         assert!(metrics.contains(name), "{name} missing from\n{metrics}");
     }
+    // Requests are counted by route, and anything else is the app's.
+    let _ = client.get(h.url("/some/app/page")).send().await.unwrap();
+    let metrics = client
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        r#"latchkey_http_requests_total{route="/healthz",status="200"} 1"#,
+        r#"latchkey_http_requests_total{route="/readyz",status="200"} 1"#,
+        r#"latchkey_http_requests_total{route="upstream",status="401"} 1"#,
+    ] {
+        assert!(metrics.contains(series), "{series} missing from\n{metrics}");
+    }
     // /readyz read the store: the `get` series counted it.
     let gets = metrics
         .lines()

@@ -19,11 +19,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::FromRef;
 use axum::routing::get;
+use axum::{Router, ServiceExt};
 use axum_extra::extract::cookie::Key;
 use tokio::net::TcpListener;
+use tower::Layer;
 
 use self::cookies::Cookies;
 use self::metrics::{MeteredIdp, MeteredStore, Metrics};
@@ -182,7 +183,6 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::protected)
-        .layer(ObserveLayer::new(app.metrics.clone()))
         .with_state(Shared(app))
 }
 
@@ -199,7 +199,12 @@ impl Server {
     pub fn start(listener: TcpListener, app: Arc<App>) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
-        let service = router(app.clone()).into_make_service_with_connect_info::<proxy::Peer>();
+        // The observe layer wraps the router once rather than each route (a
+        // per-route layer costs every request another boxed service).
+        let observed = ObserveLayer::new(app.metrics.clone()).layer(router(app.clone()));
+        let service = ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+            proxy::Peer,
+        >(observed);
         let task = tokio::spawn(async move {
             axum::serve(listener, service)
                 .with_graceful_shutdown(async {

@@ -1,4 +1,4 @@
-//! The layer around every route: refuses oversized `Cookie` headers, counts
+//! The layer around the router: refuses oversized `Cookie` headers, counts
 //! each request by route and status, and writes one log line per request.
 //!
 //! It is a plain tower layer rather than an `axum::middleware::from_fn`, so
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::Request;
 use axum::http::{Method, header};
 use axum::response::Response;
 use pin_project_lite::pin_project;
@@ -87,7 +87,7 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let route = route_label(request.extensions().get::<MatchedPath>());
+        let route = route_label(request.uri().path());
         let log = request_log_enabled().then(|| RequestLog {
             started: Instant::now(),
             method: request.method().clone(),
@@ -181,8 +181,9 @@ fn write_log(log: RequestLog, route: &str, response: &Response) {
     );
 }
 
-/// The metrics label of a route: its pattern, or `upstream` for the app.
-fn route_label(matched: Option<&MatchedPath>) -> &'static str {
+/// The metrics label of a request: the latchkey route its path names, or
+/// `upstream` for the app.
+fn route_label(path: &str) -> &'static str {
     const ROUTES: [&str; 8] = [
         "/oauth2/start",
         "/oauth2/callback",
@@ -193,7 +194,9 @@ fn route_label(matched: Option<&MatchedPath>) -> &'static str {
         "/readyz",
         "/metrics",
     ];
-    matched
-        .and_then(|m| ROUTES.iter().find(|r| **r == m.as_str()).copied())
+    ROUTES
+        .iter()
+        .find(|route| **route == path)
+        .copied()
         .unwrap_or("upstream")
 }

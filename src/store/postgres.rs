@@ -358,7 +358,6 @@ impl PostgresStore {
     /// The login commit as one transaction (see [`Store::commit_login`]).
     async fn commit_login_tx(&self, c: LoginCommit<'_>) -> Result<bool, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-
         let swapped = sqlx::query(COMPARE_AND_SWAP)
             .bind(c.login_value)
             .bind(millis(c.login_ttl))
