@@ -347,7 +347,12 @@ struct DueRun {
 }
 
 /// `sessions` sessions due at once, each refresh taking 100 ms at `idp`.
-async fn due_sessions(idp: &DevIdp, proxy: &Proc, sessions: &[Browser]) -> DueRun {
+async fn due_sessions(
+    alg: &'static str,
+    idp: &DevIdp,
+    proxy: &Proc,
+    sessions: &[Browser],
+) -> DueRun {
     let url = Bench::url(proxy.addr.unwrap(), "/");
     idp.knobs().delay_token_calls(Duration::from_millis(100));
     let before = idp.knobs().refresh_grants();
@@ -367,7 +372,7 @@ async fn due_sessions(idp: &DevIdp, proxy: &Proc, sessions: &[Browser]) -> DueRu
     idp.knobs().delay_token_calls(Duration::ZERO);
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     DueRun {
-        alg: "",
+        alg,
         wall,
         refreshes: idp.knobs().refresh_grants() - before,
         latchkey_cpu,
@@ -618,10 +623,7 @@ async fn run(opts: Options) {
     for _ in 0..bench.opts.due_sessions {
         due.push(bench.signed_in(&entry, &callback).await);
     }
-    let rs256 = DueRun {
-        alg: "RS256",
-        ..due_sessions(&bench.idp, &refresh_proc, &due).await
-    };
+    let rs256 = due_sessions("RS256", &bench.idp, &refresh_proc, &due).await;
     drop(refresh_proc);
     // The same with a provider that signs with Ed25519: on one machine, a
     // provider's RSA signing (a millisecond or more per token) competes with
@@ -653,10 +655,7 @@ async fn run(opts: Options) {
     for _ in 0..bench.opts.due_sessions {
         due.push(bench.signed_in(&entry, &callback).await);
     }
-    let eddsa = DueRun {
-        alg: "EdDSA",
-        ..due_sessions(&eddsa_idp, &eddsa_proc, &due).await
-    };
+    let eddsa = due_sessions("EdDSA", &eddsa_idp, &eddsa_proc, &due).await;
     drop(eddsa_proc);
     let bytes_per_session = session_memory(bench.opts.memory_sessions).await;
 

@@ -134,12 +134,6 @@ impl Metrics {
             .expect("writing to a String cannot fail");
         out
     }
-
-    fn observe(&self, operation: &'static str, elapsed: Duration) {
-        self.store_latency
-            .get_or_create(&OperationLabels { operation })
-            .observe(elapsed.as_secs_f64());
-    }
 }
 
 /// An identity provider that counts exchanges and refreshes.
@@ -172,6 +166,14 @@ impl IdentityProvider for MeteredIdp {
     }
 }
 
+/// Awaits `f`, recording how long it took in `series`.
+async fn timed_in<T>(series: &Histogram, f: impl std::future::Future<Output = T>) -> T {
+    let started = Instant::now();
+    let out = f.await;
+    series.observe(started.elapsed().as_secs_f64());
+    out
+}
+
 /// A store that times every operation.
 pub struct MeteredStore {
     inner: Arc<dyn Store>,
@@ -199,10 +201,12 @@ impl MeteredStore {
         operation: &'static str,
         f: impl std::future::Future<Output = T>,
     ) -> T {
-        let started = Instant::now();
-        let out = f.await;
-        self.metrics.observe(operation, started.elapsed());
-        out
+        let series = self
+            .metrics
+            .store_latency
+            .get_or_create(&OperationLabels { operation })
+            .clone();
+        timed_in(&series, f).await
     }
 }
 
@@ -217,10 +221,7 @@ impl Store for MeteredStore {
     }
 
     async fn get(&self, key: &str) -> StoreResult<Option<Versioned>> {
-        let started = Instant::now();
-        let out = self.inner.get(key).await;
-        self.get_latency.observe(started.elapsed().as_secs_f64());
-        out
+        timed_in(&self.get_latency, self.inner.get(key)).await
     }
 
     async fn compare_and_swap(
