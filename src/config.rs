@@ -62,8 +62,10 @@ pub struct RawSettings {
     #[arg(long, env = "LATCHKEY_GROUPS_CLAIM")]
     pub groups_claim: Option<String>,
     /// Routes served without authentication: METHOD=regex or regex, matched
-    /// against the path only.
-    #[arg(long, env = "LATCHKEY_SKIP_AUTH_ROUTES", value_delimiter = ',')]
+    /// against the canonical path only and anchored as a whole. Repeat the
+    /// flag, or give a TOML array (`["GET=^/a{1,3}$", "^/b"]`); a plain list
+    /// is split on the commas outside `{}`, `[]` and `()`.
+    #[arg(long, env = "LATCHKEY_SKIP_AUTH_ROUTES")]
     pub skip_auth_routes: Option<Vec<String>>,
     /// Send the access token upstream as Authorization: Bearer [default: false].
     #[arg(long, env = "LATCHKEY_PASS_ACCESS_TOKEN", num_args = 0..=1, default_missing_value = "true")]
@@ -93,6 +95,30 @@ pub struct RawSettings {
     /// Log format: text or json [default: text].
     #[arg(long, env = "LATCHKEY_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Let the client's routing overrides (X-Original-URL, X-Rewrite-URL,
+    /// X-HTTP-Method-Override, …) reach the upstream [default: false].
+    #[arg(long, env = "LATCHKEY_PASS_ROUTING_HEADERS", num_args = 0..=1, default_missing_value = "true")]
+    pub pass_routing_headers: Option<bool>,
+    /// How long a client may take to send a request head, from its first
+    /// byte [default: 10s].
+    #[arg(long, env = "LATCHKEY_HEADER_READ_TIMEOUT")]
+    pub header_read_timeout: Option<String>,
+    /// How long a kept-alive connection may wait for its next request
+    /// [default: 60s].
+    #[arg(long, env = "LATCHKEY_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<String>,
+    /// Most client connections served at once; more are closed at accept
+    /// [default: 1024].
+    #[arg(long, env = "LATCHKEY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Largest request head (request line and headers) in bytes; larger
+    /// heads get 431 [default: 32768].
+    #[arg(long, env = "LATCHKEY_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// A second address that serves /metrics, /healthz and /readyz; when set,
+    /// the main listener no longer serves /metrics [default: none].
+    #[arg(long, env = "LATCHKEY_METRICS_ADDRESS")]
+    pub metrics_address: Option<String>,
 }
 
 macro_rules! layer {
@@ -132,7 +158,27 @@ impl RawSettings {
             allowed_algs,
             clock_skew,
             log_format,
+            pass_routing_headers,
+            header_read_timeout,
+            idle_timeout,
+            max_connections,
+            max_header_bytes,
+            metrics_address,
         )
+    }
+
+    /// Settings read from flags and environment variables, with the lists
+    /// that clap cannot split without breaking regexes (`skip_auth_routes`)
+    /// split here: see [`route_list`].
+    pub fn split_command_line_lists(mut self) -> Result<RawSettings, ConfigError> {
+        if let Some(entries) = self.skip_auth_routes.take() {
+            let mut routes = Vec::new();
+            for entry in &entries {
+                routes.extend(route_list(entry)?);
+            }
+            self.skip_auth_routes = Some(routes);
+        }
+        Ok(self)
     }
 
     /// Reads a TOML settings file.
@@ -227,6 +273,37 @@ pub struct Settings {
     pub clock_skew: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// Let routing-override headers reach the upstream.
+    pub pass_routing_headers: bool,
+    /// What one client connection may hold.
+    pub listener: ListenerLimits,
+    /// The separate listener for /metrics and the probes, if any.
+    pub metrics_address: Option<SocketAddr>,
+}
+
+/// What one client connection may hold of the server: the defence against
+/// slow or idle clients (slowloris) and oversized request heads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// From the first byte of a request head to its end.
+    pub header_read_timeout: Duration,
+    /// Between requests on a kept-alive connection.
+    pub idle_timeout: Duration,
+    /// Client connections served at once.
+    pub max_connections: usize,
+    /// Bytes of one request head.
+    pub max_header_bytes: usize,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            max_header_bytes: 32 * 1024,
+        }
+    }
 }
 
 impl std::fmt::Debug for Settings {
@@ -316,6 +393,48 @@ fn list(value: Option<Vec<String>>, default: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// One flag or environment value of `skip_auth_routes` as entries: a TOML
+/// array of strings when it starts with `[`, else split on the commas that
+/// are outside `{}`, `[]` and `()` (so `^/a{1,3}$` stays whole).
+pub fn route_list(value: &str) -> Result<Vec<String>, ConfigError> {
+    let trimmed = value.trim();
+    if trimmed.starts_with('[') {
+        #[derive(Deserialize)]
+        struct Array {
+            routes: Vec<String>,
+        }
+        return toml::from_str::<Array>(&format!("routes = {trimmed}"))
+            .map(|array| array.routes)
+            .map_err(|e| {
+                error(
+                    "skip_auth_routes",
+                    format!("{trimmed:?} is not a TOML array of strings ({})", e.message()),
+                    "write it as [\"GET=^/static/\", \"^/health$\"] (single quotes keep \\ literal)",
+                )
+            });
+    }
+    let mut entries = Vec::new();
+    let mut depth = 0usize;
+    let mut escaped = false;
+    let mut current = String::new();
+    for c in trimmed.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '{' | '[' | '(' => depth += 1,
+            '}' | ']' | ')' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                entries.push(std::mem::take(&mut current));
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    entries.push(current);
+    Ok(entries)
+}
+
 fn skip_route(entry: &str) -> Result<SkipRoute, ConfigError> {
     let (method, pattern) = match entry.split_once('=') {
         Some((m, p)) if !m.is_empty() && m.chars().all(|c| c.is_ascii_uppercase()) => {
@@ -323,12 +442,9 @@ fn skip_route(entry: &str) -> Result<SkipRoute, ConfigError> {
         }
         _ => (None, entry),
     };
-    // Anchored at the start so that `/public` cannot match `/x/public`.
-    let anchored = if pattern.starts_with('^') {
-        pattern.to_owned()
-    } else {
-        format!("^{pattern}")
-    };
+    // Anchored at the start as a whole, so that `/public` cannot match
+    // `/x/public` and neither can any alternative of `/a/|/b/`.
+    let anchored = format!("^(?:{pattern})");
     let path = Regex::new(&anchored).map_err(|e| {
         error(
             "skip_auth_routes",
@@ -343,6 +459,7 @@ impl RawSettings {
     /// Validates and applies defaults. `need_cookie_secret`: `serve` requires
     /// one; `demo` generates its own.
     pub fn validate(self) -> Result<Settings, ConfigError> {
+        let listener = self.listener_limits()?;
         let listen_text = self.listen.unwrap_or_else(|| "127.0.0.1:4180".into());
         let listen = listen_text.parse().map_err(|_| {
             error(
@@ -481,6 +598,16 @@ impl RawSettings {
                 ));
             }
         };
+        let metrics_address = match self.metrics_address.filter(|a| !a.trim().is_empty()) {
+            None => None,
+            Some(text) => Some(text.trim().parse().map_err(|_| {
+                error(
+                    "metrics_address",
+                    format!("{text:?} is not an address"),
+                    "write it as IP:PORT, e.g. 127.0.0.1:9180",
+                )
+            })?),
+        };
         Ok(Settings {
             listen,
             issuer,
@@ -510,6 +637,58 @@ impl RawSettings {
             allowed_algs: list(self.allowed_algs, &["RS256", "ES256"]),
             clock_skew: duration(self.clock_skew, "clock_skew", "60s")?,
             log_format,
+            pass_routing_headers: self.pass_routing_headers.unwrap_or(false),
+            listener,
+            metrics_address,
+        })
+    }
+
+    fn listener_limits(&self) -> Result<ListenerLimits, ConfigError> {
+        let defaults = ListenerLimits::default();
+        let positive = |value: Duration, setting: &str| {
+            if value.is_zero() {
+                Err(error(
+                    setting,
+                    "must be longer than 0s",
+                    "write it like 10s or 1m",
+                ))
+            } else {
+                Ok(value)
+            }
+        };
+        let header_read_timeout = positive(
+            duration(
+                self.header_read_timeout.clone(),
+                "header_read_timeout",
+                "10s",
+            )?,
+            "header_read_timeout",
+        )?;
+        let idle_timeout = positive(
+            duration(self.idle_timeout.clone(), "idle_timeout", "60s")?,
+            "idle_timeout",
+        )?;
+        let max_connections = self.max_connections.unwrap_or(defaults.max_connections);
+        if max_connections == 0 {
+            return Err(error(
+                "max_connections",
+                "must be at least 1",
+                "set it to the most client connections to serve at once, e.g. 1024",
+            ));
+        }
+        let max_header_bytes = self.max_header_bytes.unwrap_or(defaults.max_header_bytes);
+        if !(8192..=1024 * 1024).contains(&max_header_bytes) {
+            return Err(error(
+                "max_header_bytes",
+                format!("{max_header_bytes} is outside 8192..=1048576"),
+                "browsers need at least 8 KiB of headers; 32768 suits most sites",
+            ));
+        }
+        Ok(ListenerLimits {
+            header_read_timeout,
+            idle_timeout,
+            max_connections,
+            max_header_bytes,
         })
     }
 }
@@ -659,6 +838,47 @@ mod tests {
         let any = skip_route("^/health$").unwrap();
         assert!(any.matches("POST", "/health"));
         assert!(!any.matches("GET", "/healthz"));
+    }
+
+    #[test]
+    fn every_alternative_is_anchored() {
+        let r = skip_route("GET=/static/|/assets/").unwrap();
+        assert!(r.matches("GET", "/static/a.css"));
+        assert!(r.matches("GET", "/assets/a.css"));
+        assert!(!r.matches("GET", "/private/assets/x"));
+        assert!(!r.matches("GET", "/private/static/x"));
+        let r = skip_route("^/a$|^/b$").unwrap();
+        assert!(r.matches("GET", "/b"));
+        assert!(!r.matches("GET", "/x/b"));
+    }
+
+    #[test]
+    fn command_line_lists_keep_regexes_whole() {
+        assert_eq!(
+            route_list("GET=^/a{1,3}$,^/health$").unwrap(),
+            ["GET=^/a{1,3}$", "^/health$"]
+        );
+        assert_eq!(
+            route_list("^/[,;]x$,/y(a,b)").unwrap(),
+            ["^/[,;]x$", "/y(a,b)"]
+        );
+        assert_eq!(route_list("^/a\\,b$").unwrap(), ["^/a\\,b$"]);
+        assert_eq!(
+            route_list(r#"["GET=^/a,b$", '^/c{1,2}$']"#).unwrap(),
+            ["GET=^/a,b$", "^/c{1,2}$"]
+        );
+        let err = route_list("[\"unclosed\"").unwrap_err();
+        assert_eq!(err.setting, "skip_auth_routes");
+        let raw = RawSettings {
+            skip_auth_routes: Some(vec!["GET=^/a{1,3}$,^/b$".into(), "^/c,d$".into()]),
+            ..RawSettings::default()
+        };
+        let split = raw
+            .split_command_line_lists()
+            .unwrap()
+            .skip_auth_routes
+            .unwrap();
+        assert_eq!(split, ["GET=^/a{1,3}$", "^/b$", "^/c", "d$"]);
     }
 
     #[test]

@@ -93,12 +93,32 @@ pub struct CompletedLogin {
     pub exchanged_here: bool,
 }
 
-/// Why a login ended without a session.
+/// Why a login ended without a session. Each reason says whose doing it
+/// was, which decides the status the browser gets (the README's table).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum FailureReason {
-    /// The identity provider refused or failed the exchange.
-    #[error("{0}")]
-    Idp(String),
+    /// The provider answered the authorization request with `error=CODE`
+    /// (the user declined, or may not use the client). `CODE` is checked by
+    /// [`idp_error_code`]; it is the only text of the response kept.
+    #[error("the identity provider refused the sign-in ({error})")]
+    Refused {
+        /// The provider's error code.
+        error: String,
+    },
+    /// The authorization response names another issuer (RFC 9207): a mix-up
+    /// or a forged response.
+    #[error("the sign-in response came from another issuer")]
+    WrongIssuer,
+    /// The token endpoint refused the code (`invalid_grant`: used, expired,
+    /// or issued to someone else).
+    #[error("the identity provider refused the code: {0}")]
+    CodeRejected(String),
+    /// The provider's answer failed validation.
+    #[error("the identity provider's answer failed validation: {0}")]
+    Invalid(String),
+    /// The provider could not be reached, timed out, or answered 5xx.
+    #[error("the identity provider is unavailable: {0}")]
+    Unavailable(String),
     /// The exchanging callback did not finish within its lease (crashed or hung).
     #[error("the token exchange did not finish in time")]
     LeaseExpired,
@@ -116,9 +136,16 @@ pub enum LoginError {
     /// The callback did not carry this login's browser binding.
     #[error("the callback did not come from the browser that started this login")]
     BindingMismatch,
-    /// The login has ended in failure; start a new one.
+    /// The login has ended in failure, in this callback or in one that ran
+    /// at the same time; start a new one.
     #[error("login failed: {0}")]
     Failed(FailureReason),
+    /// The login had already failed before this request came (a replay).
+    #[error("login failed earlier: {0}")]
+    AlreadyFailed(FailureReason),
+    /// The login had already completed; an error response for it changes nothing.
+    #[error("the login already completed")]
+    AlreadyCompleted,
     /// Another callback is still exchanging the code after `wait_timeout`.
     #[error("the login is still being completed by another request")]
     StillInProgress,
@@ -177,6 +204,24 @@ impl LoginRecord {
 
     fn decode(bytes: &[u8]) -> Result<Self, LoginError> {
         serde_json::from_slice(bytes).map_err(|e| LoginError::Corrupt(e.to_string()))
+    }
+}
+
+/// The provider's `error` code if it is a plausible one (RFC 6749 §4.1.2.1:
+/// short, of `A-Z a-z 0-9 _ . -`, a subset of the spec's character set that
+/// holds every registered code), else `invalid_error_code`. The response's
+/// `error_description` and `error_uri` are never kept: they are whatever the
+/// sender of the link wrote.
+pub fn idp_error_code(error: &str) -> String {
+    let plausible = !error.is_empty()
+        && error.len() <= 64
+        && error
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if plausible {
+        error.to_owned()
+    } else {
+        "invalid_error_code".to_owned()
     }
 }
 
@@ -258,6 +303,9 @@ impl LoginFlow {
     pub async fn complete(&self, callback: Callback<'_>) -> Result<CompletedLogin, LoginError> {
         let key = login_key(callback.state);
         let wait_deadline = Instant::now() + self.settings.wait_timeout;
+        // Whether this callback saw the login in flight: a Failed record is
+        // then this attempt's outcome, otherwise a replay of an old one.
+        let mut saw_in_flight = false;
         loop {
             let Some(current) = self.store.get(&key).await? else {
                 return Err(LoginError::UnknownLogin);
@@ -291,6 +339,7 @@ impl LoginFlow {
                             self.settings.login_ttl,
                         )
                         .await?;
+                    saw_in_flight = true;
                     if won {
                         let claim = Claim {
                             key,
@@ -301,6 +350,7 @@ impl LoginFlow {
                     }
                 }
                 Phase::Exchanging { lease_until, .. } => {
+                    saw_in_flight = true;
                     let now = self.clock.now_ms();
                     if now >= *lease_until {
                         let failed = record.with_phase(Phase::Failed {
@@ -332,20 +382,24 @@ impl LoginFlow {
                         exchanged_here: false,
                     });
                 }
-                Phase::Failed { reason } => return Err(LoginError::Failed(reason.clone())),
+                Phase::Failed { reason } if saw_in_flight => {
+                    return Err(LoginError::Failed(reason.clone()));
+                }
+                Phase::Failed { reason } => return Err(LoginError::AlreadyFailed(reason.clone())),
             }
         }
     }
 
     /// Ends a login whose authorization response was an error (`error=` from
     /// the provider, or a failed `iss` check): it becomes `Failed` and no code is
-    /// ever exchanged for it. Needs the browser binding like a callback. Returns
-    /// the failure to show.
+    /// ever exchanged for it. Needs the browser binding like a callback.
+    /// Returns `reason` once written; a login that had already failed is
+    /// [`LoginError::AlreadyFailed`] with its first reason.
     pub async fn abort(
         &self,
         state: &str,
         binding: Option<&str>,
-        reason: &str,
+        reason: FailureReason,
     ) -> Result<FailureReason, LoginError> {
         let key = login_key(state);
         loop {
@@ -358,7 +412,6 @@ impl LoginFlow {
             }
             match &record.phase {
                 Phase::Pending { .. } => {
-                    let reason = FailureReason::Idp(reason.to_owned());
                     let failed = record.with_phase(Phase::Failed {
                         reason: reason.clone(),
                     });
@@ -377,12 +430,8 @@ impl LoginFlow {
                 }
                 // A callback with a code got there first; its outcome stands.
                 Phase::Exchanging { .. } => return Err(LoginError::StillInProgress),
-                Phase::Completed { .. } => {
-                    return Err(LoginError::Failed(FailureReason::Idp(
-                        "the login already completed".into(),
-                    )));
-                }
-                Phase::Failed { reason } => return Ok(reason.clone()),
+                Phase::Completed { .. } => return Err(LoginError::AlreadyCompleted),
+                Phase::Failed { reason } => return Err(LoginError::AlreadyFailed(reason.clone())),
             }
         }
     }
@@ -421,7 +470,11 @@ impl LoginFlow {
         let (identity, tokens) = match exchanged {
             Ok(ok) => ok,
             Err(error) => {
-                let reason = FailureReason::Idp(error.to_string());
+                let reason = match error {
+                    IdpError::InvalidGrant(detail) => FailureReason::CodeRejected(detail),
+                    IdpError::Invalid(detail) => FailureReason::Invalid(detail),
+                    IdpError::Transient(detail) => FailureReason::Unavailable(detail),
+                };
                 let failed = claim.record.with_phase(Phase::Failed {
                     reason: reason.clone(),
                 });
@@ -571,5 +624,23 @@ mod tests {
         assert_ne!(a, derive_session_id(&state, "lease-b"));
         let (_, mac) = a.split_once('.').unwrap();
         assert_eq!(mac.len(), 43);
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::idp_error_code;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+
+            #[test]
+            fn only_plausible_error_codes_are_kept(error in "\\PC{0,80}|[a-z_]{1,70}") {
+                let kept = idp_error_code(&error);
+                prop_assert!(kept == error || kept == "invalid_error_code");
+                prop_assert!(kept.len() <= 64);
+                prop_assert!(kept.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)));
+            }
+        }
     }
 }

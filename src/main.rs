@@ -223,7 +223,11 @@ async fn serve(args: ServeArgs) -> ExitCode {
         },
         None => RawSettings::default(),
     };
-    let settings = match args.settings.over(file).validate() {
+    let settings = match args
+        .settings
+        .split_command_line_lists()
+        .and_then(|flags| flags.over(file).validate())
+    {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("latchkey serve: {error}");

@@ -1,165 +1,19 @@
 //! `latchkey serve` end to end over real sockets: a scripted browser with a
 //! cookie jar, the development IdP, the sample upstream, and the proxy between.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 mod common;
 
-use base64::Engine;
-use common::browser::{browser, location, sign_in_at_idp};
-use latchkey::config::RawSettings;
+use common::browser::{browser, location};
 use latchkey::demo::sample_app;
-use latchkey::dev_idp::{DevClient, DevIdp, DevIdpConfig};
-use latchkey::http::{App, Server};
 use reqwest::header::{ACCEPT, COOKIE, LOCATION};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use url::Url;
 
-const HTML: &str = "text/html, application/json";
-const SECRET: &str = "proxy-e2e-secret";
-
-struct Harness {
-    proxy: SocketAddr,
-    idp: DevIdp,
-    server: Server,
-    store_dir: tempfile::TempDir,
-}
-
-impl Harness {
-    async fn start(customize: impl FnOnce(&mut RawSettings)) -> Self {
-        Self::start_with(true, customize).await
-    }
-
-    async fn start_with(with_upstream: bool, customize: impl FnOnce(&mut RawSettings)) -> Self {
-        let upstream_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let upstream = upstream_listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(upstream_listener, sample_app()).await.unwrap() });
-        Self::start_in_front_of(with_upstream.then_some(upstream), customize).await
-    }
-
-    /// latchkey in front of whatever listens at `upstream`.
-    async fn start_in_front_of(
-        upstream: Option<SocketAddr>,
-        customize: impl FnOnce(&mut RawSettings),
-    ) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy = listener.local_addr().unwrap();
-        let idp = DevIdp::start(DevIdpConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            clients: vec![DevClient {
-                client_id: "latchkey".into(),
-                client_secret: SECRET.into(),
-                redirect_uris: vec![format!("http://{proxy}/oauth2/callback")],
-                post_logout_redirect_uris: vec![format!("http://{proxy}/")],
-            }],
-            ..DevIdpConfig::default()
-        })
-        .await
-        .unwrap();
-        let store = tempfile::tempdir().unwrap();
-        let mut raw = RawSettings {
-            issuer: Some(idp.issuer().into()),
-            client_id: Some("latchkey".into()),
-            client_secret: Some(SECRET.into()),
-            redirect_url: Some(format!("http://{proxy}/oauth2/callback")),
-            upstream: upstream.map(|u| format!("http://{u}")),
-            store: Some(format!("sqlite://{}", store.path().join("s.db").display())),
-            cookie_secret: Some(base64::engine::general_purpose::STANDARD.encode([9u8; 32])),
-            post_logout_redirect_url: Some(format!("http://{proxy}/")),
-            ..RawSettings::default()
-        };
-        customize(&mut raw);
-        let app: Arc<App> = App::new(raw.validate().unwrap()).await.unwrap();
-        let server = Server::start(listener, app).unwrap();
-        Self {
-            proxy,
-            idp,
-            server,
-            store_dir: store,
-        }
-    }
-
-    /// Removes every login record from the proxy's store: what expiry and the
-    /// sweep do to a login nobody finished in time, without waiting for it.
-    async fn expire_logins(&self) {
-        let path = self.store_dir.path().join("s.db");
-        let store = latchkey::store::sqlite::SqliteStore::open(path.to_str().unwrap())
-            .await
-            .unwrap();
-        use latchkey::store::Store;
-        assert!(store.purge("login:").await.unwrap() >= 1);
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.proxy)
-    }
-
-    async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::get(self.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find(|l| l.starts_with(name) && !l.starts_with('#'))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    }
-}
-
-/// Follows redirects from `url`, signing in at the dev IdP as `user` when its
-/// form appears, until the callback redirect; returns the callback URL.
-async fn to_callback(browser: &reqwest::Client, url: &str, user: &str) -> Url {
-    let mut next = Url::parse(url).unwrap();
-    for _ in 0..8 {
-        if next.path() == "/oauth2/callback" {
-            return next;
-        }
-        let response = browser
-            .get(next.clone())
-            .header(ACCEPT, HTML)
-            .send()
-            .await
-            .unwrap();
-        if response.status() == 200 && next.path() == "/authorize" {
-            next = sign_in_at_idp(browser, &next, user).await;
-        } else {
-            next = location(&response, &next);
-        }
-    }
-    panic!("never reached the callback");
-}
-
-/// Signs `user` in starting from `path`; returns where the callback sent the browser.
-async fn sign_in(h: &Harness, browser: &reqwest::Client, path: &str, user: &str) -> Url {
-    let callback = to_callback(browser, &h.url(path), user).await;
-    let done = browser
-        .get(callback.clone())
-        .header(ACCEPT, HTML)
-        .send()
-        .await
-        .unwrap();
-    location(&done, &callback)
-}
-
-async fn upstream_json(
-    browser: &reqwest::Client,
-    url: &str,
-    extra: &[(&str, &str)],
-) -> (u16, Value) {
-    let mut request = browser.get(url).header(ACCEPT, HTML);
-    for (k, v) in extra {
-        request = request.header(*k, *v);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
+use common::proxy::{HTML, Harness, SECRET, sign_in, to_callback, upstream_json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_login_reaches_the_upstream_with_identity_headers() {

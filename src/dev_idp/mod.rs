@@ -128,6 +128,7 @@ impl Default for DevIdpConfig {
 /// Counters and fault injection, shared by the server and whoever runs it.
 #[derive(Debug, Default)]
 pub struct Knobs {
+    discovery_requests: AtomicU64,
     token_calls: AtomicU64,
     code_grants: AtomicU64,
     refresh_grants: AtomicU64,
@@ -155,6 +156,11 @@ impl Default for HoldGate {
 }
 
 impl Knobs {
+    /// Every request for the discovery document.
+    pub fn discovery_requests(&self) -> u64 {
+        self.discovery_requests.load(Ordering::SeqCst)
+    }
+
     /// Every call to `/token`.
     pub fn token_calls(&self) -> u64 {
         self.token_calls.load(Ordering::SeqCst)
@@ -383,6 +389,7 @@ fn router(idp: Arc<Idp>) -> Router {
 type Shared = State<Arc<Idp>>;
 
 async fn discovery(State(idp): Shared) -> Response {
+    idp.knobs.discovery_requests.fetch_add(1, Ordering::SeqCst);
     let i = &idp.issuer;
     axum::Json(serde_json::json!({
         "issuer": i,

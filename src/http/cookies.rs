@@ -122,7 +122,12 @@ impl Cookies {
 
     /// Whether `name` is one of latchkey's cookies (never sent upstream).
     pub fn is_ours(&self, name: &str) -> bool {
-        name == self.session || name.starts_with(&self.login_prefix)
+        name == self.session || self.is_login_cookie(name)
+    }
+
+    /// Whether `name` is one of latchkey's login cookies.
+    pub fn is_login_cookie(&self, name: &str) -> bool {
+        name.starts_with(&self.login_prefix)
     }
 
     fn build(&self, name: String, value: String, max_age: u64) -> Cookie<'static> {
@@ -139,7 +144,7 @@ impl Cookies {
 
     /// Expires cookie `name` in the browser, whether or not it decrypted
     /// (the jar only knows the ones that did, so this sets Max-Age=0 itself).
-    fn expire(&self, jar: PrivateCookieJar, name: String) -> PrivateCookieJar {
+    pub(crate) fn expire(&self, jar: PrivateCookieJar, name: String) -> PrivateCookieJar {
         let mut removal = self.build(name, String::new(), 0);
         removal.make_removal();
         jar.add(removal)
@@ -252,6 +257,11 @@ impl Cookies {
         }
         let value = serde_json::to_string(login).expect("login cookies serialize");
         jar.add(self.build(self.login_name(state), value, self.login_max_age))
+    }
+
+    /// Expires the login cookie of `state` (its login is done).
+    pub fn clear_login(&self, jar: PrivateCookieJar, state: &str) -> PrivateCookieJar {
+        self.expire(jar, self.login_name(state))
     }
 
     /// The login cookie for `state`, if this browser has it.
@@ -370,5 +380,67 @@ pub(crate) mod tests {
         let sent = cookies.sent(&apps);
         assert!(!sent.has_session_cookie());
         assert_eq!(sent.into_upstream(), UpstreamCookies::AsSent);
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn cookie_header() -> impl Strategy<Value = String> {
+            let piece = prop::sample::select(vec![
+                "_latchkey",
+                "latchkey-login-",
+                "abcdefgh",
+                "__Host-_latchkey",
+                "app",
+                "=",
+                "=",
+                ";",
+                "; ",
+                " ",
+                "\"",
+                "%",
+                "%3B",
+                ",",
+                "theme",
+                "x",
+                "_latchkey=",
+                ";_latchkey=",
+            ]);
+            prop::collection::vec(piece, 0..16).prop_map(|pieces| pieces.concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+
+            #[test]
+            fn no_latchkey_cookie_reaches_the_upstream(values in prop::collection::vec(cookie_header(), 1..3)) {
+                let cookies = with_secret([7; 32]);
+                let mut headers = HeaderMap::new();
+                for value in &values {
+                    if let Ok(value) = HeaderValue::from_str(value) {
+                        headers.append(header::COOKIE, value);
+                    }
+                }
+                let sent = cookies.sent(&headers);
+                // Made-up values never decrypt.
+                prop_assert!(cookies.session_id(&sent).is_none());
+                let forwarded: Vec<String> = match sent.into_upstream() {
+                    UpstreamCookies::AsSent => headers
+                        .get_all(header::COOKIE)
+                        .iter()
+                        .map(|v| v.to_str().unwrap().to_owned())
+                        .collect(),
+                    UpstreamCookies::Removed => Vec::new(),
+                    UpstreamCookies::Replaced(value) => vec![value.to_str().unwrap().to_owned()],
+                };
+                for value in forwarded {
+                    for cookie in Cookie::split_parse(value.as_str()).filter_map(Result::ok) {
+                        prop_assert!(!cookies.is_ours(cookie.name()), "{} reached the upstream", cookie.name());
+                    }
+                }
+            }
+        }
     }
 }

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub logins_failed: Counter,
     /// Duplicate callbacks answered with the winner's session, without an exchange.
     pub duplicate_callbacks: Counter,
+    /// Client connections closed at accept because `max_connections` were open.
+    pub connections_refused: Counter,
     exchanges: Counter,
     refreshes: Counter,
     refresh_waits: Counter,
@@ -77,6 +79,11 @@ impl Default for Metrics {
             "duplicate_callbacks_absorbed",
             "Callbacks answered with another callback's session, without a code exchange",
         );
+        let connections_refused = counter(
+            &mut registry,
+            "connections_refused",
+            "Client connections closed at accept because max_connections were open",
+        );
         let exchanges = counter(
             &mut registry,
             "code_exchanges",
@@ -110,6 +117,7 @@ impl Default for Metrics {
             logins_completed,
             logins_failed,
             duplicate_callbacks,
+            connections_refused,
             exchanges,
             refreshes,
             refresh_waits,

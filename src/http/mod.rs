@@ -8,20 +8,23 @@
 
 pub mod authz;
 pub mod cookies;
+mod edge;
+mod listener;
 pub mod metrics;
 mod observe;
 pub mod pages;
+pub mod path;
 pub mod proxy;
+pub mod readiness;
 pub mod redirect;
 mod routes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
+use axum::Router;
 use axum::extract::FromRef;
 use axum::routing::get;
-use axum::{Router, ServiceExt};
 use axum_extra::extract::cookie::Key;
 use tokio::net::TcpListener;
 use tower::Layer;
@@ -43,11 +46,10 @@ pub struct App {
     login: LoginFlow,
     sessions: Sessions,
     provider: Arc<OidcProvider>,
-    store: Arc<dyn Store>,
     cookies: Cookies,
     upstream: Option<Upstream>,
     metrics: Arc<Metrics>,
-    readiness: reqwest::Client,
+    readiness: readiness::Readiness,
 }
 
 /// The router's state: the shared [`App`].
@@ -142,17 +144,16 @@ impl App {
         );
         Ok(Arc::new(Self {
             cookies: Cookies::new(&settings),
-            upstream: settings.upstream.as_ref().map(Upstream::new).transpose()?,
-            readiness: reqwest::Client::builder()
-                .timeout(Duration::from_secs(2))
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("static client configuration"),
+            upstream: settings
+                .upstream
+                .as_ref()
+                .map(|url| Upstream::new(url, settings.pass_routing_headers))
+                .transpose()?,
+            readiness: readiness::Readiness::new(store.clone(), provider.issuer()),
             settings,
             login,
             sessions,
             provider,
-            store,
             metrics,
         }))
     }
@@ -168,9 +169,10 @@ impl App {
     }
 }
 
-/// The router for `app`.
+/// The router for `app`'s client listener. `/metrics` is on it unless
+/// `metrics_address` gives the metrics a listener of their own.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/oauth2/start", get(routes::start))
         .route("/oauth2/callback", get(routes::callback))
         .route(
@@ -180,43 +182,80 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/oauth2/auth", get(routes::forward_auth))
         .route("/oauth2/userinfo", get(routes::userinfo))
         .route("/healthz", get(routes::healthz))
-        .route("/readyz", get(routes::readyz))
-        .route("/metrics", get(routes::metrics))
+        .route("/readyz", get(routes::readyz));
+    let routes = if app.settings.metrics_address.is_none() {
+        routes.route("/metrics", get(routes::metrics))
+    } else {
+        routes
+    };
+    hardened(routes)
         .fallback(routes::protected)
         .with_state(Shared(app))
 }
 
-/// A running server.
+/// The router of the `metrics_address` listener: metrics and the probes.
+pub fn ops_router(app: Arc<App>) -> Router {
+    hardened(
+        Router::new()
+            .route("/metrics", get(routes::metrics))
+            .route("/healthz", get(routes::healthz))
+            .route("/readyz", get(routes::readyz)),
+    )
+    .with_state(Shared(app))
+}
+
+/// latchkey's own answers (not the app's): never cached, framed or sniffed.
+fn hardened(routes: Router<Shared>) -> Router<Shared> {
+    routes.route_layer(axum::middleware::map_response(
+        |response: axum::response::Response| async move { pages::hardened(response) },
+    ))
+}
+
+/// A running server: the client listener, and the metrics listener when
+/// `metrics_address` is set.
 pub struct Server {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     app: Arc<App>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    listeners: Vec<listener::Running>,
 }
 
 impl Server {
-    /// Serves `app` on `listener` until [`Server::shutdown`].
+    /// Serves `app` on `listener` (and binds `metrics_address` if set) until
+    /// [`Server::shutdown`]. Must be called within a Tokio runtime.
     pub fn start(listener: TcpListener, app: Arc<App>) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
-        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        let limits = app.settings.listener;
+        let mut listeners = Vec::new();
+        let mut metrics_addr = None;
+        if let Some(address) = app.settings.metrics_address {
+            let ops = std::net::TcpListener::bind(address)?;
+            ops.set_nonblocking(true)?;
+            let ops = TcpListener::from_std(ops)?;
+            metrics_addr = Some(ops.local_addr()?);
+            let service = ops_router(app.clone()).into_service();
+            listeners.push(listener::Running::spawn(
+                ops,
+                service,
+                limits,
+                app.metrics.clone(),
+            ));
+        }
         // The observe layer wraps the router once rather than each route (a
         // per-route layer costs every request another boxed service).
-        let observed = ObserveLayer::new(app.metrics.clone()).layer(router(app.clone()));
-        let service = ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
-            proxy::Peer,
-        >(observed);
-        let task = tokio::spawn(async move {
-            axum::serve(listener, service)
-                .with_graceful_shutdown(async {
-                    let _ = stop.await;
-                })
-                .await
-        });
+        let edge = edge::Edge::new(app.cookies.clone());
+        let observed = ObserveLayer::new(app.metrics.clone(), edge).layer(router(app.clone()));
+        listeners.push(listener::Running::spawn(
+            listener,
+            observed,
+            limits,
+            app.metrics.clone(),
+        ));
         Ok(Self {
             addr,
+            metrics_addr,
             app,
-            shutdown: Some(shutdown),
-            task,
+            listeners,
         })
     }
 
@@ -226,12 +265,21 @@ impl Server {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Listen { addr, source })?;
-        Self::start(listener, app).map_err(|source| StartError::Listen { addr, source })
+        let metrics = app.settings.metrics_address.unwrap_or(addr);
+        Self::start(listener, app).map_err(|source| StartError::Listen {
+            addr: metrics,
+            source,
+        })
     }
 
     /// The address it serves on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the metrics listener, when `metrics_address` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The application state (for metrics in tests).
@@ -240,10 +288,14 @@ impl Server {
     }
 
     /// Stops accepting, lets in-flight requests finish, then returns.
-    pub async fn shutdown(mut self) {
-        if let Some(stop) = self.shutdown.take() {
-            let _ = stop.send(());
+    pub async fn shutdown(self) {
+        let stopping: Vec<_> = self
+            .listeners
+            .into_iter()
+            .map(listener::Running::shutdown)
+            .collect();
+        for listener in stopping {
+            listener.await;
         }
-        let _ = (&mut self.task).await;
     }
 }

@@ -1,5 +1,6 @@
-//! The layer around the router: refuses oversized `Cookie` headers, counts
-//! each request by route and status, and writes one log line per request.
+//! The layer around the router: admits each request at the edge (canonical
+//! path, bounded cookies; see [`super::edge`]), counts each request by route
+//! and status, and writes one log line per request.
 //!
 //! It is a plain tower layer rather than an `axum::middleware::from_fn`, so
 //! that it adds no allocation to a request: it sits on the hot path of every
@@ -12,16 +13,13 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use axum::extract::Request;
-use axum::http::{Method, header};
+use axum::http::Method;
 use axum::response::Response;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use super::edge::Edge;
 use super::metrics::Metrics;
-use super::pages::{self, ErrorCode};
-
-/// The largest Cookie header accepted; browsers send at most a few KiB.
-const MAX_COOKIE_HEADER: usize = 16 * 1024;
 
 /// The signed-in user's name, attached to a response for the request log.
 #[derive(Clone)]
@@ -36,16 +34,17 @@ pub(super) fn request_log_enabled() -> bool {
     tracing::enabled!(target: REQUEST_LOG, tracing::Level::INFO)
 }
 
-/// Adds [`Observe`] to each route.
+/// Wraps the router in [`Observe`].
 #[derive(Clone)]
 pub(super) struct ObserveLayer {
     metrics: Arc<Metrics>,
+    edge: Edge,
 }
 
 impl ObserveLayer {
-    /// Counts requests in `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+    /// Admits requests through `edge` and counts them in `metrics`.
+    pub fn new(metrics: Arc<Metrics>, edge: Edge) -> Self {
+        Self { metrics, edge }
     }
 }
 
@@ -56,15 +55,17 @@ impl<S> Layer<S> for ObserveLayer {
         Observe {
             inner,
             metrics: self.metrics.clone(),
+            edge: self.edge.clone(),
         }
     }
 }
 
-/// One route, observed.
+/// The router, observed.
 #[derive(Clone)]
 pub(super) struct Observe<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    edge: Edge,
 }
 
 /// What the log line needs from the request.
@@ -86,32 +87,22 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let started = Instant::now();
+        let admitted = self.edge.admit(&mut request);
         let route = route_label(request.uri().path());
         let log = request_log_enabled().then(|| RequestLog {
-            started: Instant::now(),
+            started,
             method: request.method().clone(),
             path: request.uri().path().to_owned(),
         });
-        let cookie_bytes: usize = request
-            .headers()
-            .get_all(header::COOKIE)
-            .iter()
-            .map(|v| v.len())
-            .sum();
-        let outcome = if cookie_bytes > MAX_COOKIE_HEADER {
-            Outcome::Refused {
-                response: Some(pages::error(
-                    request.headers(),
-                    ErrorCode::BadRequest,
-                    "The request's cookies are too large. Clear this site's cookies and try again.",
-                    None,
-                )),
-            }
-        } else {
-            Outcome::Routed {
+        let outcome = match admitted {
+            None => Outcome::Routed {
                 future: self.inner.call(request),
-            }
+            },
+            Some(response) => Outcome::Refused {
+                response: Some(response),
+            },
         };
         ObserveFuture {
             outcome,

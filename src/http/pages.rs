@@ -18,8 +18,18 @@ pub enum ErrorCode {
     LoginExpired,
     /// The callback came from another browser than the one that started the login.
     LoginNotBound,
-    /// The provider refused or failed the login.
+    /// The provider's answer to the login failed validation.
     LoginFailed,
+    /// The provider answered the authorization request with an error (the
+    /// user declined, or may not use this app at the provider).
+    LoginRefused,
+    /// The token endpoint refused the code (`invalid_grant`); start again.
+    LoginCodeRejected,
+    /// This login had already failed (a replay of its callback).
+    LoginAlreadyFailed,
+    /// The login was cut short on latchkey's side (a replica stopped or took
+    /// too long); start again.
+    LoginInterrupted,
     /// Another request is still completing this login.
     LoginInProgress,
     /// The request is malformed (missing parameters, oversized cookies).
@@ -43,6 +53,10 @@ impl ErrorCode {
             Self::LoginExpired => "login_expired",
             Self::LoginNotBound => "login_not_bound",
             Self::LoginFailed => "login_failed",
+            Self::LoginRefused => "login_refused",
+            Self::LoginCodeRejected => "login_code_rejected",
+            Self::LoginAlreadyFailed => "login_already_failed",
+            Self::LoginInterrupted => "login_interrupted",
             Self::LoginInProgress => "login_in_progress",
             Self::BadRequest => "bad_request",
             Self::StoreUnavailable => "store_unavailable",
@@ -52,15 +66,21 @@ impl ErrorCode {
         }
     }
 
-    fn status(self) -> StatusCode {
+    /// The status it is answered with: 4xx for what the client did, 5xx for
+    /// what the provider, a dependency or latchkey's own timing did.
+    pub fn status(self) -> StatusCode {
         match self {
             Self::NotSignedIn => StatusCode::UNAUTHORIZED,
-            Self::AccessDenied | Self::LoginNotBound => StatusCode::FORBIDDEN,
-            Self::LoginExpired | Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::AccessDenied | Self::LoginNotBound | Self::LoginRefused => StatusCode::FORBIDDEN,
+            Self::LoginExpired
+            | Self::BadRequest
+            | Self::LoginCodeRejected
+            | Self::LoginAlreadyFailed => StatusCode::BAD_REQUEST,
             Self::LoginFailed => StatusCode::BAD_GATEWAY,
-            Self::LoginInProgress | Self::StoreUnavailable | Self::IdpUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::LoginInProgress
+            | Self::LoginInterrupted
+            | Self::StoreUnavailable
+            | Self::IdpUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::NotFound => StatusCode::NOT_FOUND,
         }
@@ -73,6 +93,10 @@ impl ErrorCode {
             Self::LoginExpired => "Sign-in expired",
             Self::LoginNotBound => "Sign-in started elsewhere",
             Self::LoginFailed => "Sign-in failed",
+            Self::LoginRefused => "Sign-in refused",
+            Self::LoginCodeRejected | Self::LoginAlreadyFailed | Self::LoginInterrupted => {
+                "Sign-in did not complete"
+            }
             Self::LoginInProgress => "Sign-in in progress",
             Self::BadRequest => "Bad request",
             Self::StoreUnavailable => "Temporarily unavailable",
@@ -137,10 +161,49 @@ pub fn error_for(html: bool, code: ErrorCode, message: &str, link: Option<Link<'
             .into_response()
     };
     *response.status_mut() = status;
+    harden(&mut response);
     response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
+/// The `Content-Security-Policy` of latchkey's pages: they have no scripts,
+/// no frames, no external assets and one inline style sheet.
+const PAGE_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; \
+                        form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// `response` with the headers of [`harden`].
+pub fn hardened(response: impl IntoResponse) -> Response {
+    let mut response = response.into_response();
+    harden(&mut response);
     response
+}
+
+/// Adds to `response` the headers every answer of latchkey's own carries:
+/// never cached (`no-store, private`), never framed, never sniffed, no
+/// referrer; and on HTML, a strict CSP.
+pub fn harden(response: &mut Response) {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store, private"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    let html = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"text/html"));
+    if html {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(PAGE_CSP),
+        );
+    }
 }
 
 /// A complete HTML page with latchkey's minimal style and no external assets.

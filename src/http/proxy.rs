@@ -39,18 +39,73 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Identity headers only latchkey may set.
-const IDENTITY_HEADERS: [HeaderName; 9] = [
-    X_FORWARDED_USER,
-    X_FORWARDED_EMAIL,
-    X_FORWARDED_GROUPS,
-    HeaderName::from_static("x-forwarded-preferred-username"),
-    HeaderName::from_static("x-forwarded-access-token"),
-    HeaderName::from_static("x-auth-request-user"),
-    HeaderName::from_static("x-auth-request-email"),
-    HeaderName::from_static("x-auth-request-groups"),
-    HeaderName::from_static("x-auth-request-access-token"),
+/// Names (lower case, `-` between words) of the headers the upstream hears
+/// from latchkey alone: those that name the user and those that say where the
+/// request came from. Any header whose name folds to one of these (see
+/// [`folds_to`]) is removed from the client's request on every route,
+/// `skip_auth_routes` included, before latchkey sets its own.
+const RESERVED_HEADERS: [&str; 10] = [
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-preferred-username",
+    "x-forwarded-access-token",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+    "forwarded",
 ];
+
+/// Every `X-Auth-Request-*` name is reserved too (forward-auth's answer).
+const RESERVED_PREFIX: &str = "x-auth-request-";
+
+/// Headers that make some frameworks route or dispatch a request to another
+/// path or method than the one latchkey matched (Symfony's `X-Original-URL`,
+/// the `X-HTTP-Method-Override` family, Spring's `X-Forwarded-Prefix`).
+/// Dropped unless `pass_routing_headers` is set.
+const ROUTING_OVERRIDES: [&str; 9] = [
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-forwarded-uri",
+    "x-forwarded-path",
+    "x-forwarded-prefix",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Whether header name `name` (already lower case, as `HeaderName`s are)
+/// reads as `canonical` to a server that folds `_` into `-`, as CGI, WSGI,
+/// Rack and PHP do (`X_Forwarded_User` and `X-Forwarded-User` are both
+/// `HTTP_X_FORWARDED_USER` there).
+fn folds_to(name: &[u8], canonical: &[u8]) -> bool {
+    name.len() == canonical.len()
+        && name
+            .iter()
+            .zip(canonical)
+            .all(|(a, b)| a == b || (*a == b'_' && *b == b'-'))
+}
+
+/// Whether a client-sent header `name` must not reach the upstream:
+/// reserved for latchkey, or (unless `pass_routing`) a routing override.
+pub fn is_forbidden_from_client(name: &HeaderName, pass_routing: bool) -> bool {
+    let name = name.as_str().as_bytes();
+    // Every reserved name starts with `x` or `f`: most headers stop here.
+    if !matches!(name.first(), Some(b'x' | b'f')) {
+        return false;
+    }
+    let prefix = RESERVED_PREFIX.as_bytes();
+    RESERVED_HEADERS
+        .iter()
+        .any(|reserved| folds_to(name, reserved.as_bytes()))
+        || (name.len() > prefix.len() && folds_to(&name[..prefix.len()], prefix))
+        || (!pass_routing
+            && ROUTING_OVERRIDES
+                .iter()
+                .any(|routing| folds_to(name, routing.as_bytes())))
+}
 
 /// The client end of a connection, with the `X-Forwarded-For` value the
 /// upstream is sent made once per connection rather than once per request.
@@ -136,11 +191,13 @@ pub struct Upstream {
     scheme: Scheme,
     authority: Authority,
     client: Client<HttpConnector, Body>,
+    pass_routing_headers: bool,
 }
 
 impl Upstream {
-    /// A pooled client for `base` (scheme, host and port are used).
-    pub fn new(base: &url::Url) -> Result<Self, BadUpstream> {
+    /// A pooled client for `base` (scheme, host and port are used);
+    /// `pass_routing_headers` lets the client's routing overrides through.
+    pub fn new(base: &url::Url, pass_routing_headers: bool) -> Result<Self, BadUpstream> {
         let bad = |reason: String| BadUpstream {
             url: base.to_string(),
             reason,
@@ -161,6 +218,7 @@ impl Upstream {
             scheme,
             authority,
             client,
+            pass_routing_headers,
         })
     }
 
@@ -192,8 +250,11 @@ impl Upstream {
         let headers = &mut parts.headers;
         let original_host = headers.get(header::HOST).cloned();
         let named = connection_named(headers);
+        let pass_routing = self.pass_routing_headers;
         remove_headers(headers, |name| {
-            HOP_BY_HOP.contains(name) || named.contains(name) || IDENTITY_HEADERS.contains(name)
+            HOP_BY_HOP.contains(name)
+                || named.contains(name)
+                || is_forbidden_from_client(name, pass_routing)
         });
         match cookies {
             UpstreamCookies::AsSent => {}
@@ -317,6 +378,45 @@ mod tests {
     }
 
     #[test]
+    fn identity_headers_are_latchkeys_under_every_spelling() {
+        for name in [
+            "x-forwarded-user",
+            "x_forwarded_user",
+            "X_Forwarded-Email",
+            "x-forwarded_groups",
+            "x_forwarded_preferred_username",
+            "x-auth-request-user",
+            "x_auth_request_email",
+            "X-Auth-Request-Anything",
+            "x_forwarded_for",
+            "x-real-ip",
+            "forwarded",
+            "x-original-url",
+            "x_rewrite_url",
+            "x-http-method-override",
+            "X_HTTP_METHOD",
+        ] {
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            assert!(is_forbidden_from_client(&name, false), "{name}");
+        }
+        for name in [
+            "x-request-id",
+            "accept",
+            "x-forwarded-users",
+            "x-auth-request-",
+            "from",
+        ] {
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            assert!(!is_forbidden_from_client(&name, false), "{name}");
+        }
+        // Routing overrides pass when the operator says so; identity never does.
+        let routing = HeaderName::from_static("x-original-url");
+        assert!(!is_forbidden_from_client(&routing, true));
+        let identity = HeaderName::from_static("x_forwarded_user");
+        assert!(is_forbidden_from_client(&identity, true));
+    }
+
+    #[test]
     fn hop_by_hop_headers_and_those_connection_names_are_dropped() {
         let mut h = headers(&[
             ("connection", "keep-alive, X-Internal-Secret"),
@@ -331,5 +431,95 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["accept", "x-request-id"]);
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Header names built from the words of reserved names, joined by
+        /// `-` or `_`, in any case.
+        fn name() -> impl Strategy<Value = String> {
+            let word = prop::sample::select(vec![
+                "x",
+                "forwarded",
+                "user",
+                "email",
+                "groups",
+                "preferred",
+                "username",
+                "access",
+                "token",
+                "auth",
+                "request",
+                "for",
+                "proto",
+                "host",
+                "real",
+                "ip",
+                "original",
+                "url",
+                "uri",
+                "rewrite",
+                "http",
+                "method",
+                "override",
+                "prefix",
+                "path",
+                "id",
+            ]);
+            let joint = prop::sample::select(vec!["-", "_"]);
+            (prop::collection::vec((word, joint), 1..6), any::<u64>()).prop_map(|(parts, case)| {
+                let mut name = String::new();
+                for (i, (word, joint)) in parts.iter().enumerate() {
+                    if i > 0 {
+                        name.push_str(joint);
+                    }
+                    name.push_str(word);
+                }
+                name.chars()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        if case >> (i % 64) & 1 == 1 {
+                            c.to_ascii_uppercase()
+                        } else {
+                            c
+                        }
+                    })
+                    .collect()
+            })
+        }
+
+        fn reserved(folded: &str) -> bool {
+            RESERVED_HEADERS.contains(&folded)
+                || (folded.starts_with(RESERVED_PREFIX) && folded.len() > RESERVED_PREFIX.len())
+                || ROUTING_OVERRIDES.contains(&folded)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+
+            #[test]
+            fn no_reserved_header_survives_stripping(names in prop::collection::vec(name(), 1..8)) {
+                let mut headers = HeaderMap::new();
+                for name in &names {
+                    let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+                    headers.append(name, HeaderValue::from_static("forged"));
+                }
+                remove_headers(&mut headers, |name| is_forbidden_from_client(name, false));
+                for name in headers.keys() {
+                    let folded = name.as_str().replace('_', "-");
+                    prop_assert!(!reserved(&folded), "{} survived", name);
+                }
+                // And only reserved names were removed.
+                for name in &names {
+                    let folded = name.to_ascii_lowercase().replace('_', "-");
+                    if !reserved(&folded) {
+                        prop_assert!(headers.contains_key(name.as_str()), "{} was removed", name);
+                    }
+                }
+            }
+        }
     }
 }

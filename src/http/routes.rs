@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -17,16 +18,24 @@ use super::{App, Shared};
 use super::{authz, redirect};
 use crate::clock::{Clock, SystemClock};
 use crate::idp::Identity;
-use crate::login::{Callback, FailureReason, LoginError};
+use crate::login::{Callback, FailureReason, LoginError, idp_error_code};
 use crate::session::{ActiveSession, SessionError};
 
 type AppState = State<Shared>;
+
+/// `value` for a log line, with control characters escaped so that text it
+/// quotes (a claim, a provider's message) cannot forge log lines.
+pub(super) fn escaped(value: &impl std::fmt::Display) -> String {
+    value.to_string().escape_debug().to_string()
+}
 
 /// A `302 Found` to `location`.
 fn found(location: &str) -> Response {
     match HeaderValue::from_str(location) {
         Ok(value) => (StatusCode::FOUND, [(header::LOCATION, value)]).into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        // Every location latchkey makes is checked first; should one slip
+        // through, it is a bad request, not a server error.
+        Err(_) => StatusCode::BAD_REQUEST.into_response(),
     }
 }
 
@@ -104,11 +113,13 @@ async fn caller(
         return match app.provider.validator().validate(token, None).await {
             Ok(validated) => Ok(Caller::Bearer(validated.identity)),
             Err(error) => {
-                tracing::info!(%error, "bearer token rejected");
+                // The reason may quote the token's own claims: logged
+                // escaped, never shown.
+                tracing::info!(error = %escaped(&error), "bearer token rejected");
                 Err(pages::error(
                     headers,
                     ErrorCode::NotSignedIn,
-                    &format!("The bearer token was rejected: {error}"),
+                    "The bearer token was not accepted.",
                     None,
                 ))
             }
@@ -205,6 +216,24 @@ fn warn_on_host_mismatch(app: &App, headers: &HeaderMap) {
     }
 }
 
+/// The query parameters, or a 400 of latchkey's own (a fixed message) when
+/// they do not parse: a parameter given twice, or not UTF-8.
+#[allow(clippy::result_large_err)] // the answer, built only on refusal
+fn parameters<T>(
+    headers: &HeaderMap,
+    query: Result<Query<T>, QueryRejection>,
+) -> Result<T, Response> {
+    query.map(|Query(query)| query).map_err(|rejection| {
+        tracing::info!(reason = %escaped(&rejection.body_text()), "refused query parameters");
+        pages::error(
+            headers,
+            ErrorCode::BadRequest,
+            "The request's parameters cannot be read (one is repeated or malformed).",
+            None,
+        )
+    })
+}
+
 #[derive(Debug, Deserialize)]
 pub(super) struct StartQuery {
     rd: Option<String>,
@@ -214,9 +243,28 @@ pub(super) async fn start(
     State(app): AppState,
     jar: PrivateCookieJar,
     headers: HeaderMap,
-    Query(query): Query<StartQuery>,
+    query: Result<Query<StartQuery>, QueryRejection>,
 ) -> Response {
+    let query = match parameters(&headers, query) {
+        Ok(query) => query,
+        Err(response) => return response,
+    };
     warn_on_host_mismatch(&app, &headers);
+    if query
+        .rd
+        .as_ref()
+        .is_some_and(|rd| rd.len() > redirect::MAX_RD)
+    {
+        return pages::error(
+            &headers,
+            ErrorCode::BadRequest,
+            "The address to return to after sign-in is too long.",
+            Some(Link {
+                href: "/oauth2/start",
+                text: "Sign in",
+            }),
+        );
+    }
     let return_to = redirect::local_path(query.rd.as_deref());
     match app.login.begin(&return_to).await {
         Ok(started) => {
@@ -246,7 +294,6 @@ pub(super) struct CallbackQuery {
     state: Option<String>,
     code: Option<String>,
     error: Option<String>,
-    error_description: Option<String>,
     iss: Option<String>,
 }
 
@@ -254,8 +301,12 @@ pub(super) async fn callback(
     State(app): AppState,
     jar: PrivateCookieJar,
     headers: HeaderMap,
-    Query(query): Query<CallbackQuery>,
+    query: Result<Query<CallbackQuery>, QueryRejection>,
 ) -> Response {
+    let query = match parameters(&headers, query) {
+        Ok(query) => query,
+        Err(response) => return response,
+    };
     let Some(state) = query.state.as_deref().filter(|s| !s.is_empty()) else {
         return pages::error(
             &headers,
@@ -281,27 +332,25 @@ pub(super) async fn callback(
         })
     };
 
-    // An error response, or one from another issuer (RFC 9207), ends the login.
+    // An error response, or one from another issuer (RFC 9207), ends the
+    // login. Nothing of the response's text is shown or kept but a checked
+    // error code: the rest is whatever the sender of the link wrote.
     let refusal = match (
         &query.error,
         app.provider.check_response_issuer(query.iss.as_deref()),
     ) {
-        (Some(error), _) => Some(match &query.error_description {
-            Some(description) => format!("{error}: {description}"),
-            None => error.clone(),
+        (Some(error), _) => Some(FailureReason::Refused {
+            error: idp_error_code(error),
         }),
-        (None, Err(error)) => Some(error.to_string()),
+        (None, Err(_)) => Some(FailureReason::WrongIssuer),
         (None, Ok(())) => None,
     };
     if let Some(reason) = refusal {
-        app.metrics.logins_failed.inc();
-        let _ = app.login.abort(state, binding, &reason).await;
-        return pages::error(
-            &headers,
-            ErrorCode::LoginFailed,
-            &format!("The identity provider did not sign you in ({reason})."),
-            again(),
-        );
+        let error = match app.login.abort(state, binding, reason).await {
+            Ok(reason) => LoginError::Failed(reason),
+            Err(error) => error,
+        };
+        return login_failure(&app, &headers, &error, again());
     }
     let Some(code) = query.code.as_deref().filter(|c| !c.is_empty()) else {
         return pages::error(
@@ -327,44 +376,89 @@ pub(super) async fn callback(
                 app.metrics.duplicate_callbacks.inc();
             }
             let jar = app.cookies.set_session(jar, &done.session_id);
+            // This login's cookie has done its job.
+            let jar = app.cookies.clear_login(jar, state);
             (jar, found(&redirect::local_path(Some(&done.return_to)))).into_response()
         }
-        Err(error) => {
-            let (code, message) = match &error {
-                LoginError::UnknownLogin => (
-                    ErrorCode::LoginExpired,
-                    "This sign-in has expired or was already used up. Start again.".to_owned(),
-                ),
-                LoginError::BindingMismatch => (
-                    ErrorCode::LoginNotBound,
-                    "This sign-in was started in another browser (or its cookie was lost). Start again here.".to_owned(),
-                ),
-                LoginError::Failed(FailureReason::Idp(reason)) => {
-                    (ErrorCode::LoginFailed, format!("Sign-in failed: {reason}."))
-                }
-                LoginError::Failed(reason) => {
-                    (ErrorCode::LoginFailed, format!("Sign-in failed: {reason}."))
-                }
-                LoginError::LeaseLost => (
-                    ErrorCode::LoginFailed,
-                    "Sign-in took too long to complete. Start again.".to_owned(),
-                ),
-                LoginError::StillInProgress => (
-                    ErrorCode::LoginInProgress,
-                    "This sign-in is still being completed. Reload the page in a moment.".to_owned(),
-                ),
-                LoginError::Store(_) | LoginError::Corrupt(_) => (
-                    ErrorCode::StoreUnavailable,
-                    "Sign-in cannot complete right now. Please try again shortly.".to_owned(),
-                ),
-            };
-            if matches!(code, ErrorCode::LoginFailed) {
-                app.metrics.logins_failed.inc();
-            }
-            tracing::info!(error = %error, code = code.as_str(), "callback failed");
-            pages::error(&headers, code, &message, again())
-        }
+        Err(error) => login_failure(&app, &headers, &error, again()),
     }
+}
+
+/// What a browser is told when a callback produced no session: the code and
+/// status say whose doing it was (the README's table), and the message is
+/// fixed text: nothing of the request or of the provider's answer.
+fn login_problem(error: &LoginError) -> (ErrorCode, &'static str) {
+    use FailureReason as Why;
+    match error {
+        LoginError::UnknownLogin => (
+            ErrorCode::LoginExpired,
+            "This sign-in has expired or was already used up. Start again.",
+        ),
+        LoginError::BindingMismatch => (
+            ErrorCode::LoginNotBound,
+            "This sign-in was started in another browser (or its cookie was lost). Start again here.",
+        ),
+        LoginError::AlreadyFailed(_) => (
+            ErrorCode::LoginAlreadyFailed,
+            "This sign-in had already failed. Start again.",
+        ),
+        LoginError::AlreadyCompleted => {
+            (ErrorCode::BadRequest, "This sign-in has already completed.")
+        }
+        LoginError::Failed(Why::Refused { .. }) => (
+            ErrorCode::LoginRefused,
+            "The identity provider did not sign you in.",
+        ),
+        LoginError::Failed(Why::WrongIssuer) => (
+            ErrorCode::BadRequest,
+            "The sign-in response names another identity provider than this app's.",
+        ),
+        LoginError::Failed(Why::CodeRejected(_)) => (
+            ErrorCode::LoginCodeRejected,
+            "The identity provider no longer accepts this sign-in (it was used or has expired). Start again.",
+        ),
+        LoginError::Failed(Why::Invalid(_)) => (
+            ErrorCode::LoginFailed,
+            "The identity provider's answer could not be verified, so you were not signed in.",
+        ),
+        LoginError::Failed(Why::Unavailable(_)) => (
+            ErrorCode::IdpUnavailable,
+            "The identity provider is not answering. Please try again shortly.",
+        ),
+        LoginError::Failed(Why::LeaseExpired | Why::Cancelled) | LoginError::LeaseLost => (
+            ErrorCode::LoginInterrupted,
+            "Sign-in was interrupted before it completed. Start again.",
+        ),
+        LoginError::StillInProgress => (
+            ErrorCode::LoginInProgress,
+            "This sign-in is still being completed. Reload the page in a moment.",
+        ),
+        LoginError::Store(_) | LoginError::Corrupt(_) => (
+            ErrorCode::StoreUnavailable,
+            "Sign-in cannot complete right now. Please try again shortly.",
+        ),
+    }
+}
+
+fn login_failure(
+    app: &App,
+    headers: &HeaderMap,
+    error: &LoginError,
+    link: Option<Link<'_>>,
+) -> Response {
+    let (code, message) = login_problem(error);
+    if matches!(error, LoginError::Failed(_)) {
+        app.metrics.logins_failed.inc();
+    }
+    tracing::info!(error = %escaped(error), code = code.as_str(), "callback failed");
+    let message = match error {
+        LoginError::Failed(FailureReason::Refused { error }) => {
+            // The checked code alone, so the user can tell an administrator.
+            format!("{message} (the provider said: {error})")
+        }
+        _ => message.to_owned(),
+    };
+    pages::error(headers, code, &message, link)
 }
 
 pub(super) async fn sign_out(
@@ -481,30 +575,14 @@ pub(super) async fn healthz() -> &'static str {
 }
 
 pub(super) async fn readyz(State(app): AppState) -> Response {
-    let store = match app.store.get("readyz:probe").await {
-        Ok(_) => Ok(()),
-        Err(error) => Err(error.to_string()),
-    };
-    let discovery = format!(
-        "{}/.well-known/openid-configuration",
-        app.provider.issuer().trim_end_matches('/')
-    );
-    let idp = match app.readiness.get(&discovery).send().await {
-        Ok(r) if r.status().is_success() => Ok(()),
-        Ok(r) => Err(format!("{discovery} answered HTTP {}", r.status().as_u16())),
-        Err(error) => Err(format!("{discovery}: {}", error.without_url())),
-    };
-    let ready = store.is_ok() && idp.is_ok();
-    let show = |r: &Result<(), String>| match r {
-        Ok(()) => "ok".to_owned(),
-        Err(e) => e.clone(),
-    };
+    let report = app.readiness.report().await;
+    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
     let body = axum::Json(serde_json::json!({
-        "ready": ready,
-        "store": show(&store),
-        "idp": show(&idp),
+        "ready": report.ready(),
+        "store": word(report.store),
+        "idp": word(report.idp),
     }));
-    let status = if ready {
+    let status = if report.ready() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -583,15 +661,21 @@ async fn forward(
     let Some(upstream) = &app.upstream else {
         // Forward-auth mode: nothing to proxy to.
         return match who.identity {
-            Some(identity) if request.uri().path() == "/" => Html(pages::page(
+            Some(identity) if request.uri().path() == "/" => pages::hardened(Html(pages::page(
                 "Signed in",
                 &format!(
                     "<h1>Signed in</h1><p>You are signed in as {}.</p><p><a href=\"/oauth2/sign_out\">Sign out</a></p>",
-                    crate::dev_idp::escape_html(identity.email.as_deref().unwrap_or(&identity.subject))
+                    crate::dev_idp::escape_html(
+                        identity.email.as_deref().unwrap_or(&identity.subject)
+                    )
                 ),
-            ))
-            .into_response(),
-            _ => pages::error_for(html, ErrorCode::NotFound, "There is no such page here.", None),
+            ))),
+            _ => pages::error_for(
+                html,
+                ErrorCode::NotFound,
+                "There is no such page here.",
+                None,
+            ),
         };
     };
     let proto = if app.settings.secure_cookies() {
@@ -612,6 +696,56 @@ async fn forward(
                 "The application behind this sign-in is not answering.",
                 None,
             )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn query() -> impl Strategy<Value = String> {
+        let piece = prop::sample::select(vec![
+            "state",
+            "code",
+            "error",
+            "iss",
+            "error_description",
+            "=",
+            "=",
+            "&",
+            "&",
+            "%",
+            "%FF",
+            "%26",
+            "%3D",
+            "+",
+            "a",
+            "access_denied",
+            "%0A",
+            "x",
+        ]);
+        prop::collection::vec(piece, 0..16).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        /// Any callback query parses or is refused, and what the page may
+        /// show of it is a checked error code.
+        #[test]
+        fn callback_queries_never_panic_and_show_only_checked_codes(q in query()) {
+            let Ok(uri) = format!("/oauth2/callback?{q}").parse::<axum::http::Uri>() else {
+                return Ok(());
+            };
+            if let Ok(Query(parsed)) = Query::<CallbackQuery>::try_from_uri(&uri)
+                && let Some(error) = parsed.error
+            {
+                let shown = idp_error_code(&error);
+                prop_assert!(shown.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)));
+            }
         }
     }
 }

@@ -8,6 +8,8 @@ pub mod browser;
 pub mod idp_double;
 pub mod naive;
 pub mod observed_store;
+pub mod proxy;
+pub mod recorder;
 
 use std::future::Future;
 use std::time::Duration;

@@ -1,0 +1,375 @@
+//! The client listener: HTTP/1.1 connections served by hyper within the
+//! [`ListenerLimits`], so that slow, idle or greedy clients cannot hold the
+//! server (slowloris):
+//!
+//! - a request head must be complete within `header_read_timeout` of its
+//!   first byte;
+//! - a kept-alive connection with no request in flight is closed after
+//!   `idle_timeout`;
+//! - at most `max_connections` connections are served at once; one more is
+//!   closed as soon as it is accepted;
+//! - a request head over `max_header_bytes` is answered `431` by hyper.
+//!
+//! The clock of both timeouts is per connection: [`Activity`] notes when
+//! bytes arrive and when requests start and finish, and a watchdog in the
+//! connection's task closes it when a deadline passes. While a request is in
+//! flight (the upstream may be slow; an upload may be long) neither applies.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::Request;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+use super::metrics::Metrics;
+use super::proxy::Peer;
+use crate::config::ListenerLimits;
+
+/// "No request head has started."
+const NONE: u64 = u64::MAX;
+
+/// What a connection's watchdog needs to know, in milliseconds since the
+/// connection was accepted.
+struct Activity {
+    epoch: Instant,
+    /// The last time bytes were read or a response finished.
+    last: AtomicU64,
+    /// When the first byte of a request head arrived with no request in
+    /// flight, or [`NONE`].
+    head_started: AtomicU64,
+    /// Requests whose response has not been fully sent.
+    in_flight: AtomicUsize,
+    /// Wakes the watchdog when a request head starts (its deadline is then
+    /// the header timeout, not the idle one).
+    head_began: Notify,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last: AtomicU64::new(0),
+            head_started: AtomicU64::new(NONE),
+            in_flight: AtomicUsize::new(0),
+            head_began: Notify::new(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(NONE - 1)
+    }
+
+    fn bytes_read(&self) {
+        let now = self.now();
+        self.last.store(now, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && self
+                .head_started
+                .compare_exchange(NONE, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.head_began.notify_one();
+        }
+    }
+
+    fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_started.store(NONE, Ordering::Release);
+    }
+
+    fn request_finished(&self) {
+        self.last.store(self.now(), Ordering::Relaxed);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// When the watchdog should look again, or `None` when the connection
+    /// must be closed now.
+    fn next_deadline(&self, limits: &ListenerLimits) -> Option<Instant> {
+        let now = self.now();
+        let at = |ms: u64| self.epoch + Duration::from_millis(ms);
+        let header = millis(limits.header_read_timeout);
+        let idle = millis(limits.idle_timeout);
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Some(at(now + header.min(idle)));
+        }
+        let (since, limit) = match self.head_started.load(Ordering::Acquire) {
+            NONE => (self.last.load(Ordering::Relaxed), idle),
+            started => (started, header),
+        };
+        let deadline = since.saturating_add(limit);
+        (now < deadline).then(|| at(deadline))
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX / 2)
+}
+
+pin_project! {
+    /// A client connection that tells its [`Activity`] when bytes arrive.
+    struct Watched {
+        #[pin]
+        stream: TcpStream,
+        activity: Arc<Activity>,
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let polled = this.stream.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.bytes_read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().stream.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().stream.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().stream.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().stream.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Marks a request finished when dropped: when its response body has been
+/// sent, or the connection went away.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
+pin_project! {
+    /// A response body that holds its request's [`InFlight`].
+    struct Tracked {
+        #[pin]
+        body: Body,
+        _in_flight: InFlight,
+    }
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Serves `service` on `listener` within `limits` until `stop` changes, then
+/// lets every connection finish its request in flight and returns.
+pub(super) async fn serve<S>(
+    listener: TcpListener,
+    service: S,
+    limits: ListenerLimits,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()>
+where
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stop| *stop) => break,
+        };
+        while connections.try_join_next().is_some() {}
+        let (stream, addr) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors, or a connection reset before it
+                // was accepted: the listener itself is fine.
+                tracing::warn!(%error, "accept failed");
+                tokio::task::yield_now().await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics.connections_refused.inc();
+            tracing::debug!(peer = %addr, "connection limit reached; closed a new connection");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            serve_connection(stream, Peer::from(addr), service, limits, stop).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn serve_connection<S>(
+    stream: TcpStream,
+    peer: Peer,
+    service: S,
+    limits: ListenerLimits,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Watched {
+        stream,
+        activity: activity.clone(),
+    });
+    let per_request = activity.clone();
+    let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
+        per_request.request_started();
+        let in_flight = InFlight(per_request.clone());
+        let mut request = request.map(Body::new);
+        request.extensions_mut().insert(ConnectInfo(peer.clone()));
+        let called = service.clone().oneshot(request);
+        async move {
+            let response = called.await?;
+            Ok::<_, Infallible>(response.map(|body| Tracked {
+                body,
+                _in_flight: in_flight,
+            }))
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .max_buf_size(limits.max_header_bytes)
+        .keep_alive(true);
+    let connection = builder.serve_connection(io, handler).with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    let mut stopping = false;
+    loop {
+        let Some(deadline) = activity.next_deadline(&limits) else {
+            tracing::debug!("closed a slow or idle client connection");
+            return;
+        };
+        tokio::select! {
+            done = connection.as_mut() => {
+                if let Err(error) = done {
+                    tracing::debug!(%error, "client connection ended with an error");
+                }
+                return;
+            }
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = activity.head_began.notified() => {}
+            _ = stop.wait_for(|stop| *stop), if !stopping => {
+                stopping = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// A running listener's task, with how to stop it.
+pub(super) struct Running {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<io::Result<()>>,
+}
+
+impl Running {
+    /// Serves `service` on `listener` in a task of its own.
+    pub(super) fn spawn<S>(
+        listener: TcpListener,
+        service: S,
+        limits: ListenerLimits,
+        metrics: Arc<Metrics>,
+    ) -> Self
+    where
+        S: tower::Service<
+                axum::extract::Request,
+                Response = axum::response::Response,
+                Error = Infallible,
+            > + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(serve(listener, service, limits, metrics, stopped));
+        Self { stop, task }
+    }
+
+    /// Stops accepting, lets in-flight requests finish, then returns.
+    pub(super) fn shutdown(self) -> impl Future<Output = ()> {
+        let _ = self.stop.send(true);
+        async move {
+            let _ = self.task.await;
+        }
+    }
+}
