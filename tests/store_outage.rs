@@ -175,10 +175,17 @@ async fn outage_and_recovery(server_url: String) {
         assert!(Instant::now() < deadline, "latchkey did not recover");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(
-        browser.get(url("/readyz")).send().await.unwrap().status(),
-        200
-    );
+    // Readiness follows at its next probe (it is cached for a few seconds).
+    let deadline = Instant::now() + latchkey::http::readiness::PROBE_TTL + Duration::from_secs(10);
+    loop {
+        let status = browser.get(url("/readyz")).send().await.unwrap().status();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "only 503 while the last probe failed");
+        assert!(Instant::now() < deadline, "readiness did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let store = latchkey::store::connect(&store).await.unwrap();
     store.purge("").await.unwrap();
 }
