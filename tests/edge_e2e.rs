@@ -2,6 +2,7 @@
 //! client sends, what latchkey answers, and exactly what reaches an upstream
 //! that records every byte of each request head.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -241,23 +242,82 @@ async fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() {
     assert!(read.is_ok(), "an idle connection was held open for 20 s");
 }
 
+/// An upstream whose `/hold` requests wait until the test releases them,
+/// with latchkey in front (`/hold` needs no sign-in) and at most two client
+/// connections.
+async fn holding_upstream() -> (
+    Harness,
+    tokio::sync::mpsc::Receiver<()>,
+    Arc<tokio::sync::Notify>,
+) {
+    let (arrived_tx, arrived) = tokio::sync::mpsc::channel::<()>(8);
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = release.clone();
+    let app = axum::Router::new().route(
+        "/hold",
+        axum::routing::get(move || {
+            let (arrived, gate) = (arrived_tx.clone(), gate.clone());
+            async move {
+                let released = gate.notified();
+                arrived.send(()).await.unwrap();
+                released.await;
+                "released"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let h = Harness::start_in_front_of(Some(upstream), |raw| {
+        raw.max_connections = Some(2);
+        raw.skip_auth_routes = Some(vec!["GET=^/hold$".into()]);
+    })
+    .await;
+    (h, arrived, release)
+}
+
+/// A connection whose request is in flight at the upstream (busy, never idle).
+async fn busy_connection(h: &Harness, arrived: &mut tokio::sync::mpsc::Receiver<()>) -> TcpStream {
+    let mut socket = TcpStream::connect(h.proxy).await.unwrap();
+    socket
+        .write_all(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    arrived.recv().await.unwrap();
+    socket
+}
+
+async fn read_status_line(socket: &mut TcpStream) -> String {
+    let mut answer = vec![0u8; 512];
+    let n = socket.read(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// A connection that was served one request and is kept alive, idle.
+async fn idle_connection(h: &Harness) -> TcpStream {
+    let mut socket = TcpStream::connect(h.proxy).await.unwrap();
+    socket
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 256];
+    let n = socket.read(&mut answer).await.unwrap();
+    assert!(answer[..n].starts_with(b"HTTP/1.1 200"));
+    socket
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_limit_are_closed_at_accept() {
-    let (h, _upstream) = behind_recorder(|raw| raw.max_connections = Some(2)).await;
-    let mut held: Vec<TcpStream> = vec![
-        TcpStream::connect(h.proxy).await.unwrap(),
-        TcpStream::connect(h.proxy).await.unwrap(),
+    let (h, mut arrived, release) = holding_upstream().await;
+    let mut held = [
+        busy_connection(&h, &mut arrived).await,
+        busy_connection(&h, &mut arrived).await,
     ];
-    // Both held connections are served, and kept alive.
-    for socket in held.iter_mut() {
-        socket
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = vec![0u8; 256];
-        let n = socket.read(&mut answer).await.unwrap();
-        assert!(answer[..n].starts_with(b"HTTP/1.1 200"));
-    }
+    // Two requests in flight fill the cap: a third connection is closed.
     let third = recorder::get(h.proxy, "/healthz", &[]).await;
     assert_eq!(
         third.status, 0,
@@ -270,14 +330,37 @@ async fn connections_beyond_the_limit_are_closed_at_accept() {
         metrics.contains("latchkey_connections_refused_total 1"),
         "{metrics}"
     );
-    // The held ones are still served.
-    held[0]
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = vec![0u8; 256];
-    let n = held[0].read(&mut answer).await.unwrap();
-    assert!(answer[..n].starts_with(b"HTTP/1.1 200"));
+    // The held ones are answered when the upstream is.
+    release.notify_waiters();
+    for socket in held.iter_mut() {
+        assert!(read_status_line(socket).await.starts_with("HTTP/1.1 200"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_limit_idle_connections_make_room() {
+    let (h, mut arrived, release) = holding_upstream().await;
+    let mut busy = busy_connection(&h, &mut arrived).await;
+    let mut idle = idle_connection(&h).await;
+    // The cap is reached, but one connection is only kept alive: it is
+    // closed, and the new one is served.
+    let third = recorder::get(h.proxy, "/healthz", &[]).await;
+    assert_eq!(third.status, 200, "{}", third.text);
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), idle.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the idle connection was kept");
+    // The busy one was not touched.
+    release.notify_waiters();
+    assert!(
+        read_status_line(&mut busy)
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    let metrics = h.server.app().metrics().render();
+    assert!(
+        metrics.contains("latchkey_connections_refused_total 0"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,9 @@
 //!   first byte;
 //! - a kept-alive connection with no request in flight is closed after
 //!   `idle_timeout`;
-//! - at most `max_connections` connections are served at once; one more is
+//! - at most `max_connections` connections are served at once. At the cap,
+//!   idle kept-alive connections are closed to make room (as nginx reuses
+//!   them); a new connection that still finds no room within [`ROOM_WAIT`] is
 //!   closed as soon as it is accepted;
 //! - a request head over `max_header_bytes` is answered `431` by hyper.
 //!
@@ -44,6 +46,9 @@ use crate::config::ListenerLimits;
 /// "No request head has started."
 const NONE: u64 = u64::MAX;
 
+/// How long a new connection at the cap waits for idle ones to make room.
+pub const ROOM_WAIT: Duration = Duration::from_millis(250);
+
 /// What a connection's watchdog needs to know, in milliseconds since the
 /// connection was accepted.
 struct Activity {
@@ -56,8 +61,8 @@ struct Activity {
     /// Requests whose response has not been fully sent.
     in_flight: AtomicUsize,
     /// Wakes the watchdog when a request head starts (its deadline is then
-    /// the header timeout, not the idle one).
-    head_began: Notify,
+    /// the header timeout, not the idle one) and when a request finishes.
+    changed: Notify,
 }
 
 impl Activity {
@@ -67,7 +72,7 @@ impl Activity {
             last: AtomicU64::new(0),
             head_started: AtomicU64::new(NONE),
             in_flight: AtomicUsize::new(0),
-            head_began: Notify::new(),
+            changed: Notify::new(),
         }
     }
 
@@ -84,7 +89,7 @@ impl Activity {
                 .compare_exchange(NONE, now, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
         {
-            self.head_began.notify_one();
+            self.changed.notify_one();
         }
     }
 
@@ -96,6 +101,13 @@ impl Activity {
     fn request_finished(&self) {
         self.last.store(self.now(), Ordering::Relaxed);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.changed.notify_one();
+    }
+
+    /// Between requests, with nothing of the next one read.
+    fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_started.load(Ordering::Acquire) == NONE
     }
 
     /// When the watchdog should look again, or `None` when the connection
@@ -235,6 +247,8 @@ where
     S::Future: Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    // Bumped when the cap is reached: idle connections then close.
+    let (shed, _) = watch::channel(0u64);
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -252,17 +266,27 @@ where
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            metrics.connections_refused.inc();
-            tracing::debug!(peer = %addr, "connection limit reached; closed a new connection");
-            drop(stream);
-            continue;
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                shed.send_modify(|generation| *generation += 1);
+                match tokio::time::timeout(ROOM_WAIT, permits.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => {
+                        metrics.connections_refused.inc();
+                        tracing::debug!(peer = %addr, "connection limit reached; closed a new connection");
+                        drop(stream);
+                        continue;
+                    }
+                }
+            }
         };
         let _ = stream.set_nodelay(true);
         let service = service.clone();
         let stop = stop.clone();
+        let shed = shed.subscribe();
         connections.spawn(async move {
-            serve_connection(stream, Peer::from(addr), service, limits, stop).await;
+            serve_connection(stream, Peer::from(addr), service, limits, stop, shed).await;
             drop(permit);
         });
     }
@@ -277,6 +301,7 @@ async fn serve_connection<S>(
     service: S,
     limits: ListenerLimits,
     mut stop: watch::Receiver<bool>,
+    mut shed: watch::Receiver<u64>,
 ) where
     S: tower::Service<
             axum::extract::Request,
@@ -314,7 +339,13 @@ async fn serve_connection<S>(
     let connection = builder.serve_connection(io, handler).with_upgrades();
     let mut connection = std::pin::pin!(connection);
     let mut stopping = false;
+    // Until when this connection closes as soon as it is idle, to make room.
+    let mut make_room_until: Option<Instant> = None;
     loop {
+        if make_room_until.is_some_and(|until| Instant::now() < until) && activity.idle() {
+            tracing::debug!("closed an idle connection to make room for a new one");
+            return;
+        }
         let Some(deadline) = activity.next_deadline(&limits) else {
             tracing::debug!("closed a slow or idle client connection");
             return;
@@ -327,7 +358,12 @@ async fn serve_connection<S>(
                 return;
             }
             _ = tokio::time::sleep_until(deadline) => {}
-            _ = activity.head_began.notified() => {}
+            _ = activity.changed.notified() => {}
+            changed = shed.changed() => {
+                if changed.is_ok() {
+                    make_room_until = Some(Instant::now() + ROOM_WAIT);
+                }
+            }
             _ = stop.wait_for(|stop| *stop), if !stopping => {
                 stopping = true;
                 connection.as_mut().graceful_shutdown();
