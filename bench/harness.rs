@@ -160,6 +160,7 @@ impl Bench {
                 base64::engine::general_purpose::STANDARD.encode(COOKIE_KEY),
             ),
             ("LATCHKEY_LOG_FORMAT", "json".to_owned()),
+            ("LATCHKEY_EMAIL_DOMAINS", "*".to_owned()),
             // Request logs off for every row (nginx and Apache log nothing either).
             (
                 "LATCHKEY_LOG",

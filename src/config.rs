@@ -119,6 +119,14 @@ pub struct RawSettings {
     /// the main listener no longer serves /metrics [default: none].
     #[arg(long, env = "LATCHKEY_METRICS_ADDRESS")]
     pub metrics_address: Option<String>,
+    /// Use `email` even when the provider does not say `email_verified: true`
+    /// (unsafe where users can set their own email) [default: false].
+    #[arg(long, env = "LATCHKEY_INSECURE_ALLOW_UNVERIFIED_EMAIL", num_args = 0..=1, default_missing_value = "true")]
+    pub insecure_allow_unverified_email: Option<bool>,
+    /// Accept the provider's ID tokens for this client as `Authorization:
+    /// Bearer` from API clients (oauth2-proxy's name) [default: false].
+    #[arg(long, env = "LATCHKEY_SKIP_JWT_BEARER_TOKENS", num_args = 0..=1, default_missing_value = "true")]
+    pub skip_jwt_bearer_tokens: Option<bool>,
 }
 
 macro_rules! layer {
@@ -164,6 +172,8 @@ impl RawSettings {
             max_connections,
             max_header_bytes,
             metrics_address,
+            insecure_allow_unverified_email,
+            skip_jwt_bearer_tokens,
         )
     }
 
@@ -279,6 +289,10 @@ pub struct Settings {
     pub listener: ListenerLimits,
     /// The separate listener for /metrics and the probes, if any.
     pub metrics_address: Option<SocketAddr>,
+    /// Use unverified emails.
+    pub insecure_allow_unverified_email: bool,
+    /// Accept bearer ID tokens from API clients.
+    pub skip_jwt_bearer_tokens: bool,
 }
 
 /// What one client connection may hold of the server: the defence against
@@ -583,6 +597,19 @@ impl RawSettings {
                 "use letters, digits, _, - and . only",
             ));
         }
+        let email_domains = list(self.email_domains, &[]);
+        let allowed_emails = list(self.allowed_emails, &[]);
+        let allowed_groups = list(self.allowed_groups, &[]);
+        if email_domains.is_empty() && allowed_emails.is_empty() && allowed_groups.is_empty() {
+            return Err(error(
+                "email_domains",
+                "no allowlist is set: with no email_domains, allowed_emails or allowed_groups, \
+                 every account at the provider would be admitted",
+                "name who may sign in (email_domains = [\"example.com\"], allowed_emails or \
+                 allowed_groups), or set email_domains = [\"*\"] to admit every account the \
+                 provider signs in",
+            ));
+        }
         let skip_auth_routes = list(self.skip_auth_routes, &[])
             .iter()
             .map(|e| skip_route(e))
@@ -619,9 +646,9 @@ impl RawSettings {
             cookie_secret,
             cookie_name,
             scopes: list(self.scopes, &["openid", "email", "profile"]),
-            email_domains: list(self.email_domains, &[]),
-            allowed_emails: list(self.allowed_emails, &[]),
-            allowed_groups: list(self.allowed_groups, &[]),
+            email_domains,
+            allowed_emails,
+            allowed_groups,
             groups_claim: self.groups_claim.unwrap_or_else(|| "groups".into()),
             skip_auth_routes,
             pass_access_token: self.pass_access_token.unwrap_or(false),
@@ -640,6 +667,8 @@ impl RawSettings {
             pass_routing_headers: self.pass_routing_headers.unwrap_or(false),
             listener,
             metrics_address,
+            insecure_allow_unverified_email: self.insecure_allow_unverified_email.unwrap_or(false),
+            skip_jwt_bearer_tokens: self.skip_jwt_bearer_tokens.unwrap_or(false),
         })
     }
 
@@ -703,6 +732,7 @@ mod tests {
             client_id: Some("app".into()),
             redirect_url: Some("https://app.example.com/oauth2/callback".into()),
             cookie_secret: Some(base64::engine::general_purpose::STANDARD.encode([7u8; 32])),
+            email_domains: Some(vec!["*".into()]),
             ..RawSettings::default()
         }
     }
@@ -879,6 +909,40 @@ mod tests {
             .skip_auth_routes
             .unwrap();
         assert_eq!(split, ["GET=^/a{1,3}$", "^/b$", "^/c", "d$"]);
+    }
+
+    #[test]
+    fn an_allowlist_is_required() {
+        let err = RawSettings {
+            email_domains: None,
+            ..minimal()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(err.setting, "email_domains");
+        assert!(err.fix.contains("email_domains = [\"*\"]"), "{err}");
+        for allowlist in [
+            RawSettings {
+                email_domains: None,
+                allowed_groups: Some(vec!["staff".into()]),
+                ..minimal()
+            },
+            RawSettings {
+                email_domains: None,
+                allowed_emails: Some(vec!["a@example.com".into()]),
+                ..minimal()
+            },
+        ] {
+            assert!(allowlist.validate().is_ok());
+        }
+        // An empty entry is no allowlist.
+        let err = RawSettings {
+            email_domains: Some(vec![" ".into()]),
+            ..minimal()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(err.setting, "email_domains");
     }
 
     #[test]

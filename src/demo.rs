@@ -92,6 +92,8 @@ impl Demo {
             store: Some(store),
             cookie_secret: Some(base64::engine::general_purpose::STANDARD.encode(key)),
             post_logout_redirect_url: Some(format!("http://{proxy}/")),
+            // The development IdP's users, all of them.
+            email_domains: Some(vec!["example.com".into()]),
             ..RawSettings::default()
         }
         .validate()

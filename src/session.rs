@@ -71,6 +71,19 @@ pub fn session_key(session_id: &str) -> String {
     format!("session:{{{tag}}}:{}", hash_token(session_id))
 }
 
+/// The store key of the sign-out marker of `identity`'s user.
+fn signed_out_key(identity: &Identity) -> String {
+    signed_out_key_of(&identity.issuer, &identity.subject)
+}
+
+fn signed_out_key_of(issuer: &str, subject: &str) -> String {
+    format!("signed-out:{}", hash_token(&format!("{issuer}\n{subject}")))
+}
+
+fn parse_ms(bytes: &[u8]) -> Option<UnixMillis> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
 /// The hash tag of the login named by `state` (8 characters of its hash).
 pub(crate) fn login_tag(state: &str) -> String {
     hash_token(state)[..8].to_owned()
@@ -139,6 +152,9 @@ pub struct SessionSettings {
     pub refresh_wait: Duration,
     /// How many decoded records this process keeps (0: decode on every load).
     pub cached_records: usize,
+    /// How long a sign-out is remembered against the user's earlier ID
+    /// tokens presented as bearer tokens (ID tokens live minutes to hours).
+    pub sign_out_memory: Duration,
 }
 
 impl Default for SessionSettings {
@@ -148,6 +164,7 @@ impl Default for SessionSettings {
             refresh_lease: Duration::from_secs(30),
             refresh_wait: Duration::from_secs(10),
             cached_records: 10_000,
+            sign_out_memory: Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -324,15 +341,62 @@ impl Sessions {
     }
 
     /// Ends the session: deletes its record, so that no in-flight refresh can
-    /// write it back. Returns the record it deleted (for `id_token_hint`).
+    /// write it back, and remembers when its user signed out (see
+    /// [`Sessions::signed_out_at`]). Returns the record it deleted (for
+    /// `id_token_hint`).
     pub async fn sign_out(&self, session_id: &str) -> Result<Option<SessionRecord>, SessionError> {
         let key = session_key(session_id);
         let existing = self.store.get(&key).await?;
         self.store.delete(&key).await?;
         self.cache.remove(session_id);
-        existing
+        let record = existing
             .map(|v| SessionRecord::decode(&v.value))
-            .transpose()
+            .transpose()?;
+        if let Some(record) = &record {
+            self.remember_sign_out(&record.identity).await?;
+        }
+        Ok(record)
+    }
+
+    /// Records that `identity` signed out now (the latest time wins).
+    async fn remember_sign_out(&self, identity: &Identity) -> Result<(), SessionError> {
+        let key = signed_out_key(identity);
+        let now = self.clock.now_ms();
+        let value = now.to_string().into_bytes();
+        let ttl = self.settings.sign_out_memory;
+        loop {
+            match self.store.get(&key).await? {
+                None => {
+                    if self.store.insert_if_absent(&key, &value, ttl).await? {
+                        return Ok(());
+                    }
+                }
+                Some(current) => {
+                    if parse_ms(&current.value).is_some_and(|at| at >= now) {
+                        return Ok(());
+                    }
+                    if self
+                        .store
+                        .compare_and_swap(&key, current.version, &value, ttl)
+                        .await?
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// When the user named by `issuer` and `subject` last signed out of a
+    /// session here, if within `sign_out_memory`: ID tokens issued before
+    /// then are no longer accepted as bearer tokens.
+    pub async fn signed_out_at(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> Result<Option<UnixMillis>, SessionError> {
+        let key = signed_out_key_of(issuer, subject);
+        Ok(self.store.get(&key).await?.and_then(|v| parse_ms(&v.value)))
     }
 
     fn refresh_due(&self, record: &SessionRecord, now: UnixMillis) -> bool {

@@ -54,6 +54,26 @@ fn serve_explains_a_missing_cookie_secret() {
 }
 
 #[test]
+fn serve_refuses_to_admit_everyone_without_being_told() {
+    let (code, _, stderr) = latchkey(&[
+        "serve",
+        "--issuer",
+        "http://127.0.0.1:9",
+        "--client-id",
+        "app",
+        "--redirect-url",
+        "http://127.0.0.1:4180/oauth2/callback",
+        "--cookie-secret",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("email_domains") && stderr.contains("email_domains = [\"*\"]"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn serve_reads_env_and_file_with_flags_winning() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("latchkey.toml");
@@ -62,6 +82,7 @@ fn serve_reads_env_and_file_with_flags_winning() {
         "issuer = \"http://127.0.0.1:9\"\nclient_id = \"app\"\n\
          redirect_url = \"http://127.0.0.1:4180/oauth2/callback\"\n\
          cookie_secret = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\n\
+         email_domains = [\"*\"]\n\
          session_ttl = \"soon\"\n",
     )
     .unwrap();
@@ -131,6 +152,13 @@ fn serve_help_documents_every_setting() {
         "--login-ttl",
         "--refresh-before-expiry",
         "--post-logout-redirect-url",
+        "--pass-routing-headers",
+        "--header-read-timeout",
+        "--idle-timeout",
+        "--max-connections",
+        "--max-header-bytes",
+        "--metrics-address",
+        "--insecure-allow-unverified-email",
         "LATCHKEY_ISSUER",
     ] {
         assert!(stdout.contains(flag), "{flag} missing from serve --help");

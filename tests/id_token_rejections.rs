@@ -88,6 +88,7 @@ async fn rig_with(trusted_audiences: &[&str]) -> Rig {
             clock_skew: Duration::from_secs(60),
             groups_claim: "groups".into(),
             trusted_audiences: trusted_audiences.iter().map(|a| (*a).into()).collect(),
+            allow_unverified_email: false,
         },
         cache,
     );

@@ -480,7 +480,7 @@ async fn id_token_from(h: &Harness) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_clients_may_present_a_validated_bearer_jwt() {
-    let h = Harness::start(|_| {}).await;
+    let h = Harness::start(|raw| raw.skip_jwt_bearer_tokens = Some(true)).await;
     let token = id_token_from(&h).await;
     let api = reqwest::Client::new();
     let (status, seen) = upstream_json(
@@ -509,6 +509,51 @@ async fn api_clients_may_present_a_validated_bearer_jwt() {
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"], "not_signed_in");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_are_refused_unless_turned_on() {
+    let h = Harness::start(|_| {}).await;
+    let token = id_token_from(&h).await;
+    let response = reqwest::Client::new()
+        .get(h.url("/api/report"))
+        .header("authorization", format!("Bearer {token}"))
+        .header(ACCEPT, "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "not_signed_in");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_out_users_earlier_bearer_tokens_are_refused() {
+    let h = Harness::start(|raw| raw.skip_jwt_bearer_tokens = Some(true)).await;
+    let token = id_token_from(&h).await;
+    let api = |token: String| {
+        let url = h.url("/oauth2/userinfo");
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .header("authorization", format!("Bearer {token}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(api(token.clone()).await, 200);
+    // bob signs in with a browser, then signs out there.
+    let b = browser();
+    sign_in(&h, &b, "/", "bob").await;
+    let out = b.get(h.url("/oauth2/sign_out")).send().await.unwrap();
+    assert!(out.status().is_redirection());
+    assert_eq!(
+        api(token).await,
+        401,
+        "a token from before the sign-out still works"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,6 +50,7 @@ impl Replica {
                 "LATCHKEY_COOKIE_SECRET",
                 base64::engine::general_purpose::STANDARD.encode(COOKIE_KEY),
             )
+            .env("LATCHKEY_EMAIL_DOMAINS", "*")
             .env("LATCHKEY_EXCHANGE_LEASE", "2s")
             .env("LATCHKEY_REFRESH_BEFORE_EXPIRY", "3s")
             .env("LATCHKEY_LOG_FORMAT", "json")

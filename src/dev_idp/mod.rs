@@ -45,9 +45,16 @@ pub struct DevUser {
     pub password: String,
     /// The `email` claim.
     pub email: String,
+    /// The `email_verified` claim [default: true].
+    #[serde(default = "verified")]
+    pub email_verified: bool,
     /// The `groups` claim.
     #[serde(default)]
     pub groups: Vec<String>,
+}
+
+fn verified() -> bool {
+    true
 }
 
 /// A registered client.
@@ -105,6 +112,7 @@ impl Default for DevIdpConfig {
             username: name.into(),
             password: name.into(),
             email: format!("{name}@example.com"),
+            email_verified: true,
             groups: groups.iter().map(|g| (*g).into()).collect(),
         };
         Self {
@@ -617,7 +625,7 @@ async fn userinfo(State(idp): Shared, headers: HeaderMap) -> Response {
     axum::Json(serde_json::json!({
         "sub": subject,
         "email": user.email,
-        "email_verified": true,
+        "email_verified": user.email_verified,
         "preferred_username": user.username,
         "groups": user.groups,
     }))

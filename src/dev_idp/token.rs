@@ -241,7 +241,7 @@ fn issue(
         issued,
         StandardClaims::new(SubjectIdentifier::new(user.username.clone()))
             .set_email(Some(EndUserEmail::new(user.email.clone())))
-            .set_email_verified(Some(true))
+            .set_email_verified(Some(user.email_verified))
             .set_preferred_username(Some(EndUserUsername::new(user.username.clone()))),
         ExtraClaims { claims: extra },
     )

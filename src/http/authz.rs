@@ -1,23 +1,30 @@
 //! Authorization after authentication: `email_domains`, `allowed_emails` and
-//! `allowed_groups`. Empty lists allow everyone.
+//! `allowed_groups`. At least one is set (the settings refuse to start
+//! otherwise); `email_domains = ["*"]` admits every account, with or without
+//! a (verified) email.
 
 use crate::config::Settings;
 use crate::idp::Identity;
 
 /// `Ok` if `identity` may use the app; `Err` says why not.
 pub fn check(settings: &Settings, identity: &Identity) -> Result<(), String> {
-    let email_rules = !settings.email_domains.is_empty() || !settings.allowed_emails.is_empty();
+    let everyone = settings.email_domains.iter().any(|d| d == "*");
+    let email_rules =
+        !everyone && (!settings.email_domains.is_empty() || !settings.allowed_emails.is_empty());
     if email_rules {
         let email = identity.email.as_deref().unwrap_or("").to_ascii_lowercase();
         let listed = settings
             .allowed_emails
             .iter()
             .any(|e| e.eq_ignore_ascii_case(&email));
-        let domain_ok = email.rsplit_once('@').is_some_and(|(_, domain)| {
-            settings
-                .email_domains
-                .iter()
-                .any(|d| d == "*" || d.trim_start_matches('@').eq_ignore_ascii_case(domain))
+        // Emails reach here with exactly one `@` (see `usable_email`); split
+        // at the first so that a second one could never pass as the domain.
+        let domain_ok = email.split_once('@').is_some_and(|(_, domain)| {
+            !domain.contains('@')
+                && settings
+                    .email_domains
+                    .iter()
+                    .any(|d| d.trim_start_matches('@').eq_ignore_ascii_case(domain))
         });
         if email.is_empty() || !(listed || domain_ok) {
             return Err(if email.is_empty() {
@@ -70,8 +77,18 @@ mod tests {
     }
 
     #[test]
-    fn empty_rules_admit_everyone() {
-        assert!(check(&settings(&[], &[], &[]), &who(None, &[])).is_ok());
+    fn a_star_admits_everyone_even_without_email() {
+        assert!(check(&settings(&["*"], &[], &[]), &who(None, &[])).is_ok());
+        // ... but not past a group rule.
+        let s = settings(&["*"], &[], &["admins"]);
+        assert!(check(&s, &who(Some("a@x.y"), &["staff"])).is_err());
+        assert!(check(&s, &who(None, &["admins"])).is_ok());
+    }
+
+    #[test]
+    fn a_second_at_sign_never_passes_as_the_domain() {
+        let s = settings(&["corp.com"], &[], &[]);
+        assert!(check(&s, &who(Some("a@evil.test@corp.com"), &[])).is_err());
     }
 
     #[test]

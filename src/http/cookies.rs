@@ -296,6 +296,7 @@ pub(crate) mod tests {
             client_id: Some("app".into()),
             redirect_url: Some("http://127.0.0.1:4180/oauth2/callback".into()),
             cookie_secret: Some(base64::engine::general_purpose::STANDARD.encode(secret)),
+            email_domains: Some(vec!["*".into()]),
             ..RawSettings::default()
         }
         .validate()

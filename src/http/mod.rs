@@ -118,6 +118,13 @@ impl App {
         oidc.allowed_algs = settings.allowed_algs.clone();
         oidc.clock_skew = settings.clock_skew;
         oidc.groups_claim = settings.groups_claim.clone();
+        oidc.allow_unverified_email = settings.insecure_allow_unverified_email;
+        if settings.insecure_allow_unverified_email {
+            tracing::warn!(
+                "insecure_allow_unverified_email is set: emails the provider has not verified \
+                 are trusted; where users can set their own email, anyone can claim any address"
+            );
+        }
         let provider = Arc::new(OidcProvider::discover(&oidc).await?);
         let idp = Arc::new(MeteredIdp::new(provider.clone(), metrics.clone()));
         let clock = Arc::new(SystemClock);

@@ -109,9 +109,14 @@ async fn caller(
             }
         }
     }
-    if let Some(token) = bearer_token(headers) {
+    let bearer = app
+        .settings
+        .skip_jwt_bearer_tokens
+        .then(|| bearer_token(headers))
+        .flatten();
+    if let Some(token) = bearer {
         return match app.provider.validator().validate(token, None).await {
-            Ok(validated) => Ok(Caller::Bearer(validated.identity)),
+            Ok(validated) => bearer_caller(app, headers, validated).await,
             Err(error) => {
                 // The reason may quote the token's own claims: logged
                 // escaped, never shown.
@@ -129,6 +134,42 @@ async fn caller(
     Ok(Caller::Anonymous {
         clear_cookie: cookies.has_session_cookie(),
     })
+}
+
+/// An API client with a valid ID token, unless its user signed out here after
+/// the token was issued.
+async fn bearer_caller(
+    app: &App,
+    headers: &HeaderMap,
+    validated: crate::oidc::id_token::ValidatedIdToken,
+) -> Result<Caller, Response> {
+    let identity = validated.identity;
+    let issued = u64::try_from(validated.claims.issue_time().timestamp_millis()).unwrap_or(0);
+    match app
+        .sessions
+        .signed_out_at(&identity.issuer, &identity.subject)
+        .await
+    {
+        Ok(Some(signed_out)) if issued <= signed_out => {
+            tracing::info!("bearer token refused: its user signed out after it was issued");
+            Err(pages::error(
+                headers,
+                ErrorCode::NotSignedIn,
+                "The bearer token was not accepted.",
+                None,
+            ))
+        }
+        Ok(_) => Ok(Caller::Bearer(identity)),
+        Err(error) => {
+            tracing::warn!(%error, "store unavailable");
+            Err(pages::error(
+                headers,
+                ErrorCode::StoreUnavailable,
+                "Sign-ins cannot be checked right now. Please try again shortly.",
+                None,
+            ))
+        }
+    }
 }
 
 /// Names of the cookies the request carries (even ones that do not decrypt).

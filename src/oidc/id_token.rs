@@ -104,6 +104,31 @@ pub struct IdTokenRules {
     /// Audiences besides the client id that a token may also name (then `azp`
     /// must be the client id). Empty: a token for anyone else is rejected.
     pub trusted_audiences: Vec<String>,
+    /// Take `email` even when `email_verified` is not `true` (unsafe where
+    /// users can set their own email at the provider).
+    pub allow_unverified_email: bool,
+}
+
+/// The email an identity may carry: the `email` claim only when the same
+/// source (ID token or userinfo) says `email_verified: true` (unless
+/// `allow_unverified`), and only when it is one plausible address: exactly
+/// one `@`, with something on each side. Anything else is no email at all,
+/// so that authorization by email fails closed and no email header is sent.
+pub fn usable_email(
+    email: Option<&str>,
+    verified: Option<bool>,
+    allow_unverified: bool,
+) -> Option<String> {
+    let email = email?;
+    if !(verified == Some(true) || allow_unverified) {
+        return None;
+    }
+    let (local, domain) = email.split_once('@')?;
+    let plausible = !local.is_empty()
+        && !domain.is_empty()
+        && !domain.contains('@')
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    plausible.then(|| email.to_owned())
 }
 
 /// A validated ID token.
@@ -205,7 +230,11 @@ impl IdTokenValidator {
             identity: Identity {
                 issuer: claims.issuer().to_string(),
                 subject: claims.subject().to_string(),
-                email: claims.email().map(|e| e.to_string()),
+                email: usable_email(
+                    claims.email().map(|e| e.as_str()),
+                    claims.email_verified(),
+                    rules.allow_unverified_email,
+                ),
                 groups: claims.additional_claims().strings(&rules.groups_claim),
             },
             claims: claims.clone(),
@@ -249,5 +278,38 @@ fn map_verification_error(error: ClaimsVerificationError) -> IdTokenError {
         C::SignatureVerification(S::AmbiguousKeyId(m)) => IdTokenError::UnknownKey(m),
         C::SignatureVerification(other) => IdTokenError::BadSignature(other.to_string()),
         other => IdTokenError::Malformed(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::usable_email;
+
+    #[test]
+    fn only_verified_plausible_emails_are_used() {
+        assert_eq!(
+            usable_email(Some("a@corp.com"), Some(true), false).as_deref(),
+            Some("a@corp.com")
+        );
+        for (email, verified) in [
+            ("a@corp.com", Some(false)),
+            ("a@corp.com", None),
+            ("a@evil.test@corp.com", Some(true)),
+            ("@corp.com", Some(true)),
+            ("a@", Some(true)),
+            ("corp.com", Some(true)),
+            ("a b@corp.com", Some(true)),
+            ("a@corp.com\n", Some(true)),
+        ] {
+            assert_eq!(
+                usable_email(Some(email), verified, false),
+                None,
+                "{email:?} {verified:?}"
+            );
+        }
+        // The opt-out takes unverified addresses, never implausible ones.
+        assert!(usable_email(Some("a@corp.com"), Some(false), true).is_some());
+        assert!(usable_email(Some("a@corp.com"), None, true).is_some());
+        assert!(usable_email(Some("a@evil.test@corp.com"), None, true).is_none());
     }
 }

@@ -60,6 +60,8 @@ pub struct OidcSettings {
     pub groups_claim: String,
     /// Other audiences an ID token may name besides the client id.
     pub trusted_audiences: Vec<String>,
+    /// Take `email` even when `email_verified` is not `true`.
+    pub allow_unverified_email: bool,
     /// Connect timeout of every provider call.
     pub connect_timeout: Duration,
     /// Total timeout of every provider call.
@@ -88,6 +90,7 @@ impl OidcSettings {
             clock_skew: Duration::from_secs(60),
             groups_claim: "groups".into(),
             trusted_audiences: Vec::new(),
+            allow_unverified_email: false,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             jwks_refetch_interval: Duration::from_secs(30),
@@ -239,6 +242,7 @@ impl OidcProvider {
                 clock_skew: settings.clock_skew,
                 groups_claim: settings.groups_claim.clone(),
                 trusted_audiences: settings.trusted_audiences.clone(),
+                allow_unverified_email: settings.allow_unverified_email,
             },
             keys,
         );
@@ -361,9 +365,13 @@ impl OidcProvider {
             })?;
         let groups = claims.additional_claims().strings(self.groups_claim());
         Ok(Identity {
-            email: identity
-                .email
-                .or_else(|| claims.email().map(|e| e.to_string())),
+            email: identity.email.or_else(|| {
+                id_token::usable_email(
+                    claims.email().map(|e| e.as_str()),
+                    claims.email_verified(),
+                    self.validator.rules().allow_unverified_email,
+                )
+            }),
             groups: if identity.groups.is_empty() {
                 groups
             } else {

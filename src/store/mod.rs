@@ -231,25 +231,44 @@ fn split_prefix(url: &str) -> StoreResult<(String, String)> {
     Ok((parsed.to_string(), prefix))
 }
 
-/// A URL with any password replaced by `***`, fit for error messages and logs.
+/// A URL with its secrets replaced by `***`, fit for error messages and logs:
+/// the password, and the values of query parameters that name a password,
+/// secret or token. A URL that does not parse but has an `@` loses everything
+/// between `://` and its last `@` (a password with `/`, `?` or `#` in it
+/// makes a URL unparseable, and must not leak then either).
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let secret_key = |key: &str| {
+        let key = key.to_ascii_lowercase();
+        ["pass", "secret", "token", "key"]
+            .iter()
+            .any(|word| key.contains(word))
     };
-    let (authority, tail) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            if userinfo.contains(':') {
-                format!("{scheme}://{user}:***@{host}{tail}")
-            } else {
-                format!("{scheme}://{user}@{host}{tail}")
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
             }
+            if parsed.query_pairs().any(|(k, _)| secret_key(&k)) {
+                let pairs: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if secret_key(&k) {
+                            "***".into()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            parsed.to_string()
         }
-        None => url.to_owned(),
+        Err(_) => match (url.split_once("://"), url.rfind('@')) {
+            (Some((scheme, _)), Some(at)) => format!("{scheme}://***{}", &url[at..]),
+            (None, Some(_)) => "[a URL that does not parse]".to_owned(),
+            _ => url.to_owned(),
+        },
     }
 }
 
@@ -320,5 +339,32 @@ mod tests {
         );
         assert_eq!(redact_url("redis://h:6379/0"), "redis://h:6379/0");
         assert_eq!(redact_url("redis://u@h/0"), "redis://u@h/0");
+        assert_eq!(redact_url("memory://"), "memory://");
+        assert_eq!(redact_url("sqlite://latchkey.db"), "sqlite://latchkey.db");
+    }
+
+    #[test]
+    fn passwords_with_delimiters_never_leak() {
+        for (url, secret) in [
+            ("redis://:pa/ss@h:6379/0", "pa/ss"),
+            ("postgres://u:p#ss@db/x", "p#ss"),
+            ("postgres://u:p?ss@db/x", "p?ss"),
+            ("postgres://u:p@ss@db/x", "p@ss"),
+            ("postgres://u:p%2Fss@db/x", "p%2Fss"),
+            ("redis://u:pa:ss@h/0", "pa:ss"),
+            (
+                "postgres://u@db/x?password=hunter2&sslmode=require",
+                "hunter2",
+            ),
+            ("rediss://h/0?auth_token=t0ken", "t0ken"),
+        ] {
+            let shown = redact_url(url);
+            assert!(!shown.contains(secret), "{url} -> {shown}");
+            let host = if url.contains("db") { "db" } else { "h" };
+            assert!(shown.contains(host), "{url} -> {shown}");
+        }
+        assert!(
+            redact_url("postgres://u@db/x?password=a&sslmode=require").contains("sslmode=require")
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use base64::Engine;
 use latchkey::config::RawSettings;
 use latchkey::demo::sample_app;
-use latchkey::dev_idp::{DevClient, DevIdp, DevIdpConfig};
+use latchkey::dev_idp::{DevClient, DevIdp, DevIdpConfig, DevUser};
 use latchkey::http::{App, Server};
 use reqwest::header::ACCEPT;
 use serde_json::Value;
@@ -43,6 +43,15 @@ impl Harness {
         upstream: Option<SocketAddr>,
         customize: impl FnOnce(&mut RawSettings),
     ) -> Self {
+        Self::start_with_users(upstream, DevIdpConfig::default().users, customize).await
+    }
+
+    /// latchkey in front of `upstream`, with these users at the dev IdP.
+    pub async fn start_with_users(
+        upstream: Option<SocketAddr>,
+        users: Vec<DevUser>,
+        customize: impl FnOnce(&mut RawSettings),
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy = listener.local_addr().unwrap();
         let idp = DevIdp::start(DevIdpConfig {
@@ -53,6 +62,7 @@ impl Harness {
                 redirect_uris: vec![format!("http://{proxy}/oauth2/callback")],
                 post_logout_redirect_uris: vec![format!("http://{proxy}/")],
             }],
+            users,
             ..DevIdpConfig::default()
         })
         .await
@@ -67,6 +77,7 @@ impl Harness {
             store: Some(format!("sqlite://{}", store.path().join("s.db").display())),
             cookie_secret: Some(base64::engine::general_purpose::STANDARD.encode([9u8; 32])),
             post_logout_redirect_url: Some(format!("http://{proxy}/")),
+            email_domains: Some(vec!["*".into()]),
             ..RawSettings::default()
         };
         customize(&mut raw);

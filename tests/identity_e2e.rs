@@ -1,0 +1,114 @@
+//! Who latchkey admits and what it tells the upstream about them: only
+//! verified, plausible emails count, and nobody is admitted by default.
+
+mod common;
+
+use common::browser::browser;
+use common::proxy::{Harness, sign_in};
+use common::recorder::Recorder;
+use latchkey::config::RawSettings;
+use latchkey::dev_idp::DevUser;
+use reqwest::header::ACCEPT;
+
+fn user(name: &str, email: &str, verified: bool) -> DevUser {
+    DevUser {
+        username: name.into(),
+        password: name.into(),
+        email: email.into(),
+        email_verified: verified,
+        groups: vec![],
+    }
+}
+
+fn users() -> Vec<DevUser> {
+    vec![
+        user("carol", "carol@corp.com", true),
+        // Typed into a self-service profile: the provider never verified it.
+        user("mallory", "mallory@corp.com", false),
+        // The CVE-2026-40574 class: a second `@` before the allowed domain.
+        user("eve", "eve@evil.test@corp.com", true),
+    ]
+}
+
+async fn status_as(h: &Harness, name: &str) -> u16 {
+    let b = browser();
+    let landed = sign_in(h, &b, "/app", name).await;
+    b.get(landed)
+        .header(ACCEPT, "application/json")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn start(customize: impl FnOnce(&mut RawSettings)) -> (Harness, Recorder) {
+    let upstream = Recorder::start().await;
+    let h = Harness::start_with_users(Some(upstream.addr), users(), customize).await;
+    (h, upstream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_verified_plausible_emails_pass_an_email_domain_rule() {
+    let (h, upstream) = start(|raw| raw.email_domains = Some(vec!["corp.com".into()])).await;
+    assert_eq!(status_as(&h, "carol").await, 200);
+    let head = upstream.heads().last().unwrap().to_ascii_lowercase();
+    assert!(head.contains("x-forwarded-email: carol@corp.com"), "{head}");
+    assert_eq!(
+        status_as(&h, "mallory").await,
+        403,
+        "an unverified email was trusted"
+    );
+    assert_eq!(
+        status_as(&h, "eve").await,
+        403,
+        "a second @ passed the domain rule"
+    );
+    assert_eq!(
+        upstream.heads().len(),
+        1,
+        "a refused user reached the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unverified_email_is_never_sent_upstream() {
+    let (h, upstream) = start(|raw| raw.email_domains = Some(vec!["*".into()])).await;
+    // Everyone is admitted, but the unverified address is not theirs to claim.
+    for name in ["mallory", "eve"] {
+        assert_eq!(status_as(&h, name).await, 200, "{name}");
+        let head = upstream.heads().last().unwrap().to_ascii_lowercase();
+        assert!(
+            head.contains(&format!("x-forwarded-user: {name}")),
+            "{head}"
+        );
+        assert!(!head.contains("x-forwarded-email"), "{head}");
+    }
+    let b = browser();
+    sign_in(&h, &b, "/", "mallory").await;
+    let info: serde_json::Value = b
+        .get(h.url("/oauth2/userinfo"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(info["email"].is_null(), "{info}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_opt_out_trusts_unverified_but_never_implausible_emails() {
+    let (h, upstream) = start(|raw| {
+        raw.email_domains = Some(vec!["corp.com".into()]);
+        raw.insecure_allow_unverified_email = Some(true);
+    })
+    .await;
+    assert_eq!(status_as(&h, "mallory").await, 200);
+    let head = upstream.heads().last().unwrap().to_ascii_lowercase();
+    assert!(
+        head.contains("x-forwarded-email: mallory@corp.com"),
+        "{head}"
+    );
+    assert_eq!(status_as(&h, "eve").await, 403);
+}
