@@ -40,9 +40,23 @@ pub struct RawSettings {
     /// The store URL [default: sqlite://latchkey.db].
     #[arg(long, env = "LATCHKEY_STORE")]
     pub store: Option<String>,
-    /// Base64 of 32 random bytes that encrypt cookies (openssl rand -base64 32).
+    /// Base64 of 32 random bytes that encrypt cookies (openssl rand -base64 32;
+    /// 16 or 24 bytes, URL-safe base64 or raw text as oauth2-proxy takes them
+    /// also work). Prefer cookie_secret_file.
     #[arg(long, env = "LATCHKEY_COOKIE_SECRET", hide_env_values = true)]
     pub cookie_secret: Option<String>,
+    /// A file holding the cookie secret.
+    #[arg(long, env = "LATCHKEY_COOKIE_SECRET_FILE")]
+    pub cookie_secret_file: Option<PathBuf>,
+    /// Earlier cookie secrets: they still decrypt (cookies are re-encrypted
+    /// with cookie_secret when used), so a rotation signs nobody out.
+    #[arg(
+        long,
+        env = "LATCHKEY_PREVIOUS_COOKIE_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub previous_cookie_secrets: Option<Vec<String>>,
     /// Name of the session cookie [default: _latchkey; __Host- prefixed over https].
     #[arg(long, env = "LATCHKEY_COOKIE_NAME")]
     pub cookie_name: Option<String>,
@@ -150,6 +164,8 @@ impl RawSettings {
             upstream,
             store,
             cookie_secret,
+            cookie_secret_file,
+            previous_cookie_secrets,
             cookie_name,
             scopes,
             email_domains,
@@ -249,8 +265,10 @@ pub struct Settings {
     pub upstream: Option<url::Url>,
     /// The store URL.
     pub store: String,
-    /// 32 bytes of cookie key material.
+    /// 32 bytes of cookie key material (a shorter secret is expanded).
     pub cookie_secret: Vec<u8>,
+    /// Earlier secrets' key material, for decryption only.
+    pub previous_cookie_secrets: Vec<Vec<u8>>,
     /// Session cookie name (with `__Host-` over https).
     pub cookie_name: String,
     /// Requested scopes.
@@ -396,6 +414,40 @@ fn duration(value: Option<String>, setting: &str, default: &str) -> Result<Durat
             "write durations like 60s, 10m, 12h or 7d",
         )
     })
+}
+
+/// The 32 bytes of key material of a cookie secret written as oauth2-proxy
+/// users have it: base64 (standard or URL-safe, padded or not) of 16, 24 or
+/// 32 bytes, else the text itself when it is 16, 24 or 32 bytes long. A 32-byte
+/// secret is used as it is (so that cookies set before survive); a shorter one
+/// is expanded with HKDF-SHA256.
+fn cookie_key_material(text: &str, setting: &str) -> Result<Vec<u8>, ConfigError> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let text = text.trim();
+    let usable = |bytes: &[u8]| matches!(bytes.len(), 16 | 24 | 32);
+    let decoded = [STANDARD, URL_SAFE, STANDARD_NO_PAD, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(text).ok().filter(|b| usable(b)));
+    let secret = match decoded {
+        Some(bytes) => bytes,
+        None if usable(text.as_bytes()) => text.as_bytes().to_vec(),
+        None => {
+            return Err(error(
+                setting,
+                "must be 16, 24 or 32 bytes: base64 (standard or URL-safe) of that many bytes, \
+                 or text of that length",
+                "generate one with `openssl rand -base64 32`",
+            ));
+        }
+    };
+    if secret.len() == 32 {
+        return Ok(secret);
+    }
+    let mut expanded = vec![0u8; 32];
+    hkdf::Hkdf::<sha2::Sha256>::new(None, &secret)
+        .expand(b"latchkey cookie secret", &mut expanded)
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    Ok(expanded)
 }
 
 fn list(value: Option<Vec<String>>, default: &[&str]) -> Vec<String> {
@@ -563,28 +615,39 @@ impl RawSettings {
                     })?,
             ),
         };
-        let secret_text = self
-            .cookie_secret
+        let secret_text = match (self.cookie_secret, self.cookie_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(error(
+                    "cookie_secret",
+                    "both cookie_secret and cookie_secret_file are set",
+                    "keep one of them (cookie_secret_file keeps the secret out of `ps` and the config)",
+                ));
+            }
+            (Some(secret), None) => Some(secret),
+            (None, Some(path)) => Some(std::fs::read_to_string(&path).map_err(|e| {
+                error(
+                    "cookie_secret_file",
+                    format!("cannot read {}: {e}", path.display()),
+                    "point it at a readable file that holds only the secret",
+                )
+            })?),
+            (None, None) => None,
+        };
+        let secret_text = secret_text
             .filter(|s| !s.trim().is_empty())
             .ok_or_else(|| {
                 error(
                     "cookie_secret",
                     "missing (it encrypts the session cookies)",
-                    "generate one with `openssl rand -base64 32` and set it as cookie_secret, \
-                 --cookie-secret or LATCHKEY_COOKIE_SECRET; every replica needs the same one",
+                    "generate one with `openssl rand -base64 32` and set it as cookie_secret_file, \
+                 cookie_secret, --cookie-secret or LATCHKEY_COOKIE_SECRET; every replica needs the same one",
                 )
             })?;
-        let cookie_secret = base64::engine::general_purpose::STANDARD
-            .decode(secret_text.trim())
-            .ok()
-            .filter(|b| b.len() == 32)
-            .ok_or_else(|| {
-                error(
-                    "cookie_secret",
-                    "must be the base64 encoding of exactly 32 bytes",
-                    "generate one with `openssl rand -base64 32`",
-                )
-            })?;
+        let cookie_secret = cookie_key_material(&secret_text, "cookie_secret")?;
+        let previous_cookie_secrets = list(self.previous_cookie_secrets, &[])
+            .iter()
+            .map(|text| cookie_key_material(text, "previous_cookie_secrets"))
+            .collect::<Result<Vec<_>, _>>()?;
         let cookie_name = self.cookie_name.unwrap_or_else(|| "_latchkey".into());
         if cookie_name.is_empty()
             || !cookie_name
@@ -644,6 +707,7 @@ impl RawSettings {
             upstream,
             store: self.store.unwrap_or_else(|| "sqlite://latchkey.db".into()),
             cookie_secret,
+            previous_cookie_secrets,
             cookie_name,
             scopes: list(self.scopes, &["openid", "email", "profile"]),
             email_domains,
@@ -943,6 +1007,91 @@ mod tests {
         .validate()
         .unwrap_err();
         assert_eq!(err.setting, "email_domains");
+    }
+
+    #[test]
+    fn cookie_secrets_in_every_form_oauth2_proxy_takes() {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
+        let with = |secret: String| {
+            RawSettings {
+                cookie_secret: Some(secret),
+                ..minimal()
+            }
+            .validate()
+        };
+        let bytes32: Vec<u8> = (0u8..32).map(|b| b.wrapping_mul(37) ^ 0xfb).collect();
+        // 32 bytes in any base64: the same key material as before.
+        for text in [
+            STANDARD.encode(&bytes32),
+            URL_SAFE.encode(&bytes32),
+            URL_SAFE_NO_PAD.encode(&bytes32),
+        ] {
+            assert_eq!(with(text.clone()).unwrap().cookie_secret, bytes32, "{text}");
+        }
+        // 16 and 24 bytes, base64 or raw: expanded, and distinct.
+        let mut seen = std::collections::HashSet::new();
+        for text in [
+            STANDARD.encode([1u8; 16]),
+            URL_SAFE_NO_PAD.encode([2u8; 24]),
+            "0123456789abcdef".to_owned(),
+            "0123456789abcdef01234567".to_owned(),
+            "0123456789abcdef0123456789abcdef".to_owned(),
+        ] {
+            let settings = with(text.clone()).unwrap();
+            assert_eq!(settings.cookie_secret.len(), 32, "{text}");
+            assert!(seen.insert(settings.cookie_secret), "{text}");
+        }
+        for bad in ["c2hvcnQ=", "short", &STANDARD.encode([0u8; 20])] {
+            assert_eq!(
+                with(bad.to_owned()).unwrap_err().setting,
+                "cookie_secret",
+                "{bad}"
+            );
+        }
+        let err = RawSettings {
+            previous_cookie_secrets: Some(vec!["nope".into()]),
+            ..minimal()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(err.setting, "previous_cookie_secrets");
+    }
+
+    #[test]
+    fn the_cookie_secret_can_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cookie-secret");
+        std::fs::write(
+            &path,
+            format!(
+                "{}\n",
+                base64::engine::general_purpose::STANDARD.encode([5u8; 32])
+            ),
+        )
+        .unwrap();
+        let settings = RawSettings {
+            cookie_secret: None,
+            cookie_secret_file: Some(path.clone()),
+            ..minimal()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(settings.cookie_secret, [5u8; 32]);
+        let both = RawSettings {
+            cookie_secret_file: Some(path),
+            ..minimal()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(both.setting, "cookie_secret");
+        let missing = RawSettings {
+            cookie_secret: None,
+            cookie_secret_file: Some(dir.path().join("nope")),
+            ..minimal()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(missing.setting, "cookie_secret_file");
     }
 
     #[test]

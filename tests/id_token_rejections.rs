@@ -117,6 +117,7 @@ fn good_claims() -> Value {
         "iat": now(),
         "nonce": NONCE,
         "email": "alice@example.com",
+        "email_verified": true,
         "groups": ["admins", "staff"],
     })
 }
@@ -178,6 +179,33 @@ async fn a_good_token_is_accepted() {
     assert_eq!(identity.email.as_deref(), Some("alice@example.com"));
     assert_eq!(identity.groups, ["admins", "staff"]);
     assert_eq!(rig.server.fetches.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn unverified_or_implausible_emails_are_dropped_not_trusted() {
+    let rig = rig().await;
+    for edit in [
+        json!({"email_verified": false}),
+        json!({"email_verified": null}),
+        json!({"email": "alice@evil.test@example.com"}),
+        json!({"email": "@example.com"}),
+    ] {
+        let identity = rig
+            .check_claims(|claims| {
+                for (k, v) in edit.as_object().unwrap() {
+                    if v.is_null() {
+                        claims.as_object_mut().unwrap().remove(k);
+                    } else {
+                        claims[k] = v.clone();
+                    }
+                }
+            })
+            .await
+            .unwrap();
+        // The token is valid; only its email is not usable.
+        assert_eq!(identity.subject, "alice", "{edit}");
+        assert_eq!(identity.email, None, "{edit}");
+    }
 }
 
 #[tokio::test]

@@ -112,3 +112,75 @@ async fn the_opt_out_trusts_unverified_but_never_implausible_emails() {
     );
     assert_eq!(status_as(&h, "eve").await, 403);
 }
+
+/// Whether `browser` is signed in at `base` (`/oauth2/auth` says 202), and
+/// the session cookie that answer set, if any.
+async fn signed_in_at(browser: &reqwest::Client, base: &str) -> (u16, Vec<String>) {
+    let response = browser.get(format!("{base}/app")).send().await.unwrap();
+    let set = response
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    (response.status().as_u16(), set)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_secret_rotation_signs_nobody_out() {
+    use base64::Engine;
+    let b64 = |byte: u8| base64::engine::general_purpose::STANDARD.encode([byte; 32]);
+    let (a, b) = (b64(0xA1), b64(0xB2));
+    let upstream = Recorder::start().await;
+    let h = Harness::start_with_users(Some(upstream.addr), users(), |raw| {
+        raw.email_domains = Some(vec!["*".into()]);
+        raw.cookie_secret = Some(a.clone());
+    })
+    .await;
+    let first = browser();
+    sign_in(&h, &first, "/", "carol").await;
+    let second = browser();
+    sign_in(&h, &second, "/", "carol").await;
+
+    // The next deployment encrypts with B and still reads A.
+    let (rotated, _server) = h
+        .another(|raw| {
+            raw.cookie_secret = Some(b.clone());
+            raw.previous_cookie_secrets = Some(vec![a.clone()]);
+        })
+        .await;
+    let (status, set) = signed_in_at(&first, &rotated).await;
+    assert_eq!(status, 200, "a rotation signed a browser out");
+    assert!(
+        set.iter()
+            .any(|c| c.starts_with("_latchkey=") && !c.contains("Max-Age=0")),
+        "the session cookie was not set again with the new secret: {set:?}"
+    );
+
+    // Then A is retired: the browser that came by in between stays signed in;
+    // the one that did not is signed out cleanly (sent to sign in, its
+    // unreadable cookie expired), never an error.
+    let (retired, _server) = h
+        .another(|raw| {
+            raw.cookie_secret = Some(b.clone());
+            raw.previous_cookie_secrets = None;
+        })
+        .await;
+    assert_eq!(signed_in_at(&first, &retired).await.0, 200);
+    let stale = second
+        .get(format!("{retired}/app"))
+        .header(ACCEPT, "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 302);
+    let cleared = stale
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .any(|c| {
+            let c = c.to_str().unwrap();
+            c.starts_with("_latchkey=") && c.contains("Max-Age=0")
+        });
+    assert!(cleared, "{:?}", stale.headers());
+}

@@ -69,19 +69,32 @@ pub enum UpstreamCookies {
     Replaced(HeaderValue),
 }
 
-/// Latchkey's cookies: their key, names and attributes.
+/// Latchkey's cookies: their keys, names and attributes.
 #[derive(Clone)]
 pub struct Cookies {
+    /// Encrypts, and decrypts first.
     key: Key,
+    /// Keys of `previous_cookie_secrets`: they decrypt only.
+    previous: Arc<[Key]>,
     session: String,
     login_prefix: String,
     secure: bool,
     session_max_age: u64,
     login_max_age: u64,
     /// Session ids by the session cookie's value as sent, so that a browser's
-    /// requests decrypt its cookie once. Only values that decrypted with the
+    /// requests decrypt its cookie once. Only values that decrypted with a
     /// key are kept, so made-up cookies cannot fill it.
-    decrypted: Arc<BoundedCache<Arc<str>>>,
+    decrypted: Arc<BoundedCache<SessionCookie>>,
+}
+
+/// A session cookie that decrypted.
+#[derive(Clone)]
+pub struct SessionCookie {
+    /// The session id it holds.
+    pub id: Arc<str>,
+    /// Whether a previous secret's key decrypted it: the browser should get
+    /// it again, encrypted with the current one.
+    pub stale: bool,
 }
 
 impl Cookies {
@@ -90,6 +103,11 @@ impl Cookies {
         let secure = settings.secure_cookies();
         Self {
             key: Key::derive_from(&settings.cookie_secret),
+            previous: settings
+                .previous_cookie_secrets
+                .iter()
+                .map(|secret| Key::derive_from(secret))
+                .collect(),
             session: settings.session_cookie(),
             login_prefix: if secure {
                 "__Host-latchkey-login-".into()
@@ -103,6 +121,11 @@ impl Cookies {
             login_max_age: settings.login_ttl.as_secs() + 3600,
             decrypted: Arc::new(BoundedCache::new(DECRYPTED_SESSION_COOKIES)),
         }
+    }
+
+    /// Whether `previous_cookie_secrets` are set.
+    pub fn has_previous_keys(&self) -> bool {
+        !self.previous.is_empty()
     }
 
     /// The key that encrypts and authenticates them (from `cookie_secret`).
@@ -192,17 +215,39 @@ impl Cookies {
     /// The session id in the request's session cookie, if it decrypts. A value
     /// is decrypted the first time this process sees it, then remembered.
     pub fn session_id(&self, sent: &SentCookies<'_>) -> Option<Arc<str>> {
+        self.session_cookie(sent).map(|cookie| cookie.id)
+    }
+
+    /// The request's session cookie, if it decrypts with the current key or
+    /// a previous one.
+    pub fn session_cookie(&self, sent: &SentCookies<'_>) -> Option<SessionCookie> {
         let cookie = sent.session.as_ref()?;
-        if let Some(id) = self.decrypted.get(cookie.value()) {
-            return Some(id);
+        if let Some(known) = self.decrypted.get(cookie.value()) {
+            return Some(known);
         }
         // As set, the value is percent-encoded; decode it before decrypting.
         let decoded =
             Cookie::parse_encoded(format!("{}={}", cookie.name(), cookie.value())).ok()?;
+        let (plain, stale) = self.decrypt(decoded)?;
+        let known = SessionCookie {
+            id: plain.value().into(),
+            stale,
+        };
+        self.decrypted.put(cookie.value(), known.clone());
+        Some(known)
+    }
+
+    /// `cookie` decrypted with the current key, else a previous one (then
+    /// `true`).
+    fn decrypt(&self, cookie: Cookie<'static>) -> Option<(Cookie<'static>, bool)> {
         let jar = cookie::CookieJar::new();
-        let id: Arc<str> = jar.private(&self.key).decrypt(decoded)?.value().into();
-        self.decrypted.put(cookie.value(), id.clone());
-        Some(id)
+        if let Some(plain) = jar.private(&self.key).decrypt(cookie.clone()) {
+            return Some((plain, false));
+        }
+        self.previous
+            .iter()
+            .find_map(|key| jar.private(key).decrypt(cookie.clone()))
+            .map(|plain| (plain, true))
     }
 
     /// The session id in `headers`' session cookie, if it decrypts.
@@ -264,10 +309,31 @@ impl Cookies {
         self.expire(jar, self.login_name(state))
     }
 
-    /// The login cookie for `state`, if this browser has it.
-    pub fn login(&self, jar: &PrivateCookieJar, state: &str) -> Option<LoginCookie> {
-        jar.get(&self.login_name(state))
-            .and_then(|c| serde_json::from_str(c.value()).ok())
+    /// The login cookie for `state`, if this browser has it (encrypted with
+    /// the current key, or a previous one: a login started just before a
+    /// rotation still completes).
+    pub fn login(
+        &self,
+        jar: &PrivateCookieJar,
+        headers: &HeaderMap,
+        state: &str,
+    ) -> Option<LoginCookie> {
+        let name = self.login_name(state);
+        let plain = match jar.get(&name) {
+            Some(plain) => plain,
+            None => {
+                let sent = headers
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
+                    .flat_map(Cookie::split_parse_encoded)
+                    .filter_map(Result::ok)
+                    .find(|c| c.name() == name)?
+                    .into_owned();
+                self.decrypt(sent)?.0
+            }
+        };
+        serde_json::from_str(plain.value()).ok()
     }
 
     /// Removes every latchkey cookie the browser sent (sign-out), including

@@ -359,7 +359,7 @@ pub(super) async fn callback(
             }),
         );
     };
-    let login_cookie = app.cookies.login(&jar, state);
+    let login_cookie = app.cookies.login(&jar, &headers, state);
     let binding = login_cookie.as_ref().map(|l| l.binding.as_str());
     let return_to = login_cookie
         .as_ref()
@@ -687,7 +687,23 @@ pub(super) async fn protected(
         identity_headers: Some(identity_headers),
         access_token,
     };
+    // A session cookie that only a previous secret decrypts is set again with
+    // the current one, so that the previous secret can be retired.
+    let reissue = match &caller {
+        Caller::Session(_) if app.cookies.has_previous_keys() => app
+            .cookies
+            .session_cookie(&app.cookies.sent(request.headers()))
+            .filter(|cookie| cookie.stale),
+        _ => None,
+    };
     let response = forward(&app, request, who, &peer, upstream_cookies).await;
+    let response = match reissue {
+        Some(cookie) => {
+            let jar = app.cookies.set_session(app.cookies.empty_jar(), &cookie.id);
+            (jar, response).into_response()
+        }
+        None => response,
+    };
     with_user(response, identity)
 }
 

@@ -24,6 +24,8 @@ pub struct Harness {
     pub idp: DevIdp,
     pub server: Server,
     pub store_dir: tempfile::TempDir,
+    /// The settings it runs with.
+    pub settings: RawSettings,
 }
 
 impl Harness {
@@ -81,14 +83,31 @@ impl Harness {
             ..RawSettings::default()
         };
         customize(&mut raw);
-        let app: Arc<App> = App::new(raw.validate().unwrap()).await.unwrap();
+        let app: Arc<App> = App::new(raw.clone().validate().unwrap()).await.unwrap();
         let server = Server::start(listener, app).unwrap();
         Self {
             proxy,
             idp,
             server,
             store_dir: store,
+            settings: raw,
         }
+    }
+
+    /// Another latchkey over the same store, provider and upstream, with its
+    /// settings changed by `customize` (a replica, or the next deployment).
+    /// Cookies are per host, not per port: a browser signed in at the first
+    /// sends its cookies to this one too.
+    pub async fn another(&self, customize: impl FnOnce(&mut RawSettings)) -> (String, Server) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut raw = self.settings.clone();
+        customize(&mut raw);
+        let app: Arc<App> = App::new(raw.validate().unwrap()).await.unwrap();
+        (
+            format!("http://{addr}"),
+            Server::start(listener, app).unwrap(),
+        )
     }
 
     /// Removes every login record from the proxy's store: what expiry and the
