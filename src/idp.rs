@@ -69,6 +69,10 @@ pub struct Grant {
     pub identity: Option<Identity>,
     /// The tokens.
     pub tokens: TokenSet,
+    /// The identity holds only what the ID token says, because the claims
+    /// the provider gives elsewhere (userinfo) could not be read this time:
+    /// the session keeps the email and groups it knew rather than lose them.
+    pub partial_identity: bool,
 }
 
 /// Why a call to the provider failed. Messages name the endpoint and status,

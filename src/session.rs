@@ -460,8 +460,21 @@ impl Sessions {
                         .or(record.tokens.id_token.clone()),
                     ..grant.tokens
                 };
+                let identity = match grant.identity {
+                    None => record.identity,
+                    Some(fresh) if grant.partial_identity => Identity {
+                        email: fresh.email.or(record.identity.email),
+                        groups: if fresh.groups.is_empty() {
+                            record.identity.groups
+                        } else {
+                            fresh.groups
+                        },
+                        ..fresh
+                    },
+                    Some(fresh) => fresh,
+                };
                 let updated = SessionRecord {
-                    identity: grant.identity.unwrap_or(record.identity),
+                    identity,
                     tokens,
                     refresh_lease: None,
                     ..record

@@ -184,3 +184,29 @@ async fn a_cookie_secret_rotation_signs_nobody_out() {
         });
     assert!(cleared, "{:?}", stale.headers());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_that_only_userinfo_gives_survive_a_refresh() {
+    let h = Harness::start_with_idp(
+        None,
+        |idp| idp.groups_in_id_token = false,
+        |raw| {
+            raw.allowed_groups = Some(vec!["admins".into()]);
+            // Every request finds the access token due: it refreshes at once.
+            raw.refresh_before_expiry = Some("1h".into());
+        },
+    )
+    .await;
+    let b = browser();
+    sign_in(&h, &b, "/", "alice").await;
+    for _ in 0..3 {
+        let answer = b.get(h.url("/oauth2/auth")).send().await.unwrap();
+        assert_eq!(
+            answer.status(),
+            202,
+            "alice lost her groups after a refresh"
+        );
+        assert_eq!(answer.headers()["x-auth-request-groups"], "admins,staff");
+    }
+    assert!(h.idp.knobs().refresh_grants() >= 1, "no refresh happened");
+}

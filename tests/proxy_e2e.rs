@@ -176,6 +176,19 @@ async fn sign_out_ends_the_session_everywhere() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_out_revokes_the_refresh_token_at_the_provider() {
+    let h = Harness::start(|_| {}).await;
+    let b = browser();
+    sign_in(&h, &b, "/", "alice").await;
+    assert_eq!(h.idp.knobs().revocations(), 0);
+    let out = b.get(h.url("/oauth2/sign_out")).send().await.unwrap();
+    assert!(out.status().is_redirection());
+    // In the background: the sign-out answered without waiting for it.
+    common::within("the revocation", h.idp.knobs().wait_revocations(1)).await;
+    assert_eq!(h.idp.knobs().revocations(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_login_gets_the_login_expired_page() {
     let h = Harness::start(|_| {}).await;
     let response = browser()

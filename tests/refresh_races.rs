@@ -400,6 +400,29 @@ async fn refreshed_id_token_must_keep_the_subject(backend: TestBackend) {
     ));
 }
 
+async fn a_refresh_without_userinfo_keeps_the_sessions_claims(backend: TestBackend) {
+    let rig = rig(backend);
+    let session = rig.session(Token::Expired).await;
+    let before = rig
+        .sessions
+        .load(&rig.session(Token::Fresh).await)
+        .await
+        .unwrap();
+    assert!(before.identity().email.is_some() && !before.identity().groups.is_empty());
+    rig.idp.refresh_as_subject("alice");
+    rig.idp.refresh_without_claims(true);
+    let refreshed = rig.sessions.load(&session).await.unwrap();
+    assert_eq!(rig.idp.refreshes(), 1);
+    assert_eq!(refreshed.identity().email, before.identity().email);
+    assert_eq!(refreshed.identity().groups, before.identity().groups);
+    // Negative control: a complete answer without them means they are gone.
+    let other = rig.session(Token::Expired).await;
+    rig.idp.refresh_without_claims(false);
+    let refreshed = rig.sessions.load(&other).await.unwrap();
+    assert_eq!(refreshed.identity().email, None);
+    assert!(refreshed.identity().groups.is_empty());
+}
+
 async fn sign_out_during_refresh_is_not_undone(backend: TestBackend) {
     let rig = rig(backend);
     let session = rig.session(Token::Expired).await;
@@ -452,6 +475,7 @@ backend_tests!(
     invalid_grant_ends_the_session,
     transient_error_keeps_the_session_and_frees_the_lease,
     refreshed_id_token_must_keep_the_subject,
+    a_refresh_without_userinfo_keeps_the_sessions_claims,
     cached_records_follow_the_store,
     sign_out_during_refresh_is_not_undone,
     waiting_for_a_refresh_is_bounded_and_deletes_nothing,

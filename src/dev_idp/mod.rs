@@ -93,6 +93,9 @@ pub struct DevIdpConfig {
     pub test_knobs: bool,
     /// The ID token signing algorithm: `RS256` (default) or `EdDSA`.
     pub signing_alg: SigningAlg,
+    /// Whether ID tokens carry `groups` [default: true]; without, only
+    /// `/userinfo` tells them (as many providers do).
+    pub groups_in_id_token: bool,
 }
 
 /// Durations in the dev IdP's TOML as whole seconds.
@@ -129,6 +132,7 @@ impl Default for DevIdpConfig {
             access_ttl: Duration::from_secs(300),
             test_knobs: false,
             signing_alg: SigningAlg::default(),
+            groups_in_id_token: true,
         }
     }
 }
@@ -137,6 +141,7 @@ impl Default for DevIdpConfig {
 #[derive(Debug, Default)]
 pub struct Knobs {
     discovery_requests: AtomicU64,
+    revocations: tokio::sync::watch::Sender<u64>,
     token_calls: AtomicU64,
     code_grants: AtomicU64,
     refresh_grants: AtomicU64,
@@ -167,6 +172,17 @@ impl Knobs {
     /// Every request for the discovery document.
     pub fn discovery_requests(&self) -> u64 {
         self.discovery_requests.load(Ordering::SeqCst)
+    }
+
+    /// Refresh tokens revoked through `/revoke` (unknown tokens not counted).
+    pub fn revocations(&self) -> u64 {
+        *self.revocations.borrow()
+    }
+
+    /// Waits until at least `n` revocations have been accepted in all.
+    pub async fn wait_revocations(&self, n: u64) {
+        let mut seen = self.revocations.subscribe();
+        let _ = seen.wait_for(|r| *r >= n).await;
     }
 
     /// Every call to `/token`.
@@ -382,6 +398,7 @@ fn router(idp: Arc<Idp>) -> Router {
         .route("/jwks", get(jwks))
         .route("/authorize", get(authorize_form).post(authorize_submit))
         .route("/token", post(token::token))
+        .route("/revoke", post(token::revoke))
         .route("/userinfo", get(userinfo).post(userinfo))
         .route("/end_session", get(end_session));
     if idp.config.test_knobs {
@@ -406,6 +423,7 @@ async fn discovery(State(idp): Shared) -> Response {
         "userinfo_endpoint": format!("{i}/userinfo"),
         "jwks_uri": format!("{i}/jwks"),
         "end_session_endpoint": format!("{i}/end_session"),
+        "revocation_endpoint": format!("{i}/revoke"),
         "response_types_supported": ["code"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [idp.config.signing_alg.name()],

@@ -47,7 +47,11 @@ fn invalid_grant(description: &str) -> Response {
 
 /// `client_secret_basic` (RFC 6749 2.3.1: form-urlencoded, then base64) or
 /// `client_secret_post`.
-fn client_credentials(headers: &HeaderMap, form: &TokenForm) -> Option<(String, String)> {
+fn client_credentials(
+    headers: &HeaderMap,
+    client_id: Option<&String>,
+    client_secret: Option<&String>,
+) -> Option<(String, String)> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value.to_str().ok()?;
         let (scheme, encoded) = value.split_once(' ')?;
@@ -63,7 +67,63 @@ fn client_credentials(headers: &HeaderMap, form: &TokenForm) -> Option<(String, 
         };
         return Some((unescape(id)?, unescape(secret)?));
     }
-    Some((form.client_id.clone()?, form.client_secret.clone()?))
+    Some((client_id?.clone(), client_secret?.clone()))
+}
+
+/// The authenticated client of a request, if its credentials are right.
+fn authenticated_client(
+    idp: &Idp,
+    headers: &HeaderMap,
+    client_id: Option<&String>,
+    client_secret: Option<&String>,
+) -> Option<DevClient> {
+    client_credentials(headers, client_id, client_secret).and_then(|(id, secret)| {
+        idp.client(&id)
+            .filter(|c| c.client_secret == secret)
+            .cloned()
+    })
+}
+
+/// An RFC 7009 revocation request.
+#[derive(Debug, Deserialize)]
+pub(super) struct RevokeForm {
+    token: String,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+/// RFC 7009: revokes a refresh token (and with it its whole grant family);
+/// `200` for any token, known or not, as the RFC asks.
+pub(super) async fn revoke(
+    State(idp): State<Arc<Idp>>,
+    headers: HeaderMap,
+    Form(form): Form<RevokeForm>,
+) -> Response {
+    let Some(client) = authenticated_client(
+        &idp,
+        &headers,
+        form.client_id.as_ref(),
+        form.client_secret.as_ref(),
+    ) else {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "unknown client or wrong secret",
+        );
+    };
+    {
+        let mut grants = idp.grants();
+        let family = grants
+            .refresh
+            .get(&form.token)
+            .filter(|g| g.client_id == client.client_id)
+            .map(|g| g.family.clone());
+        if let Some(family) = family {
+            grants.revoked_families.insert(family);
+            idp.knobs.revocations.send_modify(|n| *n += 1);
+        }
+    }
+    StatusCode::OK.into_response()
 }
 
 pub(super) async fn token(
@@ -92,11 +152,12 @@ pub(super) async fn token(
             "failing on purpose (test knob)",
         );
     }
-    let client = client_credentials(&headers, &form).and_then(|(id, secret)| {
-        idp.client(&id)
-            .filter(|c| c.client_secret == secret)
-            .cloned()
-    });
+    let client = authenticated_client(
+        &idp,
+        &headers,
+        form.client_id.as_ref(),
+        form.client_secret.as_ref(),
+    );
     let Some(client) = client else {
         return oauth_error(
             StatusCode::UNAUTHORIZED,
@@ -233,7 +294,9 @@ fn issue(
     let expires = issued
         + chrono::Duration::from_std(idp.config.access_ttl).unwrap_or(chrono::Duration::minutes(5));
     let mut extra = serde_json::Map::new();
-    extra.insert("groups".into(), serde_json::json!(user.groups));
+    if idp.config.groups_in_id_token {
+        extra.insert("groups".into(), serde_json::json!(user.groups));
+    }
     let claims = IdTokenClaims::new(
         IssuerUrl::new(idp.issuer.clone()).expect("the issuer is a URL"),
         vec![Audience::new(client.client_id.clone())],

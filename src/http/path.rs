@@ -156,12 +156,6 @@ fn normalise_segment(raw: &str) -> Result<String, PathError> {
                     b'/' => return Err(PathError::EncodedSlash),
                     b'\\' => return Err(PathError::Backslash),
                     0..=0x1f | 0x7f => return Err(PathError::ControlCharacter),
-                    b'%' if bytes
-                        .get(i + 3..i + 5)
-                        .is_some_and(|pair| pair.iter().all(|b| hex_value(*b).is_some())) =>
-                    {
-                        return Err(PathError::DoubleEncoded);
-                    }
                     _ if is_unreserved(decoded) => out.push(char::from(decoded)),
                     _ => {
                         out.push('%');
@@ -178,6 +172,16 @@ fn normalise_segment(raw: &str) -> Result<String, PathError> {
                 i += 1;
             }
         }
+    }
+    // Judged on the result, so that `%25%61a` (which becomes `%25aa`) is
+    // caught as surely as `%25aa` itself: a canonical path stays canonical.
+    let double_encoded = out.as_bytes().windows(5).any(|w| {
+        w[..3].eq_ignore_ascii_case(b"%25")
+            && hex_value(w[3]).is_some()
+            && hex_value(w[4]).is_some()
+    });
+    if double_encoded {
+        return Err(PathError::DoubleEncoded);
     }
     Ok(out)
 }
@@ -239,6 +243,8 @@ mod tests {
             ("/static/.;x/admin", PathError::DotSegmentParameters),
             ("/static/%2e%2e;/admin", PathError::DotSegmentParameters),
             ("/static/%252e%252e/admin", PathError::DoubleEncoded),
+            // Found by the property test: decoding `%61` made `%25aa`.
+            ("/%25%61a", PathError::DoubleEncoded),
             ("/a%00b", PathError::ControlCharacter),
             ("/a%0d%0ab", PathError::ControlCharacter),
             ("/a%", PathError::MalformedEscape),

@@ -510,7 +510,13 @@ pub(super) async fn sign_out(
     let mut id_token = None;
     if let Some(id) = app.cookies.session_id_in(&headers) {
         match app.sessions.sign_out(&id).await {
-            Ok(record) => id_token = record.and_then(|r| r.tokens.id_token),
+            Ok(record) => {
+                let tokens = record.map(|r| r.tokens);
+                if let Some(refresh_token) = tokens.as_ref().and_then(|t| t.refresh_token.clone()) {
+                    revoke_in_background(&app, refresh_token);
+                }
+                id_token = tokens.and_then(|t| t.id_token);
+            }
             Err(error) => {
                 tracing::warn!(%error, "sign-out could not reach the store");
                 return pages::error(
@@ -536,6 +542,21 @@ pub(super) async fn sign_out(
         },
     };
     (jar, response).into_response()
+}
+
+/// Revokes a signed-out session's refresh token at the provider (RFC 7009),
+/// best effort and off the request: the sign-out never waits for it.
+fn revoke_in_background(app: &App, refresh_token: String) {
+    let provider = app.provider.clone();
+    tokio::spawn(async move {
+        match provider.revoke_refresh_token(&refresh_token).await {
+            Ok(true) => tracing::debug!("revoked the signed-out session's refresh token"),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(error = %escaped(&error), "could not revoke a refresh token at sign-out")
+            }
+        }
+    });
 }
 
 /// Forward-auth for nginx `auth_request`, Traefik `forwardAuth`, Caddy `forward_auth`.

@@ -26,9 +26,8 @@ use openidconnect::{
     AccessToken, AuthType, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken,
     EmptyExtraTokenFields, EndSessionUrl, EndpointMaybeSet, EndpointNotSet, EndpointSet,
     IdTokenFields, IssuerUrl, LogoutRequest, Nonce, OAuth2TokenResponse, PkceCodeChallenge,
-    PkceCodeVerifier, PostLogoutRedirectUrl, ProviderMetadataWithLogout, RedirectUrl, RefreshToken,
-    RequestTokenError, Scope, StandardErrorResponse, StandardTokenResponse, SubjectIdentifier,
-    TokenResponse, UserInfoClaims,
+    PkceCodeVerifier, PostLogoutRedirectUrl, RedirectUrl, RefreshToken, RequestTokenError, Scope,
+    StandardErrorResponse, StandardTokenResponse, SubjectIdentifier, TokenResponse, UserInfoClaims,
 };
 
 use self::http::{HttpFailure, IdpHttp};
@@ -151,6 +150,31 @@ type OidcClient<HasTokenUrl = EndpointSet> = Client<
     EndpointMaybeSet,
 >;
 
+/// What latchkey reads of a discovery document beyond the core fields: the
+/// RP-initiated logout endpoint, and RFC 7009's revocation endpoint.
+type ProviderMetadataWithRevocation = openidconnect::ProviderMetadata<
+    openidconnect::LogoutProviderMetadata<RevocationMetadata>,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    openidconnect::core::CoreClaimName,
+    openidconnect::core::CoreClaimType,
+    openidconnect::core::CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    openidconnect::core::CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    openidconnect::core::CoreResponseMode,
+    openidconnect::core::CoreResponseType,
+    openidconnect::core::CoreSubjectIdentifierType,
+>;
+
+/// The `revocation_endpoint` of a discovery document (RFC 8414, RFC 7009).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+struct RevocationMetadata {
+    revocation_endpoint: Option<openidconnect::RevocationUrl>,
+}
+
+impl openidconnect::AdditionalProviderMetadata for RevocationMetadata {}
+
 /// A discovered OpenID Provider.
 pub struct OidcProvider {
     client: OidcClient,
@@ -159,6 +183,11 @@ pub struct OidcProvider {
     issuer: String,
     scopes: Vec<Scope>,
     end_session: Option<EndSessionUrl>,
+    revocation: Option<openidconnect::RevocationUrl>,
+    client_id: String,
+    client_secret: Option<String>,
+    /// `client_secret_post` rather than `client_secret_basic`.
+    auth_type_is_body: bool,
     default_access_ttl: Duration,
     clock: Arc<dyn Clock>,
 }
@@ -204,7 +233,7 @@ impl OidcProvider {
         );
         // The crate checks that the document's `issuer` equals the configured one.
         let metadata =
-            ProviderMetadataWithLogout::discover_async(issuer_url, &http.for_openidconnect())
+            ProviderMetadataWithRevocation::discover_async(issuer_url, &http.for_openidconnect())
                 .await
                 .map_err(|e| OidcSetupError::Discovery {
                     url: discovery_url.clone(),
@@ -219,7 +248,13 @@ impl OidcProvider {
                     reason: "the provider has no token endpoint".into(),
                 })?;
         let auth_type = client_auth(metadata.token_endpoint_auth_methods_supported());
+        let auth_type_is_body = matches!(auth_type, AuthType::RequestBody);
         let end_session = metadata.additional_metadata().end_session_endpoint.clone();
+        let revocation = metadata
+            .additional_metadata()
+            .additional_metadata
+            .revocation_endpoint
+            .clone();
         let keys = JwksCache::new(
             metadata.jwks_uri().clone(),
             http.clone(),
@@ -260,6 +295,10 @@ impl OidcProvider {
             issuer: settings.issuer.clone(),
             scopes,
             end_session,
+            revocation,
+            client_id: settings.client_id.clone(),
+            client_secret: settings.client_secret.clone(),
+            auth_type_is_body,
             default_access_ttl: settings.default_access_ttl,
             clock: Arc::new(SystemClock),
         })
@@ -284,6 +323,76 @@ impl OidcProvider {
             ))),
             _ => Ok(()),
         }
+    }
+
+    /// Revokes `refresh_token` at the provider's revocation endpoint (RFC
+    /// 7009), when discovery names one: `Ok(false)` when it names none. The
+    /// client authenticates as at the token endpoint. Bounded by the provider
+    /// timeouts; the reason of a failure names no token.
+    ///
+    /// Sent here rather than through `openidconnect`'s `revoke_token`, which
+    /// refuses `http://` endpoints (the development IdP and test providers on
+    /// loopback); the request is RFC 7009 §2.1's form POST, nothing more.
+    pub async fn revoke_refresh_token(&self, refresh_token: &str) -> Result<bool, String> {
+        let Some(endpoint) = &self.revocation else {
+            return Ok(false);
+        };
+        let request = self.revocation_request(endpoint, refresh_token)?;
+        let response = self.http.execute(request).await.map_err(|e| match e {
+            HttpFailure::ServerError(status) => format!("revocation endpoint: HTTP {status}"),
+            HttpFailure::Transport(reason) => format!("revocation endpoint: {reason}"),
+        })?;
+        if response.status().is_success() {
+            Ok(true)
+        } else {
+            Err(format!(
+                "revocation endpoint: HTTP {}",
+                response.status().as_u16()
+            ))
+        }
+    }
+
+    fn revocation_request(
+        &self,
+        endpoint: &openidconnect::RevocationUrl,
+        refresh_token: &str,
+    ) -> Result<openidconnect::HttpRequest, String> {
+        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        form.append_pair("token", refresh_token);
+        form.append_pair("token_type_hint", "refresh_token");
+        let mut request = openidconnect::http::Request::builder()
+            .method(openidconnect::http::Method::POST)
+            .uri(endpoint.as_str())
+            .header(
+                openidconnect::http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(openidconnect::http::header::ACCEPT, "application/json");
+        match (&self.client_secret, self.auth_type_is_body) {
+            (Some(secret), false) => {
+                // RFC 6749 2.3.1: each part form-urlencoded, then base64.
+                let encode = |s: &str| {
+                    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
+                };
+                let credentials = base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    format!("{}:{}", encode(&self.client_id), encode(secret)),
+                );
+                request = request.header(
+                    openidconnect::http::header::AUTHORIZATION,
+                    format!("Basic {credentials}"),
+                );
+            }
+            (secret, _) => {
+                form.append_pair("client_id", &self.client_id);
+                if let Some(secret) = secret {
+                    form.append_pair("client_secret", secret);
+                }
+            }
+        }
+        request
+            .body(form.finish().into_bytes())
+            .map_err(|e| format!("revocation endpoint: {e}"))
     }
 
     /// The provider's RP-initiated logout URL, when it has an `end_session_endpoint`.
@@ -326,6 +435,7 @@ impl OidcProvider {
         };
         let ttl = response.expires_in().unwrap_or(self.default_access_ttl);
         Ok(Grant {
+            partial_identity: false,
             identity,
             tokens: TokenSet {
                 access_token: response.access_token().secret().clone(),
@@ -496,6 +606,7 @@ impl IdentityProvider for OidcProvider {
         Ok(Grant {
             identity: Some(identity),
             tokens: grant.tokens,
+            partial_identity: false,
         })
     }
 
@@ -508,7 +619,30 @@ impl IdentityProvider for OidcProvider {
             .request_async(&self.http.for_openidconnect())
             .await
             .map_err(token_error)?;
-        self.grant_from(&response, None).await
+        let grant = self.grant_from(&response, None).await?;
+        // A new ID token replaces the identity: ask userinfo again for what
+        // the ID token does not say (email, groups), as at login. The refresh
+        // token may already have rotated, so a userinfo failure must not fail
+        // the refresh: the session then keeps what it knew.
+        let Some(identity) = grant.identity.clone() else {
+            return Ok(grant);
+        };
+        match self
+            .with_userinfo(identity, &grant.tokens.access_token)
+            .await
+        {
+            Ok(identity) => Ok(Grant {
+                identity: Some(identity),
+                ..grant
+            }),
+            Err(error) => {
+                tracing::warn!(%error, "userinfo after a refresh failed; keeping the session's claims");
+                Ok(Grant {
+                    partial_identity: true,
+                    ..grant
+                })
+            }
+        }
     }
 }
 

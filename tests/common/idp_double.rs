@@ -92,6 +92,9 @@ pub struct ControlledIdp {
     exchange_failures: Mutex<VecDeque<IdpError>>,
     refresh_failures: Mutex<VecDeque<IdpError>>,
     refresh_subject: Mutex<Option<String>>,
+    /// Refreshed identities carry no email and no groups; `Some(true)`: and
+    /// say so (`partial_identity`), as when userinfo could not be read.
+    refresh_without_claims: Mutex<Option<bool>>,
     presented_refresh_tokens: Mutex<Vec<String>>,
     used_refresh_tokens: Mutex<HashSet<String>>,
 }
@@ -111,6 +114,7 @@ impl ControlledIdp {
             exchange_failures: Mutex::new(VecDeque::new()),
             refresh_failures: Mutex::new(VecDeque::new()),
             refresh_subject: Mutex::new(None),
+            refresh_without_claims: Mutex::new(None),
             presented_refresh_tokens: Mutex::new(Vec::new()),
             used_refresh_tokens: Mutex::new(HashSet::new()),
         })
@@ -146,6 +150,12 @@ impl ControlledIdp {
         *self.refresh_subject.lock().unwrap() = Some(subject.into());
     }
 
+    /// Makes refreshed identities carry no email and no groups; `partial`:
+    /// flagged as partial (userinfo unreadable), else meant (the user lost them).
+    pub fn refresh_without_claims(&self, partial: bool) {
+        *self.refresh_without_claims.lock().unwrap() = Some(partial);
+    }
+
     /// Fresh tokens, with a refresh token the double will accept once.
     pub fn issue_tokens(&self) -> TokenSet {
         let n = self.issued.fetch_add(1, Ordering::SeqCst);
@@ -173,6 +183,7 @@ impl IdentityProvider for ControlledIdp {
         Ok(Grant {
             identity: Some(identity(&format!("user-of-{}", exchange.code))),
             tokens: self.issue_tokens(),
+            partial_identity: false,
         })
     }
 
@@ -200,9 +211,19 @@ impl IdentityProvider for ControlledIdp {
             return Err(IdpError::InvalidGrant("refresh token reused".into()));
         }
         let subject = self.refresh_subject.lock().unwrap().clone();
+        let bare = *self.refresh_without_claims.lock().unwrap();
+        let identity = match (subject, bare) {
+            (Some(subject), Some(_)) => Some(Identity {
+                email: None,
+                groups: Vec::new(),
+                ..identity(&subject)
+            }),
+            (subject, _) => subject.map(|s| identity(&s)),
+        };
         Ok(Grant {
-            identity: subject.map(|s| identity(&s)),
+            identity,
             tokens: self.issue_tokens(),
+            partial_identity: bare == Some(true),
         })
     }
 }

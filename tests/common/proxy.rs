@@ -45,7 +45,7 @@ impl Harness {
         upstream: Option<SocketAddr>,
         customize: impl FnOnce(&mut RawSettings),
     ) -> Self {
-        Self::start_with_users(upstream, DevIdpConfig::default().users, customize).await
+        Self::start_with_idp(upstream, |_| {}, customize).await
     }
 
     /// latchkey in front of `upstream`, with these users at the dev IdP.
@@ -54,9 +54,18 @@ impl Harness {
         users: Vec<DevUser>,
         customize: impl FnOnce(&mut RawSettings),
     ) -> Self {
+        Self::start_with_idp(upstream, |idp| idp.users = users, customize).await
+    }
+
+    /// latchkey in front of `upstream`, with the dev IdP configured by `idp`.
+    pub async fn start_with_idp(
+        upstream: Option<SocketAddr>,
+        configure_idp: impl FnOnce(&mut DevIdpConfig),
+        customize: impl FnOnce(&mut RawSettings),
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy = listener.local_addr().unwrap();
-        let idp = DevIdp::start(DevIdpConfig {
+        let mut idp_config = DevIdpConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             clients: vec![DevClient {
                 client_id: "latchkey".into(),
@@ -64,11 +73,10 @@ impl Harness {
                 redirect_uris: vec![format!("http://{proxy}/oauth2/callback")],
                 post_logout_redirect_uris: vec![format!("http://{proxy}/")],
             }],
-            users,
             ..DevIdpConfig::default()
-        })
-        .await
-        .unwrap();
+        };
+        configure_idp(&mut idp_config);
+        let idp = DevIdp::start(idp_config).await.unwrap();
         let store = tempfile::tempdir().unwrap();
         let mut raw = RawSettings {
             issuer: Some(idp.issuer().into()),
