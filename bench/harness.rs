@@ -412,7 +412,7 @@ async fn session_memory(n: usize) -> f64 {
         store
             .insert_if_absent(
                 &session_key(&id),
-                &record.encode(),
+                &record.seal(&latchkey::seal::RecordSeal::process_default(), &id),
                 Duration::from_secs(86400),
             )
             .await

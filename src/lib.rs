@@ -14,6 +14,8 @@
 //!   ([`idp::IdentityProvider`]);
 //! - [`login`]: the login state machine (start, callback, replay);
 //! - [`session`]: session records and single-flight refresh;
+//! - [`seal`]: session records sealed for the store, session ids only the
+//!   server can derive;
 //! - [`clock`] and [`secret`]: time and randomness, injectable where tests need it.
 
 mod cache;
@@ -25,6 +27,7 @@ pub mod http;
 pub mod idp;
 pub mod login;
 pub mod oidc;
+pub mod seal;
 pub mod secret;
 pub mod session;
 pub mod store;

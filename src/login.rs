@@ -15,11 +15,13 @@
 //! hands out for a per-login cookie; a callback without it is rejected, which is
 //! both login-CSRF protection and what makes a replay safe.
 //!
-//! The session id is derived, not stored: `TAG.HMAC(state, lease_id)`, where
-//! TAG is the login's hash tag (see [`session_key`]). The browser
+//! The session id is derived, not stored: `TAG.HMAC_server(state, lease_id)`,
+//! where TAG is the login's hash tag (see [`session_key`]) and the HMAC key
+//! comes from the server secret ([`RecordSeal::session_id`]). The browser
 //! holds `state` (it comes back on every callback) and the store holds only
-//! `sha256(state)` as the key and the random `lease_id`, so every caller for one
-//! login computes the same session id while a store dump reveals none.
+//! `sha256(state)` as the key and the random `lease_id`, so every caller for
+//! one login computes the same session id while neither a store dump nor a
+//! `state` seen in a log yields it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +31,8 @@ use tokio::time::Instant;
 
 use crate::clock::{Clock, UnixMillis, duration_ms};
 use crate::idp::{AuthorizationRequest, CodeExchange, IdentityProvider, IdpError};
-use crate::secret::{hash_token, keyed_hash, random_token, token_matches_hash};
+use crate::seal::RecordSeal;
+use crate::secret::{hash_token, random_token, token_matches_hash};
 use crate::session::{SessionRecord, login_tag, session_key};
 use crate::store::{LoginCommit, Store, StoreError};
 
@@ -46,6 +49,8 @@ pub struct LoginSettings {
     pub wait_timeout: Duration,
     /// Lifetime of the session a login creates.
     pub session_ttl: Duration,
+    /// Seals the session record and derives the session id (the server secret).
+    pub seal: RecordSeal,
 }
 
 impl Default for LoginSettings {
@@ -55,6 +60,7 @@ impl Default for LoginSettings {
             exchange_lease: Duration::from_secs(30),
             wait_timeout: Duration::from_secs(30),
             session_ttl: Duration::from_secs(7 * 24 * 60 * 60),
+            seal: RecordSeal::process_default(),
         }
     }
 }
@@ -231,12 +237,8 @@ pub fn login_key(state: &str) -> String {
 }
 
 /// The session id of a completed login; see the module documentation.
-fn derive_session_id(state: &str, lease_id: &str) -> String {
-    format!(
-        "{}.{}",
-        login_tag(state),
-        keyed_hash(state, &format!("latchkey session id {lease_id}"))
-    )
+fn derive_session_id(seal: &RecordSeal, state: &str, lease_id: &str) -> String {
+    seal.session_id(&login_tag(state), state, lease_id)
 }
 
 /// Runs logins against one store and one identity provider.
@@ -377,7 +379,11 @@ impl LoginFlow {
                 }
                 Phase::Completed { lease_id } => {
                     return Ok(CompletedLogin {
-                        session_id: derive_session_id(callback.state, lease_id),
+                        session_id: derive_session_id(
+                            &self.settings.seal,
+                            callback.state,
+                            lease_id,
+                        ),
                         return_to: record.return_to.clone(),
                         exchanged_here: false,
                     });
@@ -491,7 +497,7 @@ impl LoginFlow {
                 return Err(LoginError::Failed(reason));
             }
         };
-        let session_id = derive_session_id(callback.state, lease_id);
+        let session_id = derive_session_id(&self.settings.seal, callback.state, lease_id);
         let session = SessionRecord::new(
             identity,
             tokens,
@@ -509,7 +515,7 @@ impl LoginFlow {
                 login_value: &completed.encode(),
                 login_ttl: self.settings.login_ttl,
                 session_key: &session_key(&session_id),
-                session_value: &session.encode(),
+                session_value: &session.seal(&self.settings.seal, &session_id),
                 session_ttl: self.settings.session_ttl,
             })
             .await?;
@@ -606,7 +612,7 @@ mod tests {
     #[test]
     fn a_login_and_its_session_share_one_hash_tag() {
         let state = random_token();
-        let session_id = derive_session_id(&state, &random_token());
+        let session_id = derive_session_id(&RecordSeal::process_default(), &state, &random_token());
         assert_eq!(
             hash_tag(&login_key(&state)),
             hash_tag(&session_key(&session_id))
@@ -619,9 +625,15 @@ mod tests {
     #[test]
     fn session_ids_are_derived_per_lease_and_keep_256_bits() {
         let state = random_token();
-        let a = derive_session_id(&state, "lease-a");
-        assert_eq!(a, derive_session_id(&state, "lease-a"));
-        assert_ne!(a, derive_session_id(&state, "lease-b"));
+        let seal = RecordSeal::new(&[3; 32], &[]);
+        let a = derive_session_id(&seal, &state, "lease-a");
+        assert_eq!(a, derive_session_id(&seal, &state, "lease-a"));
+        assert_ne!(a, derive_session_id(&seal, &state, "lease-b"));
+        // state alone does not give it: the server secret is part of it.
+        assert_ne!(
+            a,
+            derive_session_id(&RecordSeal::new(&[4; 32], &[]), &state, "lease-a")
+        );
         let (_, mac) = a.split_once('.').unwrap();
         assert_eq!(mac.len(), 43);
     }

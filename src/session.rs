@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::clock::{Clock, UnixMillis, duration_ms};
 use crate::idp::{Identity, IdentityProvider, IdpError, TokenSet};
+use crate::seal::RecordSeal;
 use crate::secret::{hash_token, random_token};
 use crate::store::{Store, StoreError, Versioned};
 
@@ -125,13 +126,32 @@ impl SessionRecord {
         }
     }
 
-    /// The record as stored.
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("session records always serialize")
+    /// The record as stored for the session `session_id`: its JSON, sealed
+    /// (see [`crate::seal`]).
+    pub fn seal(&self, seal: &RecordSeal, session_id: &str) -> Vec<u8> {
+        let plain = serde_json::to_vec(self).expect("session records always serialize");
+        seal.seal(session_id, &plain)
     }
 
-    fn decode(bytes: &[u8]) -> Result<Self, SessionError> {
-        serde_json::from_slice(bytes).map_err(|e| SessionError::Corrupt(e.to_string()))
+    /// The record stored for `session_id`. A record that does not open (altered
+    /// in the store, or sealed for another session or with an unknown secret)
+    /// is [`SessionError::Corrupt`]: no session, never another identity.
+    pub fn open(seal: &RecordSeal, session_id: &str, stored: &[u8]) -> Result<Self, SessionError> {
+        Self::open_noting_secret(seal, session_id, stored).map(|(record, _)| record)
+    }
+
+    /// Like [`SessionRecord::open`], and says whether a previous secret opened it.
+    fn open_noting_secret(
+        seal: &RecordSeal,
+        session_id: &str,
+        stored: &[u8],
+    ) -> Result<(Self, bool), SessionError> {
+        let opened = seal
+            .open_noting_secret(session_id, stored)
+            .ok_or_else(|| SessionError::Corrupt("the sealed record does not open".into()))?;
+        let record = serde_json::from_slice(&opened.plaintext)
+            .map_err(|e| SessionError::Corrupt(e.to_string()))?;
+        Ok((record, opened.by_previous_secret))
     }
 
     /// Store TTL that keeps the record exactly until `expires_at`.
@@ -155,6 +175,8 @@ pub struct SessionSettings {
     /// How long a sign-out is remembered against the user's earlier ID
     /// tokens presented as bearer tokens (ID tokens live minutes to hours).
     pub sign_out_memory: Duration,
+    /// Seals and opens session records (the server secret).
+    pub seal: RecordSeal,
 }
 
 impl Default for SessionSettings {
@@ -165,6 +187,7 @@ impl Default for SessionSettings {
             refresh_wait: Duration::from_secs(10),
             cached_records: 10_000,
             sign_out_memory: Duration::from_secs(24 * 60 * 60),
+            seal: RecordSeal::process_default(),
         }
     }
 }
@@ -283,7 +306,27 @@ impl Sessions {
             let loaded = hit.loaded.clone();
             return Ok(Some((current, loaded)));
         }
-        let loaded = Arc::new(Loaded::from(SessionRecord::decode(&current.value)?));
+        let (record, stale) =
+            SessionRecord::open_noting_secret(&self.settings.seal, session_id, &current.value)?;
+        // Sealed with a previous secret: seal it again with the current one
+        // (fenced on the version read), so that the previous secret can be
+        // retired without signing this session out.
+        let mut current = current;
+        if stale {
+            let resealed = record.seal(&self.settings.seal, session_id);
+            let ttl = record.remaining(self.clock.now_ms());
+            if self
+                .store
+                .compare_and_swap(key, current.version, &resealed, ttl)
+                .await?
+            {
+                current = Versioned {
+                    version: current.version + 1,
+                    value: resealed.into(),
+                };
+            }
+        }
+        let loaded = Arc::new(Loaded::from(record));
         let entry = CachedRecord {
             key: key.clone(),
             version: current.version,
@@ -331,7 +374,8 @@ impl Sessions {
                     let record = record.clone();
                     // Boxed: refreshes are rare, and the refresh's large state
                     // would otherwise be part of every request's future.
-                    let refresh = Box::pin(self.try_refresh(&key, current, record, now));
+                    let refresh =
+                        Box::pin(self.try_refresh(session_id, &key, current, record, now));
                     if let Some(outcome) = refresh.await? {
                         return outcome;
                     }
@@ -349,9 +393,9 @@ impl Sessions {
         let existing = self.store.get(&key).await?;
         self.store.delete(&key).await?;
         self.cache.remove(session_id);
+        // A record that does not open is gone all the same.
         let record = existing
-            .map(|v| SessionRecord::decode(&v.value))
-            .transpose()?;
+            .and_then(|v| SessionRecord::open(&self.settings.seal, session_id, &v.value).ok());
         if let Some(record) = &record {
             self.remember_sign_out(&record.identity).await?;
         }
@@ -409,6 +453,7 @@ impl Sessions {
     /// someone else first; re-read and decide again.
     async fn try_refresh(
         &self,
+        session_id: &str,
         key: &str,
         current: Versioned,
         record: SessionRecord,
@@ -429,7 +474,7 @@ impl Sessions {
             .compare_and_swap(
                 key,
                 current.version,
-                &leased.encode(),
+                &leased.seal(&self.settings.seal, session_id),
                 record.remaining(now),
             )
             .await?
@@ -484,7 +529,7 @@ impl Sessions {
                     .compare_and_swap(
                         key,
                         lease_version,
-                        &updated.encode(),
+                        &updated.seal(&self.settings.seal, session_id),
                         updated.remaining(now),
                     )
                     .await?;
@@ -506,7 +551,12 @@ impl Sessions {
                     ..record.clone()
                 };
                 self.store
-                    .compare_and_swap(key, lease_version, &freed.encode(), freed.remaining(now))
+                    .compare_and_swap(
+                        key,
+                        lease_version,
+                        &freed.seal(&self.settings.seal, session_id),
+                        freed.remaining(now),
+                    )
                     .await?;
                 if record.tokens.access_expires_at > now {
                     Ok(Some(Ok(active(record))))

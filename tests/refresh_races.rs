@@ -88,7 +88,7 @@ impl Rig {
             self.store
                 .insert_if_absent(
                     &session_key(&id),
-                    &record.encode(),
+                    &record.seal(&SessionSettings::default().seal, &id),
                     Duration::from_secs(86400)
                 )
                 .await
@@ -358,7 +358,8 @@ async fn cached_records_follow_the_store(backend: TestBackend) {
     // Another replica rewrites the record (as its refresh would).
     let key = session_key(&id);
     let stored = rig.store.get(&key).await.unwrap().unwrap();
-    let mut record: SessionRecord = serde_json::from_slice(&stored.value).unwrap();
+    let seal = SessionSettings::default().seal;
+    let mut record = SessionRecord::open(&seal, &id, &stored.value).unwrap();
     record.tokens.access_token = "rewritten-elsewhere".into();
     record.tokens.access_expires_at = rig.clock.now_ms() + 3_600_000;
     assert!(
@@ -366,7 +367,7 @@ async fn cached_records_follow_the_store(backend: TestBackend) {
             .compare_and_swap(
                 &key,
                 stored.version,
-                &record.encode(),
+                &record.seal(&seal, &id),
                 Duration::from_secs(86400)
             )
             .await

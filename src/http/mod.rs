@@ -37,6 +37,7 @@ use crate::clock::SystemClock;
 use crate::config::Settings;
 use crate::login::{LoginFlow, LoginSettings};
 use crate::oidc::{OidcProvider, OidcSettings};
+use crate::seal::RecordSeal;
 use crate::session::{SessionSettings, Sessions};
 use crate::store::{self, Store};
 
@@ -128,6 +129,9 @@ impl App {
         let provider = Arc::new(OidcProvider::discover(&oidc).await?);
         let idp = Arc::new(MeteredIdp::new(provider.clone(), metrics.clone()));
         let clock = Arc::new(SystemClock);
+        // Session records are sealed with a key from the cookie secret (and
+        // opened with the previous ones too): see `crate::seal`.
+        let seal = RecordSeal::new(&settings.cookie_secret, &settings.previous_cookie_secrets);
         let login = LoginFlow::new(
             store.clone(),
             idp.clone(),
@@ -137,6 +141,7 @@ impl App {
                 session_ttl: settings.session_ttl,
                 exchange_lease: settings.exchange_lease,
                 wait_timeout: settings.exchange_lease,
+                seal: seal.clone(),
             },
         );
         let sessions = Sessions::new(
@@ -146,6 +151,7 @@ impl App {
             SessionSettings {
                 refresh_before_expiry: settings.refresh_before_expiry,
                 refresh_lease: settings.exchange_lease,
+                seal,
                 ..SessionSettings::default()
             },
         );

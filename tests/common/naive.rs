@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use latchkey::clock::{Clock, duration_ms};
 use latchkey::idp::{CodeExchange, IdentityProvider};
 use latchkey::login::{Callback, LoginFlow};
+use latchkey::seal::RecordSeal;
 use latchkey::secret::random_token;
 use latchkey::session::{SessionRecord, Sessions, session_key};
 use latchkey::store::Store;
@@ -114,7 +115,11 @@ impl LoginDriver for NaiveLoginFlow {
             TTL,
         );
         self.store
-            .insert_if_absent(&session_key(&session_id), &record.encode(), TTL)
+            .insert_if_absent(
+                &session_key(&session_id),
+                &record.seal(&RecordSeal::process_default(), &session_id),
+                TTL,
+            )
             .await
             .map_err(|e| e.to_string())?;
         let done = serde_json::to_vec(&NaiveLogin {
@@ -161,7 +166,8 @@ impl RefreshDriver for NaiveRefresh {
         let key = session_key(session_id);
         let current = self.store.get(&key).await.map_err(|e| e.to_string())?;
         let current = current.ok_or("no session")?;
-        let mut record: SessionRecord = serde_json::from_slice(&current.value).unwrap();
+        let seal = RecordSeal::process_default();
+        let mut record = SessionRecord::open(&seal, session_id, &current.value).unwrap();
         let due = record.tokens.access_expires_at
             <= self.clock.now_ms() + duration_ms(self.refresh_before_expiry);
         if due {
@@ -179,7 +185,7 @@ impl RefreshDriver for NaiveRefresh {
             if let Some(latest) = self.store.get(&key).await.map_err(|e| e.to_string())? {
                 let _ = self
                     .store
-                    .compare_and_swap(&key, latest.version, &record.encode(), TTL)
+                    .compare_and_swap(&key, latest.version, &record.seal(&seal, session_id), TTL)
                     .await;
             }
         }
