@@ -1,8 +1,9 @@
 //! The login state machine (DESIGN §2).
 //!
 //! ```text
-//! begin:     insert_if_absent ──▶ Pending{nonce, pkce_verifier}
-//! callback:  CAS Pending ──▶ Exchanging{lease_id, lease_until}      exactly one winner
+//! begin:     nothing stored; nonce, PKCE verifier, binding and destination
+//!            go to the browser's encrypted per-login cookie
+//! callback:  insert_if_absent ──▶ Exchanging{lease_id, lease_until}  exactly one winner
 //!   winner:  token exchange, no lock held
 //!            ok  ──commit_login──▶ Completed{lease_id} + new session   one atomic step
 //!            err ──CAS──▶ Failed{reason}                               no session written
@@ -65,7 +66,8 @@ impl Default for LoginSettings {
     }
 }
 
-/// A login that has been started: where to send the browser and what to remember.
+/// A login that has been started: where to send the browser and what the
+/// browser keeps (in its encrypted per-login cookie). Nothing is stored.
 #[derive(Debug, Clone)]
 pub struct StartedLogin {
     /// The `state` parameter; also names the login.
@@ -74,6 +76,27 @@ pub struct StartedLogin {
     pub binding: String,
     /// The identity provider's authorization URL.
     pub authorization_url: String,
+    /// The rest of what the callback needs, for the per-login cookie.
+    pub pending: PendingLogin,
+}
+
+/// What a started login needs at its callback, carried by the browser (in
+/// the per-login cookie, encrypted and authenticated) rather than written to
+/// the store: an anonymous `/oauth2/start` writes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingLogin {
+    /// `sha256(state)`: the cookie belongs to this login and no other.
+    pub state_hash: String,
+    /// `sha256(binding)`: the binding that must come with it.
+    pub binding_hash: String,
+    /// The nonce the ID token must carry.
+    pub nonce: String,
+    /// The PKCE verifier.
+    pub pkce_verifier: String,
+    /// Where the browser wanted to go.
+    pub return_to: String,
+    /// When the login started (Unix ms); it is refused `login_ttl` later.
+    pub started: UnixMillis,
 }
 
 /// What a callback request brought.
@@ -85,6 +108,8 @@ pub struct Callback<'a> {
     pub code: &'a str,
     /// The browser binding from the per-login cookie, if the browser sent one.
     pub binding: Option<&'a str>,
+    /// The rest of the per-login cookie, if the browser sent one.
+    pub pending: Option<&'a PendingLogin>,
 }
 
 /// A finished login, as seen by one callback.
@@ -267,7 +292,11 @@ impl LoginFlow {
     }
 
     /// Starts a login that will return the browser to `return_to` (already
-    /// checked to be a local path by the caller).
+    /// checked to be a local path by the caller). Writes nothing: what the
+    /// callback needs travels in [`StartedLogin::pending`] and the binding,
+    /// and the login's record is first written by its first callback. (It
+    /// cannot fail today; the `Result` keeps room for providers that need a
+    /// call here, such as pushed authorization requests.)
     pub async fn begin(&self, return_to: &str) -> Result<StartedLogin, LoginError> {
         let request = AuthorizationRequest {
             state: random_token(),
@@ -275,28 +304,57 @@ impl LoginFlow {
             pkce_verifier: random_token(),
         };
         let binding = random_token();
-        let record = LoginRecord {
+        let pending = PendingLogin {
+            state_hash: hash_token(&request.state),
             binding_hash: hash_token(&binding),
+            nonce: request.nonce.clone(),
+            pkce_verifier: request.pkce_verifier.clone(),
             return_to: return_to.to_owned(),
-            phase: Phase::Pending {
-                nonce: request.nonce.clone(),
-                pkce_verifier: request.pkce_verifier.clone(),
-            },
+            started: self.clock.now_ms(),
         };
-        let key = login_key(&request.state);
-        if !self
-            .store
-            .insert_if_absent(&key, &record.encode(), self.settings.login_ttl)
-            .await?
-        {
-            // 256 random bits collided: the random source is broken.
-            return Err(LoginError::Corrupt("login state collision".into()));
-        }
         Ok(StartedLogin {
             authorization_url: self.idp.authorization_url(&request),
             state: request.state,
             binding,
+            pending,
         })
+    }
+
+    /// The first record of a login, written by its first callback: the
+    /// claim (`Exchanging`), from what the browser's cookie carried, with the
+    /// TTL that keeps it until the login's end. Refused when the cookie is
+    /// missing or expired (`UnknownLogin`) or belongs to another login or
+    /// binding (`BindingMismatch`).
+    fn first_claim(&self, callback: &Callback<'_>) -> Result<(LoginRecord, Duration), LoginError> {
+        // Without the cookie nothing is known of this `state`: never started
+        // here, or started in another browser.
+        let Some(pending) = callback.pending else {
+            return Err(LoginError::UnknownLogin);
+        };
+        let bound = callback
+            .binding
+            .is_some_and(|binding| token_matches_hash(binding, &pending.binding_hash));
+        if !bound || !token_matches_hash(callback.state, &pending.state_hash) {
+            return Err(LoginError::BindingMismatch);
+        }
+        let now = self.clock.now_ms();
+        let ends = pending
+            .started
+            .saturating_add(duration_ms(self.settings.login_ttl));
+        if now >= ends {
+            return Err(LoginError::UnknownLogin);
+        }
+        let record = LoginRecord {
+            binding_hash: pending.binding_hash.clone(),
+            return_to: pending.return_to.clone(),
+            phase: Phase::Exchanging {
+                nonce: pending.nonce.clone(),
+                pkce_verifier: pending.pkce_verifier.clone(),
+                lease_id: random_token(),
+                lease_until: now + duration_ms(self.settings.exchange_lease),
+            },
+        };
+        Ok((record, Duration::from_millis(ends - now)))
     }
 
     /// Handles a callback. However many callbacks of one login run at once, on
@@ -310,7 +368,19 @@ impl LoginFlow {
         let mut saw_in_flight = false;
         loop {
             let Some(current) = self.store.get(&key).await? else {
-                return Err(LoginError::UnknownLogin);
+                // The first callback: the claim is the login's first record,
+                // and the first insert wins (I1) exactly as the first CAS did.
+                let (claimed, ttl) = self.first_claim(&callback)?;
+                saw_in_flight = true;
+                if self
+                    .store
+                    .insert_if_absent(&key, &claimed.encode(), ttl)
+                    .await?
+                {
+                    let claim = self.inserted_claim(key.clone(), claimed).await?;
+                    return self.exchange(claim, callback).await;
+                }
+                continue;
             };
             let record = LoginRecord::decode(&current.value)?;
             let bound = callback
@@ -396,6 +466,25 @@ impl LoginFlow {
         }
     }
 
+    /// The claim this callback just inserted, with the version the store gave
+    /// it (a fresh record's version is the store's to choose). `LeaseLost`
+    /// if the record is no longer this claim (its lease ran out and another
+    /// callback moved the login on meanwhile).
+    async fn inserted_claim(&self, key: String, claimed: LoginRecord) -> Result<Claim, LoginError> {
+        let Phase::Exchanging { lease_id, .. } = &claimed.phase else {
+            unreachable!("a first claim is always Exchanging");
+        };
+        let current = self.store.get(&key).await?.ok_or(LoginError::LeaseLost)?;
+        match LoginRecord::decode(&current.value)?.phase {
+            Phase::Exchanging { lease_id: held, .. } if &held == lease_id => Ok(Claim {
+                key,
+                version: current.version,
+                record: claimed,
+            }),
+            _ => Err(LoginError::LeaseLost),
+        }
+    }
+
     /// Ends a login whose authorization response was an error (`error=` from
     /// the provider, or a failed `iss` check): it becomes `Failed` and no code is
     /// ever exchanged for it. Needs the browser binding like a callback.
@@ -405,12 +494,32 @@ impl LoginFlow {
         &self,
         state: &str,
         binding: Option<&str>,
+        pending: Option<&PendingLogin>,
         reason: FailureReason,
     ) -> Result<FailureReason, LoginError> {
         let key = login_key(state);
         loop {
             let Some(current) = self.store.get(&key).await? else {
-                return Err(LoginError::UnknownLogin);
+                // No callback came yet: the failure is the login's first
+                // record, so that no later callback can exchange a code for it.
+                let callback = Callback {
+                    state,
+                    code: "",
+                    binding,
+                    pending,
+                };
+                let (claimed, ttl) = self.first_claim(&callback)?;
+                let failed = claimed.with_phase(Phase::Failed {
+                    reason: reason.clone(),
+                });
+                if self
+                    .store
+                    .insert_if_absent(&key, &failed.encode(), ttl)
+                    .await?
+                {
+                    return Ok(reason);
+                }
+                continue;
             };
             let record = LoginRecord::decode(&current.value)?;
             if !binding.is_some_and(|b| token_matches_hash(b, &record.binding_hash)) {

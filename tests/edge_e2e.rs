@@ -662,6 +662,93 @@ async fn login_cookies_stay_small_and_go_once_used() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_sign_in_starts_leave_nothing_in_the_store() {
+    // No rate limit: every one of the starts must be served to count.
+    let h = Harness::start(|raw| raw.login_rate_per_minute = Some(0)).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for i in 0..2_000 {
+        let rd = format!("/page/{i}?{}", "q".repeat(1500));
+        let response = client
+            .get(h.url(&format!("/oauth2/start?rd={rd}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 302);
+    }
+    let path = h.store_dir.path().join("s.db");
+    let store = latchkey::store::sqlite::SqliteStore::open(path.to_str().unwrap())
+        .await
+        .unwrap();
+    use latchkey::store::Store;
+    assert_eq!(
+        store.count_live("").await.unwrap(),
+        0,
+        "anonymous starts wrote records"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_floods_are_rate_limited_per_client() {
+    let h = Harness::start(|raw| raw.login_rate_per_minute = Some(3)).await;
+    let from = |ip: &str| {
+        reqwest::Client::builder()
+            .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    };
+    let flooder = from("127.0.0.1");
+    for path in [
+        "/oauth2/start",
+        "/oauth2/start",
+        "/oauth2/callback?state=x&code=y",
+    ] {
+        let response = flooder.get(h.url(path)).send().await.unwrap();
+        assert_ne!(response.status(), 429, "{path}");
+    }
+    for path in ["/oauth2/start", "/oauth2/callback?state=x&code=y"] {
+        let response = flooder
+            .get(h.url(path))
+            .header(ACCEPT, "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 429, "{path}");
+        let wait: u64 = response.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&wait), "{wait}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "too_many_requests");
+    }
+    // Another client is not held back, and the rest of the app is not limited.
+    let other = from("127.0.0.2");
+    assert_eq!(
+        other
+            .get(h.url("/oauth2/start"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        302
+    );
+    assert_eq!(
+        flooder
+            .get(h.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cookie_bomb_is_answered_with_removals_of_the_login_cookies() {
     let h = Harness::start(|_| {}).await;
     let bomb = (0..6)

@@ -158,6 +158,7 @@ async fn full_flow_against_panva_oidc_provider() {
             state: &query["state"],
             code: &query["code"],
             binding: Some(&started.binding),
+            pending: Some(&started.pending),
         })
         .await
         .unwrap();

@@ -284,6 +284,7 @@ async fn replay_with_binding_is_idempotent(backend: TestBackend) {
         state: &begun.state,
         code: "the-code",
         binding: Some(&begun.binding),
+        pending: begun.pending.as_ref(),
     };
     let first = rig.flow.complete(callback).await.unwrap();
     let replay = rig.flow.complete(callback).await.unwrap();
@@ -303,6 +304,7 @@ async fn replay_without_binding_is_rejected(backend: TestBackend) {
         state: &begun.state,
         code: "the-code",
         binding,
+        pending: begun.pending.as_ref(),
     };
     // Before completion: a foreign or missing binding neither succeeds nor
     // consumes the login.
@@ -310,6 +312,21 @@ async fn replay_without_binding_is_rejected(backend: TestBackend) {
         let err = rig.flow.complete(with(binding)).await.unwrap_err();
         assert!(matches!(err, LoginError::BindingMismatch), "{err:?}");
     }
+    // Nor does another login's cookie, or none at all (a callback link sent
+    // to a browser that never started this login).
+    let foreign = Callback {
+        binding: Some(&other_browser.binding),
+        pending: other_browser.pending.as_ref(),
+        ..with(None)
+    };
+    let err = rig.flow.complete(foreign).await.unwrap_err();
+    assert!(matches!(err, LoginError::BindingMismatch), "{err:?}");
+    let no_cookie = Callback {
+        pending: None,
+        ..with(Some(&begun.binding))
+    };
+    let err = rig.flow.complete(no_cookie).await.unwrap_err();
+    assert!(matches!(err, LoginError::UnknownLogin), "{err:?}");
     assert_eq!(rig.idp.exchanges(), 0);
     rig.flow.complete(with(Some(&begun.binding))).await.unwrap();
     // After completion: replays without the binding are rejected too.
@@ -329,6 +346,7 @@ async fn unknown_state_is_rejected(backend: TestBackend) {
             state: "never-started",
             code: "c",
             binding: Some("b"),
+            pending: None,
         })
         .await
         .unwrap_err();

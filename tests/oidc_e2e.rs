@@ -142,6 +142,7 @@ impl Rig {
                 state: back.get("state").unwrap(),
                 code: back.get("code").unwrap(),
                 binding: Some(&started.binding),
+                pending: Some(&started.pending),
             })
             .await;
         (started, completed)
@@ -311,6 +312,7 @@ async fn replayed_code_is_refused_and_revokes_its_tokens() {
             state: &started.state,
             code: &code,
             binding: Some(&started.binding),
+            pending: Some(&started.pending),
         })
         .await
         .unwrap();
@@ -345,6 +347,7 @@ async fn error_response_ends_the_login_without_a_session() {
         .abort(
             &started.state,
             Some(&started.binding),
+            Some(&started.pending),
             FailureReason::Refused {
                 error: latchkey::login::idp_error_code(back.get("error").unwrap()),
             },
@@ -363,6 +366,7 @@ async fn error_response_ends_the_login_without_a_session() {
             state: &started.state,
             code: "forged",
             binding: Some(&started.binding),
+            pending: Some(&started.pending),
         })
         .await
         .unwrap_err();
@@ -407,6 +411,7 @@ async fn provider_outage_is_transient_and_fails_the_login_cleanly() {
             state: &started.state,
             code: back.get("code").unwrap(),
             binding: Some(&started.binding),
+            pending: Some(&started.pending),
         })
         .await
         .unwrap_err();
@@ -437,6 +442,7 @@ async fn userinfo_for_another_subject_fails_the_login() {
             state: back.get("state").unwrap(),
             code: back.get("code").unwrap(),
             binding: Some(&started.binding),
+            pending: Some(&started.pending),
         })
         .await
         .unwrap_err();

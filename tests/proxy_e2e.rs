@@ -208,19 +208,35 @@ async fn an_unknown_login_gets_the_login_expired_page() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_login_expired_link_keeps_the_destination() {
     let h = Harness::start(|_| {}).await;
-    let b = browser();
+    let jar = Arc::new(reqwest::cookie::Jar::default());
+    let b = reqwest::Client::builder()
+        .cookie_provider(jar.clone())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let callback = to_callback(&b, &h.url("/deep/link"), "alice").await;
-    // The login record is gone (expired and swept) while its cookie remains.
-    h.expire_logins().await;
-    let response = b
+    // The browser comes back after login_ttl (10 minutes): its login cookie
+    // says when the login started, so it is as this browser would hold it
+    // eleven minutes later.
+    use reqwest::cookie::CookieStore;
+    let sent = jar.cookies(&callback).unwrap().to_str().unwrap().to_owned();
+    let aged = h.aged_login_cookies(&sent, Duration::from_secs(11 * 60));
+    let response = reqwest::Client::new()
         .get(callback)
+        .header(COOKIE, aged)
         .header(ACCEPT, "text/html")
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
     let page = response.text().await.unwrap();
+    assert!(page.contains("login_expired"), "{page}");
     assert!(page.contains("/oauth2/start?rd=%2Fdeep%2Flink"), "{page}");
+    assert_eq!(
+        h.idp.knobs().code_grants(),
+        0,
+        "an expired login exchanged its code"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,6 +49,7 @@ async fn log_in(rig: &Rig, code: &str) -> String {
             state: &started.state,
             code,
             binding: Some(&started.binding),
+            pending: Some(&started.pending),
         })
         .await
         .unwrap()
@@ -168,7 +169,21 @@ async fn an_altered_record_is_no_session_never_another(backend: TestBackend) {
     );
 }
 
+
+async fn anonymous_starts_write_nothing(backend: TestBackend) {
+    let rig = rig(backend);
+    for _ in 0..2_000 {
+        rig.flow.begin("/some/deep/link?with=query").await.unwrap();
+    }
+    assert_eq!(rig.backend.store.count_live("").await.unwrap(), 0);
+    // The first callback writes the login's first record, and only then.
+    let id = log_in(&rig, "c").await;
+    assert!(rig.sessions.load(&id).await.is_ok());
+    assert_eq!(rig.backend.store.count_live("login:").await.unwrap(), 1);
+}
+
 backend_tests!(
     a_store_dump_reveals_no_token_and_no_identity,
     an_altered_record_is_no_session_never_another,
+    anonymous_starts_write_nothing,
 );

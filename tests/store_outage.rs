@@ -134,7 +134,7 @@ async fn outage_and_recovery(server_url: String) {
 
     // The store goes away: fast 503s with a clear code, for browsers and APIs.
     relay.cut();
-    for path in ["/oauth2/auth", "/oauth2/userinfo", "/app", "/oauth2/start"] {
+    for path in ["/oauth2/auth", "/oauth2/userinfo", "/app"] {
         let started = Instant::now();
         let response = browser
             .get(url(path))
@@ -158,6 +158,21 @@ async fn outage_and_recovery(server_url: String) {
     assert!(page.text().await.unwrap().contains("store_unavailable"));
     let ready = browser.get(url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
+    // A sign-in can still start (it needs nothing from the store); its
+    // callback gets the same clear 503.
+    let start = browser.get(url("/oauth2/start")).send().await.unwrap();
+    assert_eq!(start.status(), 302);
+    let authorize = Url::parse(start.headers()[LOCATION].to_str().unwrap()).unwrap();
+    let callback = sign_in_at_idp(&browser, &authorize, "alice").await;
+    let response = browser
+        .get(callback)
+        .header(ACCEPT, "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "store_unavailable");
 
     // It comes back: the same session works again, without a restart.
     relay.restore();

@@ -71,12 +71,14 @@ async fn duplicate_callbacks_across_replicas(backend: TestBackend) {
         for replica in spread {
             let flow = replicas[*replica].clone();
             let (state, binding) = (started.state.clone(), started.binding.clone());
+            let pending = started.pending.clone();
             tasks.push(tokio::spawn(async move {
                 let result = flow
                     .complete(Callback {
                         state: &state,
                         code: "code",
                         binding: Some(&binding),
+                        pending: Some(&pending),
                     })
                     .await
                     .map(|done| done.session_id)
@@ -139,6 +141,7 @@ async fn duplicate_callbacks_across_replicas(backend: TestBackend) {
                 state: &started.state,
                 code: "code",
                 binding: Some(&started.binding),
+                pending: Some(&started.pending),
             })
             .await;
         assert!(

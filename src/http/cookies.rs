@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::BoundedCache;
 use crate::config::Settings;
+use crate::login::PendingLogin;
 use crate::secret::hash_token;
 
 /// At most this many login cookies live at once.
@@ -28,15 +29,14 @@ pub const MAX_LOGIN_COOKIES: usize = 4;
 /// How many decrypted session cookies a process remembers.
 const DECRYPTED_SESSION_COOKIES: usize = 10_000;
 
-/// What a login cookie holds.
+/// What a login cookie holds: everything the callback needs, since the
+/// store holds nothing of a login before its first callback.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoginCookie {
-    /// When the login started (Unix ms); the oldest is dropped first.
-    pub started: u64,
     /// The browser binding token.
     pub binding: String,
-    /// Where the browser wanted to go.
-    pub return_to: String,
+    /// Nonce, PKCE verifier, destination and start time.
+    pub pending: PendingLogin,
 }
 
 /// What a request's `Cookie` headers hold for latchkey, from one pass.
@@ -284,7 +284,7 @@ impl Cookies {
                     .map(|login| (c.name().to_owned(), login))
             })
             .collect();
-        logins.sort_by_key(|(_, l)| l.started);
+        logins.sort_by_key(|(_, l)| l.pending.started);
         logins
     }
 

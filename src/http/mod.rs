@@ -15,6 +15,7 @@ mod observe;
 pub mod pages;
 pub mod path;
 pub mod proxy;
+pub mod rate_limit;
 pub mod readiness;
 pub mod redirect;
 mod routes;
@@ -51,6 +52,7 @@ pub struct App {
     upstream: Option<Upstream>,
     metrics: Arc<Metrics>,
     readiness: readiness::Readiness,
+    login_limiter: Option<rate_limit::RateLimiter>,
 }
 
 /// The router's state: the shared [`App`].
@@ -163,6 +165,7 @@ impl App {
                 .map(|url| Upstream::new(url, settings.pass_routing_headers))
                 .transpose()?,
             readiness: readiness::Readiness::new(store.clone(), provider.issuer()),
+            login_limiter: rate_limit::RateLimiter::per_minute(settings.login_rate_per_minute),
             settings,
             login,
             sessions,

@@ -42,6 +42,8 @@ pub enum ErrorCode {
     UpstreamUnavailable,
     /// No such page (forward-auth mode has no upstream).
     NotFound,
+    /// This client made too many sign-in requests; try again later.
+    TooManyRequests,
 }
 
 impl ErrorCode {
@@ -63,6 +65,7 @@ impl ErrorCode {
             Self::IdpUnavailable => "idp_unavailable",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::NotFound => "not_found",
+            Self::TooManyRequests => "too_many_requests",
         }
     }
 
@@ -83,6 +86,7 @@ impl ErrorCode {
             | Self::IdpUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -103,6 +107,7 @@ impl ErrorCode {
             Self::IdpUnavailable => "Sign-in service unavailable",
             Self::UpstreamUnavailable => "Application unavailable",
             Self::NotFound => "Not found",
+            Self::TooManyRequests => "Too many sign-in attempts",
         }
     }
 }

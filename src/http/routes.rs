@@ -16,7 +16,6 @@ use super::pages::{self, ErrorCode, Link};
 use super::proxy::{Forwarded, IdentityHeaders, Peer};
 use super::{App, Shared};
 use super::{authz, redirect};
-use crate::clock::{Clock, SystemClock};
 use crate::idp::Identity;
 use crate::login::{Callback, FailureReason, LoginError, idp_error_code};
 use crate::session::{ActiveSession, SessionError};
@@ -280,12 +279,33 @@ pub(super) struct StartQuery {
     rd: Option<String>,
 }
 
+/// `Some` 429 when `peer` has used up its sign-in requests for now.
+fn rate_limited(app: &App, peer: &Peer, headers: &HeaderMap) -> Option<Response> {
+    let wait = app.login_limiter.as_ref()?.check(peer.addr.ip()).err()?;
+    tracing::info!(peer = %peer.addr.ip(), "sign-in requests rate-limited");
+    let mut response = pages::error(
+        headers,
+        ErrorCode::TooManyRequests,
+        "Too many sign-in attempts from here. Please wait a moment and try again.",
+        None,
+    );
+    let seconds = wait.as_secs().max(1).to_string();
+    if let Ok(value) = HeaderValue::from_str(&seconds) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    Some(response)
+}
+
 pub(super) async fn start(
     State(app): AppState,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     jar: PrivateCookieJar,
     headers: HeaderMap,
     query: Result<Query<StartQuery>, QueryRejection>,
 ) -> Response {
+    if let Some(limited) = rate_limited(&app, &peer, &headers) {
+        return limited;
+    }
     let query = match parameters(&headers, query) {
         Ok(query) => query,
         Err(response) => return response,
@@ -311,9 +331,8 @@ pub(super) async fn start(
         Ok(started) => {
             app.metrics.logins_started.inc();
             let login = LoginCookie {
-                started: SystemClock.now_ms(),
                 binding: started.binding.clone(),
-                return_to,
+                pending: started.pending.clone(),
             };
             let jar = app.cookies.add_login(jar, &started.state, &login);
             (jar, found(&started.authorization_url)).into_response()
@@ -340,10 +359,14 @@ pub(super) struct CallbackQuery {
 
 pub(super) async fn callback(
     State(app): AppState,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     jar: PrivateCookieJar,
     headers: HeaderMap,
     query: Result<Query<CallbackQuery>, QueryRejection>,
 ) -> Response {
+    if let Some(limited) = rate_limited(&app, &peer, &headers) {
+        return limited;
+    }
     let query = match parameters(&headers, query) {
         Ok(query) => query,
         Err(response) => return response,
@@ -361,9 +384,9 @@ pub(super) async fn callback(
     };
     let login_cookie = app.cookies.login(&jar, &headers, state);
     let binding = login_cookie.as_ref().map(|l| l.binding.as_str());
-    let return_to = login_cookie
-        .as_ref()
-        .map(|l| l.return_to.clone())
+    let pending = login_cookie.as_ref().map(|l| &l.pending);
+    let return_to = pending
+        .map(|p| p.return_to.clone())
         .unwrap_or_else(|| "/".into());
     let start_again = start_url(&return_to);
     let again = || {
@@ -387,7 +410,7 @@ pub(super) async fn callback(
         (None, Ok(())) => None,
     };
     if let Some(reason) = refusal {
-        let error = match app.login.abort(state, binding, reason).await {
+        let error = match app.login.abort(state, binding, pending, reason).await {
             Ok(reason) => LoginError::Failed(reason),
             Err(error) => error,
         };
@@ -407,6 +430,7 @@ pub(super) async fn callback(
             state,
             code,
             binding,
+            pending,
         })
         .await
     {

@@ -1,5 +1,11 @@
 //! `memory://`: a sharded in-process store, for tests and single-process use.
 //!
+//! It holds at most `max_records` records (`memory://?max_records=N`, default
+//! [`DEFAULT_MAX_RECORDS`]), so that no flood can make it take all memory: a
+//! write that needs a new record in a full shard first drops that shard's
+//! expired records, and if the shard is still full it fails as
+//! [`StoreError::Unavailable`] (a 503) without changing anything.
+//!
 //! Keys are spread over 64 shards by hash; each operation locks one shard's
 //! `std::sync::Mutex` for a few map operations and never across an `.await`, so
 //! there is no global lock on the hot path. Each shard has its own [`Notify`]
@@ -16,10 +22,14 @@ use bytes::Bytes;
 use foldhash::fast::RandomState;
 use tokio::sync::Notify;
 
-use super::{LoginCommit, Store, StoreResult, Versioned};
+use super::{LoginCommit, Store, StoreError, StoreResult, Versioned};
 use crate::secret::random_u64;
 
 const SHARDS: usize = 64;
+
+/// Records a `memory://` store holds at most unless its URL says otherwise
+/// (sessions take about 1.5 KiB each: about 1.5 GiB).
+pub const DEFAULT_MAX_RECORDS: usize = 1_000_000;
 
 #[derive(Debug)]
 struct Record {
@@ -57,6 +67,8 @@ impl Shard {
 pub struct MemoryStore {
     shards: Vec<Shard>,
     hasher: RandomState,
+    /// Records one shard may hold.
+    per_shard: usize,
 }
 
 impl Default for MemoryStore {
@@ -66,11 +78,18 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store of [`DEFAULT_MAX_RECORDS`].
     pub fn new() -> Self {
+        Self::with_capacity(DEFAULT_MAX_RECORDS)
+    }
+
+    /// An empty store holding at most about `max_records` records (spread
+    /// over its shards, each holding its share).
+    pub fn with_capacity(max_records: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             hasher: RandomState::default(),
+            per_shard: max_records.div_ceil(SHARDS).max(1),
         }
     }
 
@@ -93,14 +112,43 @@ fn initial_version() -> u64 {
     (random_u64() >> 16) | 1
 }
 
-/// Inserts into `map` unless a live record holds `key`; returns whether it did.
-fn insert_live(map: &mut Records, key: &str, value: &[u8], ttl: Duration, now: Instant) -> bool {
+/// The error of a write that found its shard full.
+fn full() -> StoreError {
+    StoreError::Unavailable(
+        "the memory store is full (raise max_records in memory://?max_records=N, or use a shared store)"
+            .into(),
+    )
+}
+
+/// Whether `map` may take a new key under `cap`, after dropping its expired
+/// records if it is full.
+fn has_room(map: &mut Records, cap: usize, now: Instant) -> bool {
+    if map.len() < cap {
+        return true;
+    }
+    map.retain(|_, r| r.is_live(now));
+    map.len() < cap
+}
+
+/// Inserts into `map` unless a live record holds `key`; returns whether it
+/// did, or that the shard is full.
+fn insert_live(
+    map: &mut Records,
+    cap: usize,
+    key: &str,
+    value: &[u8],
+    ttl: Duration,
+    now: Instant,
+) -> StoreResult<bool> {
+    if !map.contains_key(key) && !has_room(map, cap, now) {
+        return Err(full());
+    }
     let record = Record {
         value: Bytes::copy_from_slice(value),
         version: initial_version(),
         expires_at: now + ttl,
     };
-    match map.entry(key.to_owned()) {
+    Ok(match map.entry(key.to_owned()) {
         Entry::Occupied(mut slot) if !slot.get().is_live(now) => {
             slot.insert(record);
             true
@@ -110,7 +158,7 @@ fn insert_live(map: &mut Records, key: &str, value: &[u8], ttl: Duration, now: I
             slot.insert(record);
             true
         }
-    }
+    })
 }
 
 /// The live record under `key` if its version is `expected`.
@@ -128,7 +176,14 @@ fn live_at_version<'m>(
 impl Store for MemoryStore {
     async fn insert_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> StoreResult<bool> {
         let shard = self.shard(key);
-        let inserted = insert_live(&mut shard.lock(), key, value, ttl, Instant::now());
+        let inserted = insert_live(
+            &mut shard.lock(),
+            self.per_shard,
+            key,
+            value,
+            ttl,
+            Instant::now(),
+        )?;
         if inserted {
             shard.changed.notify_waiters();
         }
@@ -184,9 +239,10 @@ impl Store for MemoryStore {
         let login_shard = self.shard(c.login_key);
         let session_shard = self.shard(c.session_key);
         let now = Instant::now();
+        let cap = self.per_shard;
         let committed = if std::ptr::eq(login_shard, session_shard) {
             let mut map = login_shard.lock();
-            commit_in(&mut map, None, &c, now)
+            commit_in(&mut map, None, cap, &c, now)?
         } else {
             // Two shard locks, always taken in address order so that two commits
             // can never wait on each other.
@@ -203,7 +259,7 @@ impl Store for MemoryStore {
             } else {
                 (&mut *second_map, &mut *first_map)
             };
-            commit_in(login_map, Some(session_map), &c, now)
+            commit_in(login_map, Some(session_map), cap, &c, now)?
         };
         if committed {
             login_shard.changed.notify_waiters();
@@ -274,11 +330,12 @@ impl Store for MemoryStore {
 fn commit_in(
     login_map: &mut Records,
     session_map: Option<&mut Records>,
+    cap: usize,
     c: &LoginCommit<'_>,
     now: Instant,
-) -> bool {
+) -> StoreResult<bool> {
     if live_at_version(login_map, c.login_key, c.login_version, now).is_none() {
-        return false;
+        return Ok(false);
     }
     let session_map = match session_map {
         Some(map) => map,
@@ -286,17 +343,68 @@ fn commit_in(
     };
     if !insert_live(
         session_map,
+        cap,
         c.session_key,
         c.session_value,
         c.session_ttl,
         now,
-    ) {
-        return false;
+    )? {
+        return Ok(false);
     }
     let record = live_at_version(login_map, c.login_key, c.login_version, now)
         .expect("checked above under the same lock");
     record.value = Bytes::copy_from_slice(c.login_value);
     record.version = c.login_version + 1;
     record.expires_at = now + c.login_ttl;
-    true
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_store_refuses_new_records_and_keeps_the_old() {
+        let store = MemoryStore::with_capacity(SHARDS * 2);
+        let ttl = Duration::from_secs(60);
+        let mut stored = Vec::new();
+        let refused = loop {
+            let key = format!("k{}", stored.len());
+            match store.insert_if_absent(&key, b"v", ttl).await {
+                Ok(true) => stored.push(key),
+                Ok(false) => panic!("a fresh key was present"),
+                Err(error) => break error,
+            }
+            assert!(
+                stored.len() <= SHARDS * 2,
+                "the store grew past its capacity"
+            );
+        };
+        assert!(matches!(refused, StoreError::Unavailable(_)), "{refused:?}");
+        // Nothing was lost, and existing records still change.
+        for key in &stored {
+            let current = store.get(key).await.unwrap().unwrap();
+            assert!(
+                store
+                    .compare_and_swap(key, current.version, b"w", ttl)
+                    .await
+                    .unwrap()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn expired_records_make_room() {
+        let store = MemoryStore::with_capacity(SHARDS);
+        // Far more inserts than the capacity, each dead at once: room is
+        // reclaimed from the dead, so none is refused.
+        for i in 0..SHARDS * 20 {
+            assert!(
+                store
+                    .insert_if_absent(&format!("k{i}"), b"v", Duration::ZERO)
+                    .await
+                    .unwrap()
+            );
+        }
+    }
 }

@@ -166,6 +166,18 @@ pub async fn connect(url: &str) -> StoreResult<Arc<dyn Store>> {
     if url == "memory://" || url == "memory:" {
         return Ok(Arc::new(memory::MemoryStore::new()));
     }
+    if let Some(query) = url.strip_prefix("memory://?") {
+        let max = query
+            .strip_prefix("max_records=")
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                StoreError::Config(format!(
+                    "{url:?}: the memory store takes one option, max_records=N (N > 0)"
+                ))
+            })?;
+        return Ok(Arc::new(memory::MemoryStore::with_capacity(max)));
+    }
     if let Some(path) = url.strip_prefix("sqlite://") {
         return Ok(Arc::new(sqlite::SqliteStore::open(path).await?));
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use latchkey::clock::{Clock, duration_ms};
 use latchkey::idp::{CodeExchange, IdentityProvider};
-use latchkey::login::{Callback, LoginFlow};
+use latchkey::login::{Callback, LoginFlow, PendingLogin};
 use latchkey::seal::RecordSeal;
 use latchkey::secret::random_token;
 use latchkey::session::{SessionRecord, Sessions, session_key};
@@ -21,6 +21,8 @@ use tokio::sync::Mutex;
 pub struct Begun {
     pub state: String,
     pub binding: String,
+    /// What latchkey's per-login cookie carries (`None` for the naive flow).
+    pub pending: Option<PendingLogin>,
 }
 
 /// Something that runs logins: `begin`, then callbacks.
@@ -40,6 +42,7 @@ impl LoginDriver for LoginFlow {
         Begun {
             state: started.state,
             binding: started.binding,
+            pending: Some(started.pending),
         }
     }
 
@@ -48,6 +51,7 @@ impl LoginDriver for LoginFlow {
             state: &begun.state,
             code: "the-code",
             binding: Some(&begun.binding),
+            pending: begun.pending.as_ref(),
         })
         .await
         .map(|done| done.session_id)
@@ -83,6 +87,7 @@ impl LoginDriver for NaiveLoginFlow {
         Begun {
             state,
             binding: String::new(),
+            pending: None,
         }
     }
 

@@ -16,6 +16,8 @@ use url::Url;
 
 use super::browser::{location, sign_in_at_idp};
 
+/// The harness's `cookie_secret` (tests may seal cookies with it).
+pub const COOKIE_SECRET: [u8; 32] = [9u8; 32];
 pub const HTML: &str = "text/html, application/json";
 pub const SECRET: &str = "proxy-e2e-secret";
 
@@ -85,7 +87,7 @@ impl Harness {
             redirect_url: Some(format!("http://{proxy}/oauth2/callback")),
             upstream: upstream.map(|u| format!("http://{u}")),
             store: Some(format!("sqlite://{}", store.path().join("s.db").display())),
-            cookie_secret: Some(base64::engine::general_purpose::STANDARD.encode([9u8; 32])),
+            cookie_secret: Some(base64::engine::general_purpose::STANDARD.encode(COOKIE_SECRET)),
             post_logout_redirect_url: Some(format!("http://{proxy}/")),
             email_domains: Some(vec!["*".into()]),
             ..RawSettings::default()
@@ -118,15 +120,34 @@ impl Harness {
         )
     }
 
-    /// Removes every login record from the proxy's store: what expiry and the
-    /// sweep do to a login nobody finished in time, without waiting for it.
-    pub async fn expire_logins(&self) {
-        let path = self.store_dir.path().join("s.db");
-        let store = latchkey::store::sqlite::SqliteStore::open(path.to_str().unwrap())
-            .await
-            .unwrap();
-        use latchkey::store::Store;
-        assert!(store.purge("login:").await.unwrap() >= 1);
+    /// The `Cookie` header `sent` with every latchkey login cookie in it
+    /// made `age` older (re-sealed with the harness's cookie secret): what a
+    /// browser holds that long after it started those logins, without
+    /// waiting.
+    pub fn aged_login_cookies(&self, sent: &str, age: std::time::Duration) -> String {
+        use axum_extra::extract::cookie::{Cookie, Key};
+        let key = Key::derive_from(&COOKIE_SECRET);
+        sent.split("; ")
+            .map(|pair| {
+                let Some((name, _)) = pair.split_once('=') else {
+                    return pair.to_owned();
+                };
+                if !name.starts_with("latchkey-login-") {
+                    return pair.to_owned();
+                }
+                let mut jar = cookie::CookieJar::new();
+                let sealed = Cookie::parse_encoded(pair.to_owned()).unwrap();
+                let plain = jar.private(&key).decrypt(sealed).unwrap();
+                let mut login: Value = serde_json::from_str(plain.value()).unwrap();
+                let started = login["pending"]["started"].as_u64().unwrap();
+                let aged = started - u64::try_from(age.as_millis()).unwrap();
+                login["pending"]["started"] = aged.into();
+                jar.private_mut(&key)
+                    .add(Cookie::new(name.to_owned(), login.to_string()));
+                jar.get(name).unwrap().encoded().to_string()
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     pub fn url(&self, path: &str) -> String {
