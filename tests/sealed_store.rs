@@ -169,7 +169,6 @@ async fn an_altered_record_is_no_session_never_another(backend: TestBackend) {
     );
 }
 
-
 async fn anonymous_starts_write_nothing(backend: TestBackend) {
     let rig = rig(backend);
     for _ in 0..2_000 {
