@@ -22,7 +22,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -37,7 +37,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tower::ServiceExt;
 
 use super::metrics::Metrics;
 use super::proxy::Peer;
@@ -60,9 +59,13 @@ struct Activity {
     head_started: AtomicU64,
     /// Requests whose response has not been fully sent.
     in_flight: AtomicUsize,
-    /// Wakes the watchdog when a request head starts (its deadline is then
-    /// the header timeout, not the idle one) and when a request finishes.
-    changed: Notify,
+    /// Set while the connection should close as soon as it is idle (the
+    /// listener needs room): then a finishing request wakes the watchdog.
+    make_room: AtomicBool,
+    /// Wakes the watchdog when a request finishes while `make_room` is set.
+    /// Nothing else wakes it per request: on the hot path the watchdog costs
+    /// no more than a few atomic stores.
+    finished: Notify,
 }
 
 impl Activity {
@@ -72,7 +75,8 @@ impl Activity {
             last: AtomicU64::new(0),
             head_started: AtomicU64::new(NONE),
             in_flight: AtomicUsize::new(0),
-            changed: Notify::new(),
+            make_room: AtomicBool::new(false),
+            finished: Notify::new(),
         }
     }
 
@@ -83,13 +87,10 @@ impl Activity {
     fn bytes_read(&self) {
         let now = self.now();
         self.last.store(now, Ordering::Relaxed);
-        if self.in_flight.load(Ordering::Acquire) == 0
-            && self
-                .head_started
-                .compare_exchange(NONE, now, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.changed.notify_one();
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            let _ =
+                self.head_started
+                    .compare_exchange(NONE, now, Ordering::AcqRel, Ordering::Relaxed);
         }
     }
 
@@ -101,7 +102,9 @@ impl Activity {
     fn request_finished(&self) {
         self.last.store(self.now(), Ordering::Relaxed);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.changed.notify_one();
+        if self.make_room.load(Ordering::Acquire) {
+            self.finished.notify_one();
+        }
     }
 
     /// Between requests, with nothing of the next one read.
@@ -111,7 +114,9 @@ impl Activity {
     }
 
     /// When the watchdog should look again, or `None` when the connection
-    /// must be closed now.
+    /// must be closed now. An idle connection is looked at at least every
+    /// `header_read_timeout`, so that a head that starts meanwhile is seen in
+    /// time to be cut at its own deadline (no wake-up per request needed).
     fn next_deadline(&self, limits: &ListenerLimits) -> Option<Instant> {
         let now = self.now();
         let at = |ms: u64| self.epoch + Duration::from_millis(ms);
@@ -120,12 +125,16 @@ impl Activity {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return Some(at(now + header.min(idle)));
         }
-        let (since, limit) = match self.head_started.load(Ordering::Acquire) {
-            NONE => (self.last.load(Ordering::Relaxed), idle),
-            started => (started, header),
-        };
-        let deadline = since.saturating_add(limit);
-        (now < deadline).then(|| at(deadline))
+        match self.head_started.load(Ordering::Acquire) {
+            NONE => {
+                let deadline = self.last.load(Ordering::Relaxed).saturating_add(idle);
+                (now < deadline).then(|| at(deadline.min(now + header)))
+            }
+            started => {
+                let deadline = started.saturating_add(header);
+                (now < deadline).then(|| at(deadline))
+            }
+        }
     }
 }
 
@@ -300,8 +309,8 @@ async fn serve_connection<S>(
     peer: Peer,
     service: S,
     limits: ListenerLimits,
-    mut stop: watch::Receiver<bool>,
-    mut shed: watch::Receiver<u64>,
+    stop: watch::Receiver<bool>,
+    shed: watch::Receiver<u64>,
 ) where
     S: tower::Service<
             axum::extract::Request,
@@ -323,7 +332,9 @@ async fn serve_connection<S>(
         let in_flight = InFlight(per_request.clone());
         let mut request = request.map(Body::new);
         request.extensions_mut().insert(ConnectInfo(peer.clone()));
-        let called = service.clone().oneshot(request);
+        // The router is always ready (axum's `Router::poll_ready` is), so it
+        // is called without the `poll_ready` round of `oneshot`.
+        let called = service.clone().call(request);
         async move {
             let response = called.await?;
             Ok::<_, Infallible>(response.map(|body| Tracked {
@@ -338,35 +349,93 @@ async fn serve_connection<S>(
         .keep_alive(true);
     let connection = builder.serve_connection(io, handler).with_upgrades();
     let mut connection = std::pin::pin!(connection);
-    let mut stopping = false;
-    // Until when this connection closes as soon as it is idle, to make room.
-    let mut make_room_until: Option<Instant> = None;
+    // The watchdog runs in a task of its own, so that the connection's task
+    // polls nothing else per request: it tells this task what to do.
+    let orders = Arc::new(Orders::default());
+    let watchdog = tokio::spawn(watch_connection(
+        activity,
+        limits,
+        stop,
+        shed,
+        orders.clone(),
+    ));
     loop {
-        if make_room_until.is_some_and(|until| Instant::now() < until) && activity.idle() {
-            tracing::debug!("closed an idle connection to make room for a new one");
-            return;
-        }
-        let Some(deadline) = activity.next_deadline(&limits) else {
-            tracing::debug!("closed a slow or idle client connection");
-            return;
-        };
         tokio::select! {
+            biased;
             done = connection.as_mut() => {
                 if let Err(error) = done {
                     tracing::debug!(%error, "client connection ended with an error");
                 }
-                return;
+                break;
             }
+            _ = orders.given.notified() => match orders.order.load(Ordering::Acquire) {
+                CLOSE => break,
+                _ => connection.as_mut().graceful_shutdown(),
+            },
+        }
+    }
+    watchdog.abort();
+}
+
+/// What the watchdog tells a connection's task.
+#[derive(Default)]
+struct Orders {
+    order: AtomicU8,
+    given: Notify,
+}
+
+/// Finish the request in flight, then close (shutdown).
+const GRACEFUL: u8 = 1;
+/// Close now (a deadline passed, or room is needed).
+const CLOSE: u8 = 2;
+
+impl Orders {
+    fn give(&self, order: u8) {
+        self.order.store(order, Ordering::Release);
+        self.given.notify_one();
+    }
+}
+
+/// Watches one connection's [`Activity`] against its deadlines, the
+/// listener's stop and its calls for room; wakes only on those, never per
+/// request.
+async fn watch_connection(
+    activity: Arc<Activity>,
+    limits: ListenerLimits,
+    mut stop: watch::Receiver<bool>,
+    mut shed: watch::Receiver<u64>,
+    orders: Arc<Orders>,
+) {
+    let mut stopping = false;
+    // Until when this connection closes as soon as it is idle, to make room.
+    let mut make_room_until: Option<Instant> = None;
+    loop {
+        if let Some(until) = make_room_until {
+            if Instant::now() >= until {
+                make_room_until = None;
+                activity.make_room.store(false, Ordering::Release);
+            } else if activity.idle() {
+                tracing::debug!("closed an idle connection to make room for a new one");
+                return orders.give(CLOSE);
+            }
+        }
+        let Some(deadline) = activity.next_deadline(&limits) else {
+            tracing::debug!("closed a slow or idle client connection");
+            return orders.give(CLOSE);
+        };
+        let deadline = make_room_until.map_or(deadline, |until| deadline.min(until));
+        tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {}
-            _ = activity.changed.notified() => {}
+            _ = activity.finished.notified() => {}
             changed = shed.changed() => {
                 if changed.is_ok() {
                     make_room_until = Some(Instant::now() + ROOM_WAIT);
+                    activity.make_room.store(true, Ordering::Release);
                 }
             }
             _ = stop.wait_for(|stop| *stop), if !stopping => {
                 stopping = true;
-                connection.as_mut().graceful_shutdown();
+                orders.give(GRACEFUL);
             }
         }
     }
