@@ -11,10 +11,11 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::UnixMillis;
+use crate::secret::{Redacted, redacted_option};
 
 /// The secrets of one authorization request, made by the login state machine
-/// and kept in its `Pending` record until the callback.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// and carried by the browser's login cookie until the callback.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthorizationRequest {
     /// The `state` parameter (256 random bits).
     pub state: String,
@@ -25,7 +26,7 @@ pub struct AuthorizationRequest {
 }
 
 /// The code from a callback, with what is needed to redeem and validate it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct CodeExchange {
     /// The authorization code.
     pub code: String,
@@ -49,7 +50,7 @@ pub struct Identity {
 }
 
 /// Tokens from the token endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenSet {
     /// The access token.
     pub access_token: String,
@@ -59,6 +60,37 @@ pub struct TokenSet {
     pub refresh_token: Option<String>,
     /// The raw ID token, kept for `id_token_hint` at logout.
     pub id_token: Option<String>,
+}
+
+impl std::fmt::Debug for AuthorizationRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthorizationRequest")
+            .field("state", &Redacted)
+            .field("nonce", &Redacted)
+            .field("pkce_verifier", &Redacted)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for CodeExchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodeExchange")
+            .field("code", &Redacted)
+            .field("pkce_verifier", &Redacted)
+            .field("nonce", &Redacted)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for TokenSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSet")
+            .field("access_token", &Redacted)
+            .field("access_expires_at", &self.access_expires_at)
+            .field("refresh_token", &redacted_option(&self.refresh_token))
+            .field("id_token", &redacted_option(&self.id_token))
+            .finish()
+    }
 }
 
 /// A successful token response, already validated.

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use crate::clock::{Clock, UnixMillis, duration_ms};
 use crate::idp::{AuthorizationRequest, CodeExchange, IdentityProvider, IdpError};
 use crate::seal::RecordSeal;
-use crate::secret::{hash_token, random_token, token_matches_hash};
+use crate::secret::{Redacted, hash_token, random_token, redacted_option, token_matches_hash};
 use crate::session::{SessionRecord, login_tag, session_key};
 use crate::store::{LoginCommit, Store, StoreError};
 
@@ -68,7 +68,7 @@ impl Default for LoginSettings {
 
 /// A login that has been started: where to send the browser and what the
 /// browser keeps (in its encrypted per-login cookie). Nothing is stored.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StartedLogin {
     /// The `state` parameter; also names the login.
     pub state: String,
@@ -83,7 +83,7 @@ pub struct StartedLogin {
 /// What a started login needs at its callback, carried by the browser (in
 /// the per-login cookie, encrypted and authenticated) rather than written to
 /// the store: an anonymous `/oauth2/start` writes nothing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingLogin {
     /// `sha256(state)`: the cookie belongs to this login and no other.
     pub state_hash: String,
@@ -100,7 +100,7 @@ pub struct PendingLogin {
 }
 
 /// What a callback request brought.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Callback<'a> {
     /// The `state` query parameter.
     pub state: &'a str,
@@ -113,7 +113,7 @@ pub struct Callback<'a> {
 }
 
 /// A finished login, as seen by one callback.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct CompletedLogin {
     /// The session id to put in the session cookie. The same for every callback
     /// of one login.
@@ -122,6 +122,49 @@ pub struct CompletedLogin {
     pub return_to: String,
     /// Whether this callback did the token exchange (false for duplicates and replays).
     pub exchanged_here: bool,
+}
+
+impl std::fmt::Debug for StartedLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartedLogin")
+            .field("state", &Redacted)
+            .field("binding", &Redacted)
+            .field("authorization_url", &"[redacted: holds the state]")
+            .field("pending", &self.pending)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for PendingLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingLogin")
+            .field("nonce", &Redacted)
+            .field("pkce_verifier", &Redacted)
+            .field("return_to", &self.return_to)
+            .field("started", &self.started)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Callback<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Callback")
+            .field("state", &Redacted)
+            .field("code", &Redacted)
+            .field("binding", &redacted_option(&self.binding))
+            .field("pending", &self.pending)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for CompletedLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompletedLogin")
+            .field("session_id", &Redacted)
+            .field("return_to", &self.return_to)
+            .field("exchanged_here", &self.exchanged_here)
+            .finish()
+    }
 }
 
 /// Why a login ended without a session. Each reason says whose doing it
@@ -193,14 +236,14 @@ pub enum LoginError {
 }
 
 /// A login record as stored under `login_key(state)`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct LoginRecord {
     binding_hash: String,
     return_to: String,
     phase: Phase,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(tag = "phase")]
 enum Phase {
     Pending {
@@ -219,6 +262,21 @@ enum Phase {
     Failed {
         reason: FailureReason,
     },
+}
+
+impl std::fmt::Debug for LoginRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let phase = match &self.phase {
+            Phase::Pending { .. } => "Pending",
+            Phase::Exchanging { .. } => "Exchanging",
+            Phase::Completed { .. } => "Completed",
+            Phase::Failed { .. } => "Failed",
+        };
+        f.debug_struct("LoginRecord")
+            .field("return_to", &self.return_to)
+            .field("phase", &phase)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LoginRecord {
@@ -745,6 +803,69 @@ mod tests {
         );
         let (_, mac) = a.split_once('.').unwrap();
         assert_eq!(mac.len(), 43);
+    }
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        use crate::idp::{CodeExchange, TokenSet};
+        let secret = "s3cret-value-that-must-not-show";
+        let pending = PendingLogin {
+            state_hash: hash_token(secret),
+            binding_hash: hash_token(secret),
+            nonce: secret.into(),
+            pkce_verifier: secret.into(),
+            return_to: "/app".into(),
+            started: 1,
+        };
+        let shown = [
+            format!(
+                "{:?}",
+                StartedLogin {
+                    state: secret.into(),
+                    binding: secret.into(),
+                    authorization_url: format!("https://idp/authorize?state={secret}"),
+                    pending: pending.clone(),
+                }
+            ),
+            format!(
+                "{:?}",
+                Callback {
+                    state: secret,
+                    code: secret,
+                    binding: Some(secret),
+                    pending: Some(&pending),
+                }
+            ),
+            format!(
+                "{:?}",
+                CompletedLogin {
+                    session_id: secret.into(),
+                    return_to: "/app".into(),
+                    exchanged_here: true,
+                }
+            ),
+            format!(
+                "{:?}",
+                TokenSet {
+                    access_token: secret.into(),
+                    access_expires_at: 1,
+                    refresh_token: Some(secret.into()),
+                    id_token: Some(secret.into()),
+                }
+            ),
+            format!(
+                "{:?}",
+                CodeExchange {
+                    code: secret.into(),
+                    pkce_verifier: secret.into(),
+                    nonce: secret.into(),
+                }
+            ),
+        ];
+        for text in shown {
+            assert!(!text.contains(secret), "{text}");
+            assert!(text.contains("[redacted]"), "{text}");
+        }
     }
 
     mod properties {

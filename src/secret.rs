@@ -11,6 +11,23 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+/// Stands in for a secret in `Debug` output: prints `[redacted]`, as
+/// `openidconnect`'s secret types do. Types that hold tokens, codes, nonces,
+/// verifiers or bindings write their `Debug` with it, so that a panic message
+/// or a stray `{:?}` never shows one.
+pub struct Redacted;
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// `Some([redacted])` or `None`: whether an optional secret is there, not what it is.
+pub fn redacted_option<T>(value: &Option<T>) -> Option<Redacted> {
+    value.as_ref().map(|_| Redacted)
+}
+
 /// A fresh 256-bit random token, base64url without padding (43 characters).
 ///
 /// # Panics

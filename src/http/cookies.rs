@@ -31,12 +31,21 @@ const DECRYPTED_SESSION_COOKIES: usize = 10_000;
 
 /// What a login cookie holds: everything the callback needs, since the
 /// store holds nothing of a login before its first callback.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct LoginCookie {
     /// The browser binding token.
     pub binding: String,
     /// Nonce, PKCE verifier, destination and start time.
     pub pending: PendingLogin,
+}
+
+impl std::fmt::Debug for LoginCookie {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginCookie")
+            .field("binding", &crate::secret::Redacted)
+            .field("pending", &self.pending)
+            .finish()
+    }
 }
 
 /// What a request's `Cookie` headers hold for latchkey, from one pass.
