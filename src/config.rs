@@ -141,6 +141,10 @@ pub struct RawSettings {
     /// Bearer` from API clients (oauth2-proxy's name) [default: false].
     #[arg(long, env = "LATCHKEY_SKIP_JWT_BEARER_TOKENS", num_args = 0..=1, default_missing_value = "true")]
     pub skip_jwt_bearer_tokens: Option<bool>,
+    /// Other client ids of the same provider whose ID tokens are accepted as
+    /// bearer tokens too (with skip_jwt_bearer_tokens).
+    #[arg(long, env = "LATCHKEY_EXTRA_JWT_AUDIENCES", value_delimiter = ',')]
+    pub extra_jwt_audiences: Option<Vec<String>>,
     /// Requests per minute one client address may make to /oauth2/start and
     /// /oauth2/callback (bursts of as many); 0: no limit [default: 120].
     #[arg(long, env = "LATCHKEY_LOGIN_RATE_PER_MINUTE")]
@@ -194,6 +198,7 @@ impl RawSettings {
             metrics_address,
             insecure_allow_unverified_email,
             skip_jwt_bearer_tokens,
+            extra_jwt_audiences,
             login_rate_per_minute,
         )
     }
@@ -316,6 +321,8 @@ pub struct Settings {
     pub insecure_allow_unverified_email: bool,
     /// Accept bearer ID tokens from API clients.
     pub skip_jwt_bearer_tokens: bool,
+    /// Other audiences accepted for bearer ID tokens.
+    pub extra_jwt_audiences: Vec<String>,
     /// Sign-in requests per minute per client address (0: no limit).
     pub login_rate_per_minute: u32,
 }
@@ -740,6 +747,7 @@ impl RawSettings {
             metrics_address,
             insecure_allow_unverified_email: self.insecure_allow_unverified_email.unwrap_or(false),
             skip_jwt_bearer_tokens: self.skip_jwt_bearer_tokens.unwrap_or(false),
+            extra_jwt_audiences: list(self.extra_jwt_audiences, &[]),
             login_rate_per_minute: self.login_rate_per_minute.unwrap_or(120),
         })
     }

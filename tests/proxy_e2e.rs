@@ -458,15 +458,21 @@ async fn pass_access_token_sends_the_users_token_upstream() {
 /// An ID token for `latchkey` straight from the dev IdP (as an API client's
 /// own login would produce).
 async fn id_token_from(h: &Harness) -> String {
+    id_token_for_client(h, "latchkey", SECRET, &h.url("/oauth2/callback")).await
+}
+
+/// An ID token for bob issued to `client_id` (another app of the provider,
+/// a CLI, a mobile app).
+async fn id_token_for_client(h: &Harness, client_id: &str, secret: &str, redirect: &str) -> String {
     let (challenge, verifier) = openidconnect::PkceCodeChallenge::new_random_sha256();
-    let redirect = h.url("/oauth2/callback");
+    let redirect = redirect.to_owned();
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
     let form = [
         ("response_type", "code"),
-        ("client_id", "latchkey"),
+        ("client_id", client_id),
         ("redirect_uri", redirect.as_str()),
         ("scope", "openid email"),
         ("code_challenge", challenge.as_str()),
@@ -491,7 +497,7 @@ async fn id_token_from(h: &Harness) -> String {
         .into_owned();
     let tokens: Value = client
         .post(format!("{issuer}/token"))
-        .basic_auth("latchkey", Some(SECRET))
+        .basic_auth(client_id, Some(secret))
         .form(&[
             ("grant_type", "authorization_code"),
             ("code", code.as_str()),
@@ -538,6 +544,48 @@ async fn api_clients_may_present_a_validated_bearer_jwt() {
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"], "not_signed_in");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_of_another_client_need_extra_jwt_audiences() {
+    let cli = |idp: &mut latchkey::dev_idp::DevIdpConfig| {
+        idp.clients.push(latchkey::dev_idp::DevClient {
+            client_id: "cli".into(),
+            client_secret: "cli-secret".into(),
+            redirect_uris: vec!["http://127.0.0.1:9/cli".into()],
+            post_logout_redirect_uris: vec![],
+        });
+    };
+    let status_with = |h: &Harness, token: String| {
+        let url = h.url("/oauth2/userinfo");
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .header("authorization", format!("Bearer {token}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    // Not listed: another client's token is refused.
+    let h = Harness::start_with_idp(None, cli, |raw| raw.skip_jwt_bearer_tokens = Some(true)).await;
+    let token = id_token_for_client(&h, "cli", "cli-secret", "http://127.0.0.1:9/cli").await;
+    assert_eq!(status_with(&h, token).await, 401);
+    // Listed: accepted, for that audience only.
+    let h = Harness::start_with_idp(None, cli, |raw| {
+        raw.skip_jwt_bearer_tokens = Some(true);
+        raw.extra_jwt_audiences = Some(vec!["cli".into()]);
+    })
+    .await;
+    let token = id_token_for_client(&h, "cli", "cli-secret", "http://127.0.0.1:9/cli").await;
+    assert_eq!(status_with(&h, token.clone()).await, 200);
+    let own = id_token_from(&h).await;
+    assert_eq!(status_with(&h, own).await, 200);
+    // A forged signature is still refused under the extra audience.
+    let mut forged = token;
+    forged.replace_range(forged.len() - 4.., "AAAA");
+    assert_eq!(status_with(&h, forged).await, 401);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -122,6 +122,7 @@ impl App {
         oidc.clock_skew = settings.clock_skew;
         oidc.groups_claim = settings.groups_claim.clone();
         oidc.allow_unverified_email = settings.insecure_allow_unverified_email;
+        oidc.extra_jwt_audiences = settings.extra_jwt_audiences.clone();
         if settings.insecure_allow_unverified_email {
             tracing::warn!(
                 "insecure_allow_unverified_email is set: emails the provider has not verified \

@@ -114,7 +114,7 @@ async fn caller(
         .then(|| bearer_token(headers))
         .flatten();
     if let Some(token) = bearer {
-        return match app.provider.validator().validate(token, None).await {
+        return match app.provider.validate_bearer(token).await {
             Ok(validated) => bearer_caller(app, headers, validated).await,
             Err(error) => {
                 // The reason may quote the token's own claims: logged

@@ -61,6 +61,9 @@ pub struct OidcSettings {
     pub trusted_audiences: Vec<String>,
     /// Take `email` even when `email_verified` is not `true`.
     pub allow_unverified_email: bool,
+    /// Other clients of the same provider whose ID tokens API clients may
+    /// present as bearer tokens (their `aud`, and `azp` when several).
+    pub extra_jwt_audiences: Vec<String>,
     /// Connect timeout of every provider call.
     pub connect_timeout: Duration,
     /// Total timeout of every provider call.
@@ -90,6 +93,7 @@ impl OidcSettings {
             groups_claim: "groups".into(),
             trusted_audiences: Vec::new(),
             allow_unverified_email: false,
+            extra_jwt_audiences: Vec::new(),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             jwks_refetch_interval: Duration::from_secs(30),
@@ -180,6 +184,8 @@ pub struct OidcProvider {
     client: OidcClient,
     http: IdpHttp,
     validator: IdTokenValidator,
+    /// Validators for `extra_jwt_audiences` (bearer tokens only).
+    other_audiences: Vec<IdTokenValidator>,
     issuer: String,
     scopes: Vec<Scope>,
     end_session: Option<EndSessionUrl>,
@@ -269,18 +275,30 @@ impl OidcProvider {
         .set_token_uri(token_url)
         .set_redirect_uri(redirect)
         .set_auth_type(auth_type);
-        let validator = IdTokenValidator::new(
-            IdTokenRules {
-                client_id: settings.client_id.clone(),
-                issuer: settings.issuer.clone(),
-                allowed_algs,
-                clock_skew: settings.clock_skew,
-                groups_claim: settings.groups_claim.clone(),
-                trusted_audiences: settings.trusted_audiences.clone(),
-                allow_unverified_email: settings.allow_unverified_email,
-            },
-            keys,
-        );
+        let rules = IdTokenRules {
+            client_id: settings.client_id.clone(),
+            issuer: settings.issuer.clone(),
+            allowed_algs,
+            clock_skew: settings.clock_skew,
+            groups_claim: settings.groups_claim.clone(),
+            trusted_audiences: settings.trusted_audiences.clone(),
+            allow_unverified_email: settings.allow_unverified_email,
+        };
+        // One validator per other audience, over the same cached keys.
+        let other_audiences = settings
+            .extra_jwt_audiences
+            .iter()
+            .map(|audience| {
+                IdTokenValidator::new(
+                    IdTokenRules {
+                        client_id: audience.clone(),
+                        ..rules.clone()
+                    },
+                    keys.clone(),
+                )
+            })
+            .collect();
+        let validator = IdTokenValidator::new(rules, keys);
         let mut scopes: Vec<Scope> = settings
             .scopes
             .iter()
@@ -292,6 +310,7 @@ impl OidcProvider {
             client,
             http,
             validator,
+            other_audiences,
             issuer: settings.issuer.clone(),
             scopes,
             end_session,
@@ -307,6 +326,31 @@ impl OidcProvider {
     /// The issuer this provider was discovered from.
     pub fn issuer(&self) -> &str {
         &self.issuer
+    }
+
+    /// Validates an ID token an API client presents as a bearer token: for
+    /// this client, or for one of `extra_jwt_audiences` (same issuer, keys
+    /// and rules). The error is the one for this client.
+    pub async fn validate_bearer(
+        &self,
+        token: &str,
+    ) -> Result<id_token::ValidatedIdToken, id_token::IdTokenError> {
+        let error = match self.validator.validate(token, None).await {
+            Ok(validated) => return Ok(validated),
+            Err(error) => error,
+        };
+        if matches!(
+            error,
+            id_token::IdTokenError::WrongAudience(_)
+                | id_token::IdTokenError::WrongAuthorizedParty(_)
+        ) {
+            for other in &self.other_audiences {
+                if let Ok(validated) = other.validate(token, None).await {
+                    return Ok(validated);
+                }
+            }
+        }
+        Err(error)
     }
 
     /// The ID token validator (for API clients' bearer tokens, metrics and tests).
