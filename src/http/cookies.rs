@@ -176,7 +176,7 @@ impl Cookies {
 
     /// Expires cookie `name` in the browser, whether or not it decrypted
     /// (the jar only knows the ones that did, so this sets Max-Age=0 itself).
-    pub(crate) fn expire(&self, jar: PrivateCookieJar, name: String) -> PrivateCookieJar {
+    fn expire(&self, jar: PrivateCookieJar, name: String) -> PrivateCookieJar {
         let mut removal = self.build(name, String::new(), 0);
         removal.make_removal();
         jar.add(removal)
@@ -188,15 +188,7 @@ impl Cookies {
         let mut session = None;
         let mut ours = false;
         let mut kept = String::new();
-        let sent = headers
-            .get_all(header::COOKIE)
-            .iter()
-            // UTF-8 rather than `to_str`'s visible-ASCII check: it is checked
-            // a word at a time, and the cookie parser takes either.
-            .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
-            .flat_map(Cookie::split_parse)
-            .filter_map(Result::ok);
-        for cookie in sent {
+        for cookie in sent_cookies(headers) {
             if self.is_ours(cookie.name()) {
                 ours = true;
                 if session.is_none() && cookie.name() == self.session {
@@ -331,14 +323,10 @@ impl Cookies {
         let plain = match jar.get(&name) {
             Some(plain) => plain,
             None => {
-                let sent = headers
-                    .get_all(header::COOKIE)
-                    .iter()
-                    .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
-                    .flat_map(Cookie::split_parse_encoded)
-                    .filter_map(Result::ok)
-                    .find(|c| c.name() == name)?
-                    .into_owned();
+                let sent = sent_cookies(headers).find(|c| c.name() == name)?;
+                // As set, the value is percent-encoded; decode it first.
+                let sent =
+                    Cookie::parse_encoded(format!("{}={}", sent.name(), sent.value())).ok()?;
                 self.decrypt(sent)?.0
             }
         };
@@ -347,12 +335,39 @@ impl Cookies {
 
     /// Removes every latchkey cookie the browser sent (sign-out), including
     /// ones that no longer decrypt.
-    pub fn clear_all(&self, mut jar: PrivateCookieJar, sent: &[String]) -> PrivateCookieJar {
-        for name in sent.iter().filter(|n| self.is_ours(n)) {
-            jar = self.expire(jar, name.clone());
+    pub fn clear_all(&self, jar: PrivateCookieJar, headers: &HeaderMap) -> PrivateCookieJar {
+        self.expire_sent(jar, headers, |name| self.is_ours(name))
+    }
+
+    /// Removes every login cookie the browser sent (cookie-bomb recovery).
+    pub fn clear_logins(&self, jar: PrivateCookieJar, headers: &HeaderMap) -> PrivateCookieJar {
+        self.expire_sent(jar, headers, |name| self.is_login_cookie(name))
+    }
+
+    fn expire_sent(
+        &self,
+        mut jar: PrivateCookieJar,
+        headers: &HeaderMap,
+        pick: impl Fn(&str) -> bool,
+    ) -> PrivateCookieJar {
+        for cookie in sent_cookies(headers).filter(|c| pick(c.name())) {
+            jar = self.expire(jar, cookie.name().to_owned());
         }
         jar
     }
+}
+
+/// Every cookie of the request's `Cookie` headers, as sent (values still
+/// percent-encoded), skipping what does not parse.
+fn sent_cookies(headers: &HeaderMap) -> impl Iterator<Item = Cookie<'_>> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        // UTF-8 rather than `to_str`'s visible-ASCII check: it is checked a
+        // word at a time, and the cookie parser takes either.
+        .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
 }
 
 #[cfg(test)]

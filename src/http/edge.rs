@@ -75,18 +75,7 @@ impl Edge {
     /// out; the session cookie is kept).
     fn cookie_bomb(&self, headers: &HeaderMap) -> Response {
         tracing::info!("refused an oversized Cookie header");
-        let names = headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
-            .flat_map(cookie::Cookie::split_parse)
-            .filter_map(Result::ok)
-            .map(|c| c.name().to_owned())
-            .filter(|name| self.cookies.is_login_cookie(name));
-        let mut jar = self.cookies.empty_jar();
-        for name in names {
-            jar = self.cookies.expire(jar, name);
-        }
+        let jar = self.cookies.clear_logins(self.cookies.empty_jar(), headers);
         let page = pages::error(
             headers,
             ErrorCode::BadRequest,

@@ -171,18 +171,6 @@ async fn bearer_caller(
     }
 }
 
-/// Names of the cookies the request carries (even ones that do not decrypt).
-fn raw_cookie_names(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| cookie::Cookie::split_parse(v.to_owned()))
-        .filter_map(Result::ok)
-        .map(|c| c.name().to_owned())
-        .collect()
-}
-
 /// The path and query of the request, for `rd`.
 fn destination(request: &Request) -> String {
     request
@@ -552,7 +540,7 @@ pub(super) async fn sign_out(
             }
         }
     }
-    let jar = app.cookies.clear_all(jar, &raw_cookie_names(&headers));
+    let jar = app.cookies.clear_all(jar, &headers);
     let after = app.settings.post_logout_redirect_url.as_deref();
     let response = match app.provider.end_session_url(id_token.as_deref(), after) {
         Some(url) => found(&url),
