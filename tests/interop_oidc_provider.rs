@@ -2,7 +2,7 @@
 //! `oidc-provider` (npm, pinned in `tests/interop/oidc-provider/package.json`).
 //! The same flow as against the development IdP: login through its
 //! development interaction forms, userinfo, refresh with rotation and reuse
-//! detection, RP-initiated logout.
+//! detection, token revocation at sign-out (RFC 7009), RP-initiated logout.
 //!
 //! Runs when `LATCHKEY_TEST_OIDC_PROVIDER` names that folder with its
 //! `node_modules` installed (`.ci/run` installs it and sets the variable).
@@ -210,6 +210,45 @@ async fn full_flow_against_panva_oidc_provider() {
     assert!(matches!(reuse, IdpError::InvalidGrant(_)), "{reuse:?}");
     let revoked = provider.refresh(&second).await.unwrap_err();
     assert!(matches!(revoked, IdpError::InvalidGrant(_)), "{revoked:?}");
+
+    // Revocation (RFC 7009): a second login's refresh token works until
+    // sign-out revokes it at the provider, and not after.
+    let again = flow.begin("/after").await.unwrap();
+    let back = sign_in(&browser, &again.authorization_url, "alice").await;
+    let query: std::collections::HashMap<_, _> = back.query_pairs().into_owned().collect();
+    let second_login = flow
+        .complete(Callback {
+            state: &query["state"],
+            code: &query["code"],
+            binding: Some(&again.binding),
+            pending: Some(&again.pending),
+        })
+        .await
+        .unwrap();
+    let live = sessions(Duration::from_secs(24 * 3600))
+        .load(&second_login.session_id)
+        .await
+        .unwrap()
+        .tokens()
+        .refresh_token
+        .clone()
+        .expect("offline_access granted");
+    let signed_out = sessions(Duration::ZERO)
+        .sign_out(&second_login.session_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        signed_out.tokens.refresh_token.as_deref(),
+        Some(live.as_str())
+    );
+    assert_eq!(
+        provider.revoke_refresh_token(&live).await,
+        Ok(true),
+        "discovery offers oidc-provider's revocation_endpoint"
+    );
+    let after = provider.refresh(&live).await.unwrap_err();
+    assert!(matches!(after, IdpError::InvalidGrant(_)), "{after:?}");
 
     // RP-initiated logout: the provider asks for confirmation, then returns.
     let record = sessions(Duration::ZERO)

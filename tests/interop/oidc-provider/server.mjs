@@ -31,6 +31,7 @@ server.listen(0, '127.0.0.1', () => {
     features: {
       devInteractions: { enabled: true },
       rpInitiatedLogout: { enabled: true },
+      revocation: { enabled: true },
     },
     pkce: { required: () => true },
     rotateRefreshToken: true,
