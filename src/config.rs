@@ -11,6 +11,8 @@ use base64::Engine;
 use regex::Regex;
 use serde::Deserialize;
 
+pub use crate::oidc::JwtIssuer;
+
 /// Every setting, each optional, as read from one source. `clap` fills it from
 /// flags and environment variables, `toml` from the file.
 #[derive(Debug, Default, Clone, Deserialize, clap::Args)]
@@ -145,6 +147,10 @@ pub struct RawSettings {
     /// bearer tokens too (with skip_jwt_bearer_tokens).
     #[arg(long, env = "LATCHKEY_EXTRA_JWT_AUDIENCES", value_delimiter = ',')]
     pub extra_jwt_audiences: Option<Vec<String>>,
+    /// Other providers whose ID tokens are accepted as bearer tokens, as
+    /// ISSUER=AUDIENCE pairs (oauth2-proxy's format; with skip_jwt_bearer_tokens).
+    #[arg(long, env = "LATCHKEY_EXTRA_JWT_ISSUERS", value_delimiter = ',')]
+    pub extra_jwt_issuers: Option<Vec<String>>,
     /// Requests per minute one client address may make to /oauth2/start and
     /// /oauth2/callback (bursts of as many); 0: no limit [default: 120].
     #[arg(long, env = "LATCHKEY_LOGIN_RATE_PER_MINUTE")]
@@ -199,6 +205,7 @@ impl RawSettings {
             insecure_allow_unverified_email,
             skip_jwt_bearer_tokens,
             extra_jwt_audiences,
+            extra_jwt_issuers,
             login_rate_per_minute,
         )
     }
@@ -323,6 +330,8 @@ pub struct Settings {
     pub skip_jwt_bearer_tokens: bool,
     /// Other audiences accepted for bearer ID tokens.
     pub extra_jwt_audiences: Vec<String>,
+    /// Other providers whose ID tokens are accepted as bearer tokens.
+    pub extra_jwt_issuers: Vec<JwtIssuer>,
     /// Sign-in requests per minute per client address (0: no limit).
     pub login_rate_per_minute: u32,
 }
@@ -513,6 +522,33 @@ pub fn route_list(value: &str) -> Result<Vec<String>, ConfigError> {
     }
     entries.push(current);
     Ok(entries)
+}
+
+/// One `extra_jwt_issuers` entry: `ISSUER=AUDIENCE`, the issuer an http(s)
+/// URL (discovered at startup), the audience the client id its tokens name.
+fn jwt_issuer(entry: &str) -> Result<JwtIssuer, ConfigError> {
+    let fix = "write entries as ISSUER=AUDIENCE, e.g. https://login.example.com/realm=cli-client";
+    // The issuer is a URL and may hold `=` in its query; the audience may not.
+    let Some((issuer, audience)) = entry.trim().rsplit_once('=') else {
+        return Err(error(
+            "extra_jwt_issuers",
+            format!("{entry:?} has no `=AUDIENCE`"),
+            fix,
+        ));
+    };
+    let valid_url = url::Url::parse(issuer)
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+    if !valid_url || audience.trim().is_empty() {
+        return Err(error(
+            "extra_jwt_issuers",
+            format!("{entry:?} is not an http(s) issuer URL and a non-empty audience"),
+            fix,
+        ));
+    }
+    Ok(JwtIssuer {
+        issuer: issuer.to_owned(),
+        audience: audience.trim().to_owned(),
+    })
 }
 
 fn skip_route(entry: &str) -> Result<SkipRoute, ConfigError> {
@@ -712,6 +748,10 @@ impl RawSettings {
                 )
             })?),
         };
+        let extra_jwt_issuers = list(self.extra_jwt_issuers, &[])
+            .iter()
+            .map(|pair| jwt_issuer(pair))
+            .collect::<Result<_, _>>()?;
         Ok(Settings {
             listen,
             issuer,
@@ -748,6 +788,7 @@ impl RawSettings {
             insecure_allow_unverified_email: self.insecure_allow_unverified_email.unwrap_or(false),
             skip_jwt_bearer_tokens: self.skip_jwt_bearer_tokens.unwrap_or(false),
             extra_jwt_audiences: list(self.extra_jwt_audiences, &[]),
+            extra_jwt_issuers,
             login_rate_per_minute: self.login_rate_per_minute.unwrap_or(120),
         })
     }
@@ -936,6 +977,30 @@ mod tests {
             let err = raw.validate().unwrap_err();
             assert_eq!(err.setting, setting, "{err}");
             assert!(!err.fix.is_empty());
+        }
+    }
+
+    #[test]
+    fn extra_jwt_issuers_are_issuer_equals_audience() {
+        let parsed = jwt_issuer("https://idp.example/realms/a?x=1=cli").unwrap();
+        assert_eq!(parsed.issuer, "https://idp.example/realms/a?x=1");
+        assert_eq!(parsed.audience, "cli");
+        for bad in [
+            "https://idp.example",
+            "https://idp.example=",
+            "idp.example=cli",
+            "ftp://idp.example=cli",
+            "=cli",
+            "javascript:alert(1)=cli",
+        ] {
+            let err = RawSettings {
+                extra_jwt_issuers: Some(vec![bad.into()]),
+                ..minimal()
+            }
+            .validate()
+            .unwrap_err();
+            assert_eq!(err.setting, "extra_jwt_issuers", "{bad}");
+            assert!(err.fix.contains("ISSUER=AUDIENCE"));
         }
     }
 

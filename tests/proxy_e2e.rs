@@ -464,6 +464,11 @@ async fn id_token_from(h: &Harness) -> String {
 /// An ID token for bob issued to `client_id` (another app of the provider,
 /// a CLI, a mobile app).
 async fn id_token_for_client(h: &Harness, client_id: &str, secret: &str, redirect: &str) -> String {
+    id_token_at(h.idp.issuer(), client_id, secret, redirect).await
+}
+
+/// An ID token for bob issued by the development IdP at `issuer` to `client_id`.
+async fn id_token_at(issuer: &str, client_id: &str, secret: &str, redirect: &str) -> String {
     let (challenge, verifier) = openidconnect::PkceCodeChallenge::new_random_sha256();
     let redirect = redirect.to_owned();
     let client = reqwest::Client::builder()
@@ -481,7 +486,7 @@ async fn id_token_for_client(h: &Harness, client_id: &str, secret: &str, redirec
         ("password", "bob"),
         ("action", "login"),
     ];
-    let issuer = h.idp.issuer().to_owned();
+    let issuer = issuer.to_owned();
     let back = client
         .post(format!("{issuer}/authorize"))
         .form(&form)
@@ -586,6 +591,80 @@ async fn bearer_tokens_of_another_client_need_extra_jwt_audiences() {
     let mut forged = token;
     forged.replace_range(forged.len() - 4.., "AAAA");
     assert_eq!(status_with(&h, forged).await, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_of_another_provider_need_extra_jwt_issuers() {
+    // A second provider (another realm, a CI system's OIDC issuer) with two
+    // clients: the one listed, and one that is not.
+    let client = |id: &str| latchkey::dev_idp::DevClient {
+        client_id: id.into(),
+        client_secret: format!("{id}-secret"),
+        redirect_uris: vec![format!("http://127.0.0.1:9/{id}")],
+        post_logout_redirect_uris: vec![],
+    };
+    let other = latchkey::dev_idp::DevIdp::start(latchkey::dev_idp::DevIdpConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        clients: vec![client("ci"), client("stray")],
+        ..latchkey::dev_idp::DevIdpConfig::default()
+    })
+    .await
+    .unwrap();
+    let issuer = other.issuer().to_owned();
+    let token_of = |id: &'static str| {
+        let issuer = issuer.clone();
+        async move {
+            let (secret, redirect) = (format!("{id}-secret"), format!("http://127.0.0.1:9/{id}"));
+            id_token_at(&issuer, id, &secret, &redirect).await
+        }
+    };
+    let userinfo = |h: &Harness, token: String| {
+        let url = h.url("/oauth2/userinfo");
+        async move {
+            let response = reqwest::Client::new()
+                .get(url)
+                .header("authorization", format!("Bearer {token}"))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    // Not listed: refused.
+    let h = Harness::start(|raw| raw.skip_jwt_bearer_tokens = Some(true)).await;
+    assert_eq!(userinfo(&h, token_of("ci").await).await.0, 401);
+    // Listed: accepted as that provider's user, for the listed audience only.
+    let listed = format!("{}=ci", other.issuer());
+    let h = Harness::start(|raw| {
+        raw.skip_jwt_bearer_tokens = Some(true);
+        raw.extra_jwt_issuers = Some(vec![listed]);
+    })
+    .await;
+    let token = token_of("ci").await;
+    let (status, seen) = userinfo(&h, token.clone()).await;
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(seen["issuer"], other.issuer());
+    assert_eq!(seen["user"], "bob");
+    assert_eq!(userinfo(&h, token_of("stray").await).await.0, 401);
+    // The own provider's tokens still work beside it.
+    assert_eq!(userinfo(&h, id_token_from(&h).await).await.0, 200);
+    // A forged signature is refused under the listed issuer.
+    let mut forged = token;
+    forged.replace_range(forged.len() - 4.., "AAAA");
+    assert_eq!(userinfo(&h, forged).await.0, 401);
+    // The own provider's token for `ci` is not the other provider's.
+    let h2 = Harness::start_with_idp(
+        None,
+        |idp| idp.clients.push(client("ci")),
+        |raw| {
+            raw.skip_jwt_bearer_tokens = Some(true);
+            raw.extra_jwt_issuers = Some(vec![format!("{}=ci", other.issuer())]);
+        },
+    )
+    .await;
+    let own_ci = id_token_for_client(&h2, "ci", "ci-secret", "http://127.0.0.1:9/ci").await;
+    assert_eq!(userinfo(&h2, own_ci).await.0, 401);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -123,6 +123,7 @@ impl App {
         oidc.groups_claim = settings.groups_claim.clone();
         oidc.allow_unverified_email = settings.insecure_allow_unverified_email;
         oidc.extra_jwt_audiences = settings.extra_jwt_audiences.clone();
+        oidc.extra_jwt_issuers = settings.extra_jwt_issuers.clone();
         if settings.insecure_allow_unverified_email {
             tracing::warn!(
                 "insecure_allow_unverified_email is set: emails the provider has not verified \

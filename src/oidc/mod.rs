@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use openidconnect::core::{
     CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreClientAuthMethod,
     CoreErrorResponseType, CoreGenderClaim, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm,
-    CoreJwsSigningAlgorithm, CoreRevocableToken, CoreRevocationErrorResponse,
+    CoreJwsSigningAlgorithm, CoreProviderMetadata, CoreRevocableToken, CoreRevocationErrorResponse,
     CoreTokenIntrospectionResponse, CoreTokenType,
 };
 use openidconnect::{
@@ -64,6 +64,9 @@ pub struct OidcSettings {
     /// Other clients of the same provider whose ID tokens API clients may
     /// present as bearer tokens (their `aud`, and `azp` when several).
     pub extra_jwt_audiences: Vec<String>,
+    /// Other providers whose ID tokens API clients may present as bearer
+    /// tokens, each for its own audience (discovered with this one).
+    pub extra_jwt_issuers: Vec<JwtIssuer>,
     /// Connect timeout of every provider call.
     pub connect_timeout: Duration,
     /// Total timeout of every provider call.
@@ -94,12 +97,23 @@ impl OidcSettings {
             trusted_audiences: Vec::new(),
             allow_unverified_email: false,
             extra_jwt_audiences: Vec::new(),
+            extra_jwt_issuers: Vec::new(),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             jwks_refetch_interval: Duration::from_secs(30),
             default_access_ttl: Duration::from_secs(300),
         }
     }
+}
+
+/// Another provider whose ID tokens are accepted as bearer tokens
+/// (oauth2-proxy's `extra_jwt_issuers` entry `ISSUER=AUDIENCE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtIssuer {
+    /// Its issuer URL; its keys come from its discovery document.
+    pub issuer: String,
+    /// The audience (client id) its tokens must be for.
+    pub audience: String,
 }
 
 /// Why the provider could not be set up. Names the URL and what failed.
@@ -186,6 +200,8 @@ pub struct OidcProvider {
     validator: IdTokenValidator,
     /// Validators for `extra_jwt_audiences` (bearer tokens only).
     other_audiences: Vec<IdTokenValidator>,
+    /// Validators for `extra_jwt_issuers` (bearer tokens only).
+    other_issuers: Vec<IdTokenValidator>,
     issuer: String,
     scopes: Vec<Scope>,
     end_session: Option<EndSessionUrl>,
@@ -204,6 +220,43 @@ impl std::fmt::Debug for OidcProvider {
             .field("issuer", &self.issuer)
             .finish_non_exhaustive()
     }
+}
+
+/// The validator of bearer tokens from `extra`: its discovery document's
+/// keys, its issuer and audience, and this provider's other rules.
+async fn bearer_validator_for(
+    extra: &JwtIssuer,
+    rules: &IdTokenRules,
+    http: &IdpHttp,
+    settings: &OidcSettings,
+) -> Result<IdTokenValidator, OidcSetupError> {
+    let issuer_url =
+        IssuerUrl::new(extra.issuer.clone()).map_err(|e| config("extra_jwt_issuers", e))?;
+    let discovery_url = format!(
+        "{}/.well-known/openid-configuration",
+        extra.issuer.trim_end_matches('/')
+    );
+    let metadata = CoreProviderMetadata::discover_async(issuer_url, &http.for_openidconnect())
+        .await
+        .map_err(|e| OidcSetupError::Discovery {
+            url: discovery_url,
+            reason: describe_discovery_error(&e),
+        })?;
+    let keys = JwksCache::new(
+        metadata.jwks_uri().clone(),
+        http.clone(),
+        metadata.jwks().clone(),
+        settings.jwks_refetch_interval,
+    );
+    Ok(IdTokenValidator::new(
+        IdTokenRules {
+            client_id: extra.audience.clone(),
+            issuer: extra.issuer.clone(),
+            trusted_audiences: Vec::new(),
+            ..rules.clone()
+        },
+        keys,
+    ))
 }
 
 fn config(setting: &'static str, reason: impl ToString) -> OidcSetupError {
@@ -298,6 +351,10 @@ impl OidcProvider {
                 )
             })
             .collect();
+        let mut other_issuers = Vec::new();
+        for extra in &settings.extra_jwt_issuers {
+            other_issuers.push(bearer_validator_for(extra, &rules, &http, settings).await?);
+        }
         let validator = IdTokenValidator::new(rules, keys);
         let mut scopes: Vec<Scope> = settings
             .scopes
@@ -311,6 +368,7 @@ impl OidcProvider {
             http,
             validator,
             other_audiences,
+            other_issuers,
             issuer: settings.issuer.clone(),
             scopes,
             end_session,
@@ -329,8 +387,10 @@ impl OidcProvider {
     }
 
     /// Validates an ID token an API client presents as a bearer token: for
-    /// this client, or for one of `extra_jwt_audiences` (same issuer, keys
-    /// and rules). The error is the one for this client.
+    /// this client, for one of `extra_jwt_audiences` (same issuer, keys and
+    /// rules), or from one of `extra_jwt_issuers` for its audience (its own
+    /// keys, the same rules otherwise). The error is the one for this client,
+    /// or the listed issuer's when the token names one.
     pub async fn validate_bearer(
         &self,
         token: &str,
@@ -339,16 +399,28 @@ impl OidcProvider {
             Ok(validated) => return Ok(validated),
             Err(error) => error,
         };
-        if matches!(
-            error,
+        match error {
             id_token::IdTokenError::WrongAudience(_)
-                | id_token::IdTokenError::WrongAuthorizedParty(_)
-        ) {
-            for other in &self.other_audiences {
-                if let Ok(validated) = other.validate(token, None).await {
-                    return Ok(validated);
+            | id_token::IdTokenError::WrongAuthorizedParty(_) => {
+                for other in &self.other_audiences {
+                    if let Ok(validated) = other.validate(token, None).await {
+                        return Ok(validated);
+                    }
                 }
             }
+            // The issuer is checked before the signature, so a token of an
+            // unlisted issuer costs no key fetch anywhere.
+            id_token::IdTokenError::WrongIssuer(_) => {
+                for other in &self.other_issuers {
+                    match other.validate(token, None).await {
+                        Ok(validated) => return Ok(validated),
+                        Err(id_token::IdTokenError::WrongIssuer(_)) => continue,
+                        // Its issuer, but not valid: that is the reason.
+                        Err(reason) => return Err(reason),
+                    }
+                }
+            }
+            _ => {}
         }
         Err(error)
     }
