@@ -402,11 +402,11 @@ async fn session_memory(n: usize) -> f64 {
                 groups: vec!["staff".into(), "engineering".into()],
             },
             TokenSet {
-                access_token: latchkey::secret::random_token(),
+                access_token: latchkey::secret::random_token().into(),
                 access_expires_at: 0,
-                refresh_token: Some(latchkey::secret::random_token()),
+                refresh_token: Some(latchkey::secret::random_token().into()),
                 // A typical RS256 ID token is 800–1,000 bytes.
-                id_token: Some("x".repeat(900)),
+                id_token: Some("x".repeat(900).into()),
             },
             0,
             Duration::from_secs(86400),

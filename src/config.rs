@@ -12,6 +12,7 @@ use regex::Regex;
 use serde::Deserialize;
 
 pub use crate::oidc::JwtIssuer;
+use crate::secret::{ClientSecret, CookieSecret, KeyMaterial};
 
 /// Every setting, each optional, as read from one source. `clap` fills it from
 /// flags and environment variables, `toml` from the file.
@@ -29,7 +30,7 @@ pub struct RawSettings {
     pub client_id: Option<String>,
     /// The client secret (prefer client_secret_file).
     #[arg(long, env = "LATCHKEY_CLIENT_SECRET", hide_env_values = true)]
-    pub client_secret: Option<String>,
+    pub client_secret: Option<ClientSecret>,
     /// A file holding the client secret.
     #[arg(long, env = "LATCHKEY_CLIENT_SECRET_FILE")]
     pub client_secret_file: Option<PathBuf>,
@@ -46,7 +47,7 @@ pub struct RawSettings {
     /// 16 or 24 bytes, URL-safe base64 or raw text as oauth2-proxy takes them
     /// also work). Prefer cookie_secret_file.
     #[arg(long, env = "LATCHKEY_COOKIE_SECRET", hide_env_values = true)]
-    pub cookie_secret: Option<String>,
+    pub cookie_secret: Option<CookieSecret>,
     /// A file holding the cookie secret.
     #[arg(long, env = "LATCHKEY_COOKIE_SECRET_FILE")]
     pub cookie_secret_file: Option<PathBuf>,
@@ -58,7 +59,7 @@ pub struct RawSettings {
         value_delimiter = ',',
         hide_env_values = true
     )]
-    pub previous_cookie_secrets: Option<Vec<String>>,
+    pub previous_cookie_secrets: Option<Vec<CookieSecret>>,
     /// Name of the session cookie [default: _latchkey; __Host- prefixed over https].
     #[arg(long, env = "LATCHKEY_COOKIE_NAME")]
     pub cookie_name: Option<String>,
@@ -275,7 +276,7 @@ pub struct Settings {
     /// The client id.
     pub client_id: String,
     /// The client secret.
-    pub client_secret: Option<String>,
+    pub client_secret: Option<ClientSecret>,
     /// The callback URL.
     pub redirect_url: url::Url,
     /// The upstream app; `None`: forward-auth only.
@@ -283,9 +284,9 @@ pub struct Settings {
     /// The store URL.
     pub store: String,
     /// 32 bytes of cookie key material (a shorter secret is expanded).
-    pub cookie_secret: Vec<u8>,
+    pub cookie_secret: KeyMaterial,
     /// Earlier secrets' key material, for decryption only.
-    pub previous_cookie_secrets: Vec<Vec<u8>>,
+    pub previous_cookie_secrets: Vec<KeyMaterial>,
     /// Session cookie name (with `__Host-` over https).
     pub cookie_name: String,
     /// Requested scopes.
@@ -444,7 +445,7 @@ fn duration(value: Option<String>, setting: &str, default: &str) -> Result<Durat
 /// 32 bytes, else the text itself when it is 16, 24 or 32 bytes long. A 32-byte
 /// secret is used as it is (so that cookies set before survive); a shorter one
 /// is expanded with HKDF-SHA256.
-fn cookie_key_material(text: &str, setting: &str) -> Result<Vec<u8>, ConfigError> {
+fn cookie_key_material(text: &str, setting: &str) -> Result<KeyMaterial, ConfigError> {
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
     let text = text.trim();
     let usable = |bytes: &[u8]| matches!(bytes.len(), 16 | 24 | 32);
@@ -464,13 +465,13 @@ fn cookie_key_material(text: &str, setting: &str) -> Result<Vec<u8>, ConfigError
         }
     };
     if secret.len() == 32 {
-        return Ok(secret);
+        return Ok(KeyMaterial::new(secret));
     }
     let mut expanded = vec![0u8; 32];
     hkdf::Hkdf::<sha2::Sha256>::new(None, &secret)
         .expand(b"latchkey cookie secret", &mut expanded)
         .expect("32 bytes is a valid HKDF-SHA256 output length");
-    Ok(expanded)
+    Ok(KeyMaterial::new(expanded))
 }
 
 fn list(value: Option<Vec<String>>, default: &[&str]) -> Vec<String> {
@@ -616,7 +617,8 @@ impl RawSettings {
                         )
                     })?
                     .trim()
-                    .to_owned(),
+                    .to_owned()
+                    .into(),
             ),
             (None, None) => None,
         };
@@ -673,7 +675,7 @@ impl RawSettings {
                     "keep one of them (cookie_secret_file keeps the secret out of `ps` and the config)",
                 ));
             }
-            (Some(secret), None) => Some(secret),
+            (Some(secret), None) => Some(secret.into_secret()),
             (None, Some(path)) => Some(std::fs::read_to_string(&path).map_err(|e| {
                 error(
                     "cookie_secret_file",
@@ -694,9 +696,11 @@ impl RawSettings {
                 )
             })?;
         let cookie_secret = cookie_key_material(&secret_text, "cookie_secret")?;
-        let previous_cookie_secrets = list(self.previous_cookie_secrets, &[])
+        let previous_cookie_secrets = self
+            .previous_cookie_secrets
+            .unwrap_or_default()
             .iter()
-            .map(|text| cookie_key_material(text, "previous_cookie_secrets"))
+            .map(|text| cookie_key_material(text.secret(), "previous_cookie_secrets"))
             .collect::<Result<Vec<_>, _>>()?;
         let cookie_name = self.cookie_name.unwrap_or_else(|| "_latchkey".into());
         if cookie_name.is_empty()
@@ -852,7 +856,11 @@ mod tests {
             issuer: Some("https://idp.example.com".into()),
             client_id: Some("app".into()),
             redirect_url: Some("https://app.example.com/oauth2/callback".into()),
-            cookie_secret: Some(base64::engine::general_purpose::STANDARD.encode([7u8; 32])),
+            cookie_secret: Some(
+                base64::engine::general_purpose::STANDARD
+                    .encode([7u8; 32])
+                    .into(),
+            ),
             email_domains: Some(vec!["*".into()]),
             ..RawSettings::default()
         }
@@ -981,6 +989,22 @@ mod tests {
     }
 
     #[test]
+    fn settings_print_no_secret() {
+        let raw = RawSettings {
+            client_secret: Some("client-s3cr3t".into()),
+            previous_cookie_secrets: Some(vec!["0123456789abcdef".into()]),
+            ..minimal()
+        };
+        let cookie = raw.cookie_secret.clone().unwrap();
+        let printed = format!("{raw:?} {:?}", raw.clone().validate().unwrap());
+        for secret in ["client-s3cr3t", "0123456789abcdef", cookie.secret()] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
+        assert!(printed.contains("ClientSecret([redacted])"), "{printed}");
+        assert!(printed.contains("CookieSecret([redacted])"), "{printed}");
+    }
+
+    #[test]
     fn extra_jwt_issuers_are_issuer_equals_audience() {
         let parsed = jwt_issuer("https://idp.example/realms/a?x=1=cli").unwrap();
         assert_eq!(parsed.issuer, "https://idp.example/realms/a?x=1");
@@ -1095,7 +1119,7 @@ mod tests {
         use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
         let with = |secret: String| {
             RawSettings {
-                cookie_secret: Some(secret),
+                cookie_secret: Some(secret.into()),
                 ..minimal()
             }
             .validate()
@@ -1107,7 +1131,8 @@ mod tests {
             URL_SAFE.encode(&bytes32),
             URL_SAFE_NO_PAD.encode(&bytes32),
         ] {
-            assert_eq!(with(text.clone()).unwrap().cookie_secret, bytes32, "{text}");
+            let settings = with(text.clone()).unwrap();
+            assert_eq!(settings.cookie_secret.secret(), bytes32, "{text}");
         }
         // 16 and 24 bytes, base64 or raw: expanded, and distinct.
         let mut seen = std::collections::HashSet::new();
@@ -1119,8 +1144,11 @@ mod tests {
             "0123456789abcdef0123456789abcdef".to_owned(),
         ] {
             let settings = with(text.clone()).unwrap();
-            assert_eq!(settings.cookie_secret.len(), 32, "{text}");
-            assert!(seen.insert(settings.cookie_secret), "{text}");
+            assert_eq!(settings.cookie_secret.secret().len(), 32, "{text}");
+            assert!(
+                seen.insert(settings.cookie_secret.secret().to_vec()),
+                "{text}"
+            );
         }
         for bad in ["c2hvcnQ=", "short", &STANDARD.encode([0u8; 20])] {
             assert_eq!(
@@ -1157,7 +1185,7 @@ mod tests {
         }
         .validate()
         .unwrap();
-        assert_eq!(settings.cookie_secret, [5u8; 32]);
+        assert_eq!(settings.cookie_secret.secret(), [5u8; 32]);
         let both = RawSettings {
             cookie_secret_file: Some(path),
             ..minimal()

@@ -86,11 +86,11 @@ impl Demo {
             listen: Some(proxy.to_string()),
             issuer: Some(idp.issuer().to_owned()),
             client_id: Some("latchkey".into()),
-            client_secret: Some(secret),
+            client_secret: Some(secret.into()),
             redirect_url: Some(format!("http://{proxy}/oauth2/callback")),
             upstream: Some(format!("http://{upstream_addr}")),
             store: Some(store),
-            cookie_secret: Some(base64::engine::general_purpose::STANDARD.encode(key)),
+            cookie_secret: Some(base64::engine::general_purpose::STANDARD.encode(key).into()),
             post_logout_redirect_url: Some(format!("http://{proxy}/")),
             // The development IdP's users, all of them.
             email_domains: Some(vec!["example.com".into()]),

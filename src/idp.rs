@@ -11,29 +11,31 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::UnixMillis;
-use crate::secret::{Redacted, redacted_option};
+use crate::secret::{
+    AccessToken, AuthorizationCode, LoginNonce, LoginState, PkceVerifier, RawIdToken, RefreshToken,
+};
 
 /// The secrets of one authorization request, made by the login state machine
 /// and carried by the browser's login cookie until the callback.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthorizationRequest {
     /// The `state` parameter (256 random bits).
-    pub state: String,
+    pub state: LoginState,
     /// The `nonce` the ID token must carry back.
-    pub nonce: String,
+    pub nonce: LoginNonce,
     /// The PKCE code verifier; the provider gets its S256 challenge.
-    pub pkce_verifier: String,
+    pub pkce_verifier: PkceVerifier,
 }
 
 /// The code from a callback, with what is needed to redeem and validate it.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CodeExchange {
     /// The authorization code.
-    pub code: String,
+    pub code: AuthorizationCode,
     /// The PKCE verifier of the login.
-    pub pkce_verifier: String,
+    pub pkce_verifier: PkceVerifier,
     /// The nonce the ID token must carry.
-    pub nonce: String,
+    pub nonce: LoginNonce,
 }
 
 /// Who signed in, as validated from the ID token (and userinfo).
@@ -50,47 +52,16 @@ pub struct Identity {
 }
 
 /// Tokens from the token endpoint.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenSet {
     /// The access token.
-    pub access_token: String,
+    pub access_token: AccessToken,
     /// When the access token expires.
     pub access_expires_at: UnixMillis,
     /// The refresh token, when the provider issued one.
-    pub refresh_token: Option<String>,
+    pub refresh_token: Option<RefreshToken>,
     /// The raw ID token, kept for `id_token_hint` at logout.
-    pub id_token: Option<String>,
-}
-
-impl std::fmt::Debug for AuthorizationRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthorizationRequest")
-            .field("state", &Redacted)
-            .field("nonce", &Redacted)
-            .field("pkce_verifier", &Redacted)
-            .finish()
-    }
-}
-
-impl std::fmt::Debug for CodeExchange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CodeExchange")
-            .field("code", &Redacted)
-            .field("pkce_verifier", &Redacted)
-            .field("nonce", &Redacted)
-            .finish()
-    }
-}
-
-impl std::fmt::Debug for TokenSet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenSet")
-            .field("access_token", &Redacted)
-            .field("access_expires_at", &self.access_expires_at)
-            .field("refresh_token", &redacted_option(&self.refresh_token))
-            .field("id_token", &redacted_option(&self.id_token))
-            .finish()
-    }
+    pub id_token: Option<RawIdToken>,
 }
 
 /// A successful token response, already validated.
@@ -134,5 +105,5 @@ pub trait IdentityProvider: Send + Sync + 'static {
 
     /// Redeems a refresh token. Providers that rotate refresh tokens return a new
     /// one; the old one must never be presented again.
-    async fn refresh(&self, refresh_token: &str) -> Result<Grant, IdpError>;
+    async fn refresh(&self, refresh_token: &RefreshToken) -> Result<Grant, IdpError>;
 }

@@ -33,7 +33,10 @@ use tokio::time::Instant;
 use crate::clock::{Clock, UnixMillis, duration_ms};
 use crate::idp::{AuthorizationRequest, CodeExchange, IdentityProvider, IdpError};
 use crate::seal::RecordSeal;
-use crate::secret::{Redacted, hash_token, random_token, redacted_option, token_matches_hash};
+use crate::secret::{
+    AuthorizationCode, BrowserBinding, LoginNonce, LoginState, PkceVerifier, Redacted, SessionId,
+    hash_token, random_token, redacted_option, token_matches_hash,
+};
 use crate::session::{SessionRecord, login_tag, session_key};
 use crate::store::{LoginCommit, Store, StoreError};
 
@@ -71,9 +74,9 @@ impl Default for LoginSettings {
 #[derive(Clone)]
 pub struct StartedLogin {
     /// The `state` parameter; also names the login.
-    pub state: String,
+    pub state: LoginState,
     /// The browser binding token, to be set in a per-login cookie.
-    pub binding: String,
+    pub binding: BrowserBinding,
     /// The identity provider's authorization URL.
     pub authorization_url: String,
     /// The rest of what the callback needs, for the per-login cookie.
@@ -83,16 +86,16 @@ pub struct StartedLogin {
 /// What a started login needs at its callback, carried by the browser (in
 /// the per-login cookie, encrypted and authenticated) rather than written to
 /// the store: an anonymous `/oauth2/start` writes nothing.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingLogin {
     /// `sha256(state)`: the cookie belongs to this login and no other.
     pub state_hash: String,
     /// `sha256(binding)`: the binding that must come with it.
     pub binding_hash: String,
     /// The nonce the ID token must carry.
-    pub nonce: String,
+    pub nonce: LoginNonce,
     /// The PKCE verifier.
-    pub pkce_verifier: String,
+    pub pkce_verifier: PkceVerifier,
     /// Where the browser wanted to go.
     pub return_to: String,
     /// When the login started (Unix ms); it is refused `login_ttl` later.
@@ -113,11 +116,11 @@ pub struct Callback<'a> {
 }
 
 /// A finished login, as seen by one callback.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompletedLogin {
     /// The session id to put in the session cookie. The same for every callback
     /// of one login.
-    pub session_id: String,
+    pub session_id: SessionId,
     /// Where the browser wanted to go.
     pub return_to: String,
     /// Whether this callback did the token exchange (false for duplicates and replays).
@@ -127,22 +130,11 @@ pub struct CompletedLogin {
 impl std::fmt::Debug for StartedLogin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StartedLogin")
-            .field("state", &Redacted)
-            .field("binding", &Redacted)
+            .field("state", &self.state)
+            .field("binding", &self.binding)
             .field("authorization_url", &"[redacted: holds the state]")
             .field("pending", &self.pending)
             .finish()
-    }
-}
-
-impl std::fmt::Debug for PendingLogin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingLogin")
-            .field("nonce", &Redacted)
-            .field("pkce_verifier", &Redacted)
-            .field("return_to", &self.return_to)
-            .field("started", &self.started)
-            .finish_non_exhaustive()
     }
 }
 
@@ -153,16 +145,6 @@ impl std::fmt::Debug for Callback<'_> {
             .field("code", &Redacted)
             .field("binding", &redacted_option(&self.binding))
             .field("pending", &self.pending)
-            .finish()
-    }
-}
-
-impl std::fmt::Debug for CompletedLogin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompletedLogin")
-            .field("session_id", &Redacted)
-            .field("return_to", &self.return_to)
-            .field("exchanged_here", &self.exchanged_here)
             .finish()
     }
 }
@@ -247,12 +229,12 @@ struct LoginRecord {
 #[serde(tag = "phase")]
 enum Phase {
     Pending {
-        nonce: String,
-        pkce_verifier: String,
+        nonce: LoginNonce,
+        pkce_verifier: PkceVerifier,
     },
     Exchanging {
-        nonce: String,
-        pkce_verifier: String,
+        nonce: LoginNonce,
+        pkce_verifier: PkceVerifier,
         lease_id: String,
         lease_until: UnixMillis,
     },
@@ -320,8 +302,8 @@ pub fn login_key(state: &str) -> String {
 }
 
 /// The session id of a completed login; see the module documentation.
-fn derive_session_id(seal: &RecordSeal, state: &str, lease_id: &str) -> String {
-    seal.session_id(&login_tag(state), state, lease_id)
+fn derive_session_id(seal: &RecordSeal, state: &str, lease_id: &str) -> SessionId {
+    SessionId::new(seal.session_id(&login_tag(state), state, lease_id))
 }
 
 /// Runs logins against one store and one identity provider.
@@ -357,14 +339,14 @@ impl LoginFlow {
     /// call here, such as pushed authorization requests.)
     pub async fn begin(&self, return_to: &str) -> Result<StartedLogin, LoginError> {
         let request = AuthorizationRequest {
-            state: random_token(),
-            nonce: random_token(),
-            pkce_verifier: random_token(),
+            state: LoginState::new(random_token()),
+            nonce: LoginNonce::new(random_token()),
+            pkce_verifier: PkceVerifier::new(random_token()),
         };
-        let binding = random_token();
+        let binding = BrowserBinding::new(random_token());
         let pending = PendingLogin {
-            state_hash: hash_token(&request.state),
-            binding_hash: hash_token(&binding),
+            state_hash: hash_token(request.state.secret()),
+            binding_hash: hash_token(binding.secret()),
             nonce: request.nonce.clone(),
             pkce_verifier: request.pkce_verifier.clone(),
             return_to: return_to.to_owned(),
@@ -629,7 +611,7 @@ impl LoginFlow {
         let exchanged = self
             .idp
             .exchange_code(CodeExchange {
-                code: callback.code.to_owned(),
+                code: AuthorizationCode::new(callback.code),
                 pkce_verifier: pkce_verifier.clone(),
                 nonce: nonce.clone(),
             })
@@ -681,8 +663,8 @@ impl LoginFlow {
                 login_version: claim.version,
                 login_value: &completed.encode(),
                 login_ttl: self.settings.login_ttl,
-                session_key: &session_key(&session_id),
-                session_value: &session.seal(&self.settings.seal, &session_id),
+                session_key: &session_key(session_id.secret()),
+                session_value: &session.seal(&self.settings.seal, session_id.secret()),
                 session_ttl: self.settings.session_ttl,
             })
             .await?;
@@ -782,7 +764,7 @@ mod tests {
         let session_id = derive_session_id(&RecordSeal::process_default(), &state, &random_token());
         assert_eq!(
             hash_tag(&login_key(&state)),
-            hash_tag(&session_key(&session_id))
+            hash_tag(&session_key(session_id.secret()))
         );
         assert!(!hash_tag(&login_key(&state)).is_empty());
         let other = random_token();
@@ -801,7 +783,7 @@ mod tests {
             a,
             derive_session_id(&RecordSeal::new(&[4; 32], &[]), &state, "lease-a")
         );
-        let (_, mac) = a.split_once('.').unwrap();
+        let (_, mac) = a.secret().split_once('.').unwrap();
         assert_eq!(mac.len(), 43);
     }
 

@@ -23,6 +23,175 @@ impl std::fmt::Debug for Redacted {
     }
 }
 
+/// Declares a secret string type, as `openidconnect`'s `new_secret_type!`
+/// does: `Debug` prints `Name([redacted])`, equality is constant-time, the
+/// value is reached only through `secret()`, and serde sees the bare string
+/// (so stored records and cookies keep their format).
+macro_rules! secret_string {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Clone, serde::Serialize, serde::Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Wraps `secret`.
+            pub fn new(secret: impl Into<String>) -> Self {
+                Self(secret.into())
+            }
+
+            /// The secret itself: the one way to read it.
+            pub fn secret(&self) -> &str {
+                &self.0
+            }
+
+            /// The secret itself, unwrapped.
+            pub fn into_secret(self) -> String {
+                self.0
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, concat!(stringify!($name), "([redacted])"))
+            }
+        }
+
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
+            }
+        }
+
+        impl Eq for $name {}
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0.as_bytes().ct_eq(other.as_bytes()).into()
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(secret: String) -> Self {
+                Self(secret)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(secret: &str) -> Self {
+                Self(secret.to_owned())
+            }
+        }
+    };
+}
+
+/// A session id: the bearer secret in the session cookie. Stores see only
+/// its hash; the session record is sealed under a key derived from it.
+/// Cheap to clone (the process's decrypted-cookie cache hands out copies).
+#[derive(Clone)]
+pub struct SessionId(std::sync::Arc<str>);
+
+impl SessionId {
+    /// Wraps `secret`.
+    pub fn new(secret: impl Into<std::sync::Arc<str>>) -> Self {
+        Self(secret.into())
+    }
+
+    /// The secret itself: the one way to read it.
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionId([redacted])")
+    }
+}
+
+impl PartialEq for SessionId {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
+    }
+}
+
+impl Eq for SessionId {}
+
+impl From<&str> for SessionId {
+    fn from(secret: &str) -> Self {
+        Self(secret.into())
+    }
+}
+
+impl From<String> for SessionId {
+    fn from(secret: String) -> Self {
+        Self(secret.into())
+    }
+}
+secret_string!(
+    /// A login's `state`: ties the provider's redirect back to its login.
+    LoginState
+);
+secret_string!(
+    /// The browser binding: a random value in the login cookie that a
+    /// callback must present, so a callback URL alone signs nobody in.
+    BrowserBinding
+);
+secret_string!(
+    /// The `nonce` an ID token must carry back to its login.
+    LoginNonce
+);
+secret_string!(
+    /// A PKCE code verifier (the provider sees only its S256 challenge).
+    PkceVerifier
+);
+secret_string!(
+    /// An authorization code from a callback.
+    AuthorizationCode
+);
+secret_string!(
+    /// An OAuth 2.0 access token.
+    AccessToken
+);
+secret_string!(
+    /// An OAuth 2.0 refresh token.
+    RefreshToken
+);
+secret_string!(
+    /// A raw (compact-serialised) ID token, kept for `id_token_hint`.
+    RawIdToken
+);
+secret_string!(
+    /// The client secret registered at the provider.
+    ClientSecret
+);
+secret_string!(
+    /// A cookie secret as configured (base64 or text; see the settings).
+    CookieSecret
+);
+
+/// Key material derived from a cookie secret: 32 bytes that encrypt cookies.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyMaterial(Vec<u8>);
+
+impl KeyMaterial {
+    /// Wraps `bytes`.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
+    /// The bytes themselves.
+    pub fn secret(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyMaterial([redacted])")
+    }
+}
+
 /// `Some([redacted])` or `None`: whether an optional secret is there, not what it is.
 pub fn redacted_option<T>(value: &Option<T>) -> Option<Redacted> {
     value.as_ref().map(|_| Redacted)
@@ -86,6 +255,27 @@ mod tests {
         assert!(token_matches_hash(&token, &stored));
         assert!(!token_matches_hash(&random_token(), &stored));
         assert!(!token_matches_hash("", &stored));
+    }
+
+    #[test]
+    fn secret_types_print_no_secret_and_keep_their_wire_form() {
+        let id = SessionId::new("s3cr3t-session");
+        let tokens = (
+            AccessToken::new("s3cr3t-access"),
+            Some(RefreshToken::new("s3cr3t-refresh")),
+            ClientSecret::new("s3cr3t-client"),
+            KeyMaterial::new(b"s3cr3t-key".to_vec()),
+        );
+        let printed = format!("{id:?} {tokens:?} {:#?}", LoginState::new("s3cr3t-state"));
+        assert!(!printed.contains("s3cr3t"), "{printed}");
+        assert!(printed.contains("SessionId([redacted])"), "{printed}");
+        let state = LoginState::new("s3cr3t-state");
+        assert_eq!(serde_json::to_string(&state).unwrap(), "\"s3cr3t-state\"");
+        let back: LoginState = serde_json::from_str("\"s3cr3t-state\"").unwrap();
+        assert_eq!(back, state);
+        assert_ne!(back, LoginState::new("s3cr3t-statE"));
+        assert_eq!(id.secret(), "s3cr3t-session");
+        assert_ne!(id, SessionId::new("s3cr3t-sessioN"));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::clock::{Clock, UnixMillis, duration_ms};
 use crate::idp::{Identity, IdentityProvider, IdpError, TokenSet};
 use crate::seal::RecordSeal;
-use crate::secret::{hash_token, random_token};
+use crate::secret::{SessionId, hash_token, random_token};
 use crate::store::{Store, StoreError, Versioned};
 
 use crate::cache::BoundedCache;
@@ -339,7 +339,8 @@ impl Sessions {
 
     /// The session with this id, with its access token refreshed if it is due.
     /// At most one request per session calls the identity provider at a time.
-    pub async fn load(&self, session_id: &str) -> Result<ActiveSession, SessionError> {
+    pub async fn load(&self, session_id: &SessionId) -> Result<ActiveSession, SessionError> {
+        let session_id = session_id.secret();
         let mut cached = self.cache.get(session_id);
         let key = match &cached {
             Some(entry) => entry.key.clone(),
@@ -388,7 +389,11 @@ impl Sessions {
     /// write it back, and remembers when its user signed out (see
     /// [`Sessions::signed_out_at`]). Returns the record it deleted (for
     /// `id_token_hint`).
-    pub async fn sign_out(&self, session_id: &str) -> Result<Option<SessionRecord>, SessionError> {
+    pub async fn sign_out(
+        &self,
+        session_id: &SessionId,
+    ) -> Result<Option<SessionRecord>, SessionError> {
+        let session_id = session_id.secret();
         let key = session_key(session_id);
         let existing = self.store.get(&key).await?;
         self.store.delete(&key).await?;

@@ -134,7 +134,7 @@ async fn a_cookie_secret_rotation_signs_nobody_out() {
     let upstream = Recorder::start().await;
     let h = Harness::start_with_users(Some(upstream.addr), users(), |raw| {
         raw.email_domains = Some(vec!["*".into()]);
-        raw.cookie_secret = Some(a.clone());
+        raw.cookie_secret = Some(a.clone().into());
     })
     .await;
     let first = browser();
@@ -145,8 +145,8 @@ async fn a_cookie_secret_rotation_signs_nobody_out() {
     // The next deployment encrypts with B and still reads A.
     let (rotated, _server) = h
         .another(|raw| {
-            raw.cookie_secret = Some(b.clone());
-            raw.previous_cookie_secrets = Some(vec![a.clone()]);
+            raw.cookie_secret = Some(b.clone().into());
+            raw.previous_cookie_secrets = Some(vec![a.clone().into()]);
         })
         .await;
     let (status, set) = signed_in_at(&first, &rotated).await;
@@ -162,7 +162,7 @@ async fn a_cookie_secret_rotation_signs_nobody_out() {
     // unreadable cookie expired), never an error.
     let (retired, _server) = h
         .another(|raw| {
-            raw.cookie_secret = Some(b.clone());
+            raw.cookie_secret = Some(b.clone().into());
             raw.previous_cookie_secrets = None;
         })
         .await;

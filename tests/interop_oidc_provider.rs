@@ -149,7 +149,7 @@ async fn full_flow_against_panva_oidc_provider() {
     let back = sign_in(&browser, &started.authorization_url, "alice").await;
     let query: std::collections::HashMap<_, _> = back.query_pairs().into_owned().collect();
     assert!(!query.contains_key("error"), "{query:?}");
-    assert_eq!(query["state"], started.state);
+    assert_eq!(query["state"], started.state.secret());
     provider
         .check_response_issuer(query.get("iss").map(String::as_str))
         .unwrap();
@@ -157,7 +157,7 @@ async fn full_flow_against_panva_oidc_provider() {
         .complete(Callback {
             state: &query["state"],
             code: &query["code"],
-            binding: Some(&started.binding),
+            binding: Some(started.binding.secret()),
             pending: Some(&started.pending),
         })
         .await
@@ -220,7 +220,7 @@ async fn full_flow_against_panva_oidc_provider() {
         .complete(Callback {
             state: &query["state"],
             code: &query["code"],
-            binding: Some(&again.binding),
+            binding: Some(again.binding.secret()),
             pending: Some(&again.pending),
         })
         .await
@@ -238,10 +238,7 @@ async fn full_flow_against_panva_oidc_provider() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(
-        signed_out.tokens.refresh_token.as_deref(),
-        Some(live.as_str())
-    );
+    assert_eq!(signed_out.tokens.refresh_token.as_ref(), Some(&live));
     assert_eq!(
         provider.revoke_refresh_token(&live).await,
         Ok(true),
@@ -257,7 +254,7 @@ async fn full_flow_against_panva_oidc_provider() {
         .unwrap()
         .unwrap();
     let logout = provider
-        .end_session_url(record.tokens.id_token.as_deref(), Some(AFTER_LOGOUT))
+        .end_session_url(record.tokens.id_token.as_ref(), Some(AFTER_LOGOUT))
         .expect("oidc-provider has an end_session_endpoint");
     let logout_url = Url::parse(&logout).unwrap();
     let page = browser.get(logout_url.clone()).send().await.unwrap();

@@ -132,7 +132,7 @@ impl Rig {
         let started = self.flow.begin("/app").await.unwrap();
         let response = self.sign_in(&started, "alice", "alice", "login").await;
         let back = self.back_from(response).await;
-        assert_eq!(back.get("state"), Some(started.state.as_str()));
+        assert_eq!(back.get("state"), Some(started.state.secret()));
         self.provider
             .check_response_issuer(back.get("iss"))
             .unwrap();
@@ -141,14 +141,14 @@ impl Rig {
             .complete(Callback {
                 state: back.get("state").unwrap(),
                 code: back.get("code").unwrap(),
-                binding: Some(&started.binding),
+                binding: Some(started.binding.secret()),
                 pending: Some(&started.pending),
             })
             .await;
         (started, completed)
     }
 
-    async fn login_as_alice(&self) -> (StartedLogin, String) {
+    async fn login_as_alice(&self) -> (StartedLogin, latchkey::secret::SessionId) {
         let (started, completed) = self.callback_as_alice().await;
         let done = completed.unwrap();
         assert_eq!(done.return_to, "/app");
@@ -255,7 +255,7 @@ async fn rp_initiated_logout_returns_to_the_registered_page() {
     let record = sessions.sign_out(&session_id).await.unwrap().unwrap();
     let url = rig
         .provider
-        .end_session_url(record.tokens.id_token.as_deref(), Some(AFTER_LOGOUT))
+        .end_session_url(record.tokens.id_token.as_ref(), Some(AFTER_LOGOUT))
         .expect("the dev IdP has an end_session_endpoint");
     assert!(url.contains("id_token_hint="), "{url}");
     let response = rig.browser.get(&url).send().await.unwrap();
@@ -276,8 +276,8 @@ async fn replayed_code_is_refused_and_revokes_its_tokens() {
         .await;
     let code = back.get("code").unwrap().to_owned();
     let exchange = |code: String| latchkey::idp::CodeExchange {
-        code,
-        pkce_verifier: "w".repeat(43),
+        code: code.into(),
+        pkce_verifier: "w".repeat(43).into(),
         nonce: "n".into(),
     };
     // A code redeemed with the wrong PKCE verifier is refused outright.
@@ -309,9 +309,9 @@ async fn replayed_code_is_refused_and_revokes_its_tokens() {
     // never makes) is refused.
     rig.flow
         .complete(Callback {
-            state: &started.state,
+            state: started.state.secret(),
             code: &code,
-            binding: Some(&started.binding),
+            binding: Some(started.binding.secret()),
             pending: Some(&started.pending),
         })
         .await
@@ -345,8 +345,8 @@ async fn error_response_ends_the_login_without_a_session() {
     let reason = rig
         .flow
         .abort(
-            &started.state,
-            Some(&started.binding),
+            started.state.secret(),
+            Some(started.binding.secret()),
             Some(&started.pending),
             FailureReason::Refused {
                 error: latchkey::login::idp_error_code(back.get("error").unwrap()),
@@ -363,9 +363,9 @@ async fn error_response_ends_the_login_without_a_session() {
     let later = rig
         .flow
         .complete(Callback {
-            state: &started.state,
+            state: started.state.secret(),
             code: "forged",
-            binding: Some(&started.binding),
+            binding: Some(started.binding.secret()),
             pending: Some(&started.pending),
         })
         .await
@@ -408,9 +408,9 @@ async fn provider_outage_is_transient_and_fails_the_login_cleanly() {
     let err = rig
         .flow
         .complete(Callback {
-            state: &started.state,
+            state: started.state.secret(),
             code: back.get("code").unwrap(),
-            binding: Some(&started.binding),
+            binding: Some(started.binding.secret()),
             pending: Some(&started.pending),
         })
         .await
@@ -441,7 +441,7 @@ async fn userinfo_for_another_subject_fails_the_login() {
         .complete(Callback {
             state: back.get("state").unwrap(),
             code: back.get("code").unwrap(),
-            binding: Some(&started.binding),
+            binding: Some(started.binding.secret()),
             pending: Some(&started.pending),
         })
         .await
@@ -524,7 +524,7 @@ async fn key_rotation_at_the_idp_is_picked_up_without_a_restart() {
         .await
         .unwrap();
     assert_eq!(failing.status(), 204);
-    let err = rig.provider.refresh("x").await.unwrap_err();
+    let err = rig.provider.refresh(&"x".into()).await.unwrap_err();
     assert!(matches!(err, IdpError::Transient(_)), "{err:?}");
 }
 
@@ -549,7 +549,7 @@ async fn a_hung_token_endpoint_times_out_as_transient() {
     // The dev IdP's knob: every token call now takes 5 s.
     idp.knobs().delay_token_calls(Duration::from_secs(5));
     let started = tokio::time::Instant::now();
-    let err = provider.refresh("any").await.unwrap_err();
+    let err = provider.refresh(&"any".into()).await.unwrap_err();
     assert!(
         matches!(err, IdpError::Transient(ref m) if m.contains("timed out")),
         "{err:?}"
@@ -591,7 +591,7 @@ async fn discovery_errors_name_the_url_and_the_problem() {
     ))
     .await
     .unwrap();
-    let err = provider.refresh("whatever").await.unwrap_err();
+    let err = provider.refresh(&"whatever".into()).await.unwrap_err();
     assert!(
         matches!(err, IdpError::Invalid(ref m) if m.contains("invalid_client")),
         "{err:?}"

@@ -17,6 +17,7 @@ use common::observed_store::ObservedStore;
 use common::within;
 use latchkey::clock::{Clock, ManualClock, duration_ms};
 use latchkey::idp::IdpError;
+use latchkey::secret::SessionId;
 use latchkey::secret::random_token;
 use latchkey::session::{SessionError, SessionRecord, SessionSettings, Sessions, session_key};
 use latchkey::store::Store;
@@ -74,7 +75,7 @@ enum Token {
 
 impl Rig {
     /// Stores a new session whose access token is in the state `token`.
-    async fn session(&self, token: Token) -> String {
+    async fn session(&self, token: Token) -> SessionId {
         let mut tokens = self.idp.issue_tokens();
         let now = self.clock.now_ms();
         tokens.access_expires_at = match token {
@@ -94,7 +95,7 @@ impl Rig {
                 .await
                 .unwrap()
         );
-        id
+        SessionId::from(id)
     }
 
     fn naive(&self) -> Arc<NaiveRefresh> {
@@ -130,7 +131,7 @@ impl Storm {
 async fn refresh_storm(
     rig: &Rig,
     driver: Arc<dyn RefreshDriver>,
-    session: &str,
+    session: &SessionId,
     n: usize,
 ) -> Storm {
     rig.idp.refresh_gate.close();
@@ -141,7 +142,7 @@ async fn refresh_storm(
     let finished_tx = Arc::new(finished_tx);
     let tasks: Vec<_> = (0..n)
         .map(|_| {
-            let (driver, start, session) = (driver.clone(), start.clone(), session.to_owned());
+            let (driver, start, session) = (driver.clone(), start.clone(), session.clone());
             let (finished, finished_tx) = (finished.clone(), finished_tx.clone());
             tokio::spawn(async move {
                 start.wait().await;
@@ -356,10 +357,10 @@ async fn cached_records_follow_the_store(backend: TestBackend) {
     assert!(Arc::ptr_eq(&token(&first), &token(&second)));
 
     // Another replica rewrites the record (as its refresh would).
-    let key = session_key(&id);
+    let key = session_key(id.secret());
     let stored = rig.store.get(&key).await.unwrap().unwrap();
     let seal = SessionSettings::default().seal;
-    let mut record = SessionRecord::open(&seal, &id, &stored.value).unwrap();
+    let mut record = SessionRecord::open(&seal, id.secret(), &stored.value).unwrap();
     record.tokens.access_token = "rewritten-elsewhere".into();
     record.tokens.access_expires_at = rig.clock.now_ms() + 3_600_000;
     assert!(
@@ -367,7 +368,7 @@ async fn cached_records_follow_the_store(backend: TestBackend) {
             .compare_and_swap(
                 &key,
                 stored.version,
-                &record.seal(&seal, &id),
+                &record.seal(&seal, id.secret()),
                 Duration::from_secs(86400)
             )
             .await
@@ -462,7 +463,7 @@ async fn waiting_for_a_refresh_is_bounded_and_deletes_nothing(backend: TestBacke
 
 async fn unknown_session_is_not_found(backend: TestBackend) {
     let rig = rig(backend);
-    let err = rig.sessions.load(&random_token()).await.unwrap_err();
+    let err = rig.sessions.load(&random_token().into()).await.unwrap_err();
     assert!(matches!(err, SessionError::NotFound), "{err:?}");
 }
 

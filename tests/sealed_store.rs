@@ -11,6 +11,7 @@ use common::backends::TestBackend;
 use common::idp_double::ControlledIdp;
 use latchkey::clock::ManualClock;
 use latchkey::login::{Callback, LoginFlow, LoginSettings};
+use latchkey::secret::SessionId;
 use latchkey::session::{SessionError, SessionSettings, Sessions, session_key};
 
 struct Rig {
@@ -42,13 +43,13 @@ fn rig(backend: TestBackend) -> Rig {
 }
 
 /// A session made by a real login; its id.
-async fn log_in(rig: &Rig, code: &str) -> String {
+async fn log_in(rig: &Rig, code: &str) -> SessionId {
     let started = rig.flow.begin("/").await.unwrap();
     rig.flow
         .complete(Callback {
-            state: &started.state,
+            state: started.state.secret(),
             code,
-            binding: Some(&started.binding),
+            binding: Some(started.binding.secret()),
             pending: Some(&started.pending),
         })
         .await
@@ -63,7 +64,7 @@ async fn a_store_dump_reveals_no_token_and_no_identity(backend: TestBackend) {
     let stored = rig
         .backend
         .store
-        .get(&session_key(&id))
+        .get(&session_key(id.secret()))
         .await
         .unwrap()
         .unwrap();
@@ -71,12 +72,12 @@ async fn a_store_dump_reveals_no_token_and_no_identity(backend: TestBackend) {
     let tokens = session.tokens();
     let identity = session.identity();
     let secrets = [
-        Some(tokens.access_token.as_str()),
-        tokens.refresh_token.as_deref(),
-        tokens.id_token.as_deref(),
+        Some(tokens.access_token.secret()),
+        tokens.refresh_token.as_ref().map(|t| t.secret()),
+        tokens.id_token.as_ref().map(|t| t.secret()),
         identity.email.as_deref(),
         Some(identity.subject.as_str()),
-        Some(id.as_str()),
+        Some(id.secret()),
     ];
     for secret in secrets.into_iter().flatten() {
         assert!(!raw.contains(secret), "{secret:?} is in the store in clear");
@@ -96,8 +97,8 @@ async fn an_altered_record_is_no_session_never_another(backend: TestBackend) {
     let rig = rig(backend);
     let victim = log_in(&rig, "victim").await;
     let attacker = log_in(&rig, "attacker").await;
-    let victim_key = session_key(&victim);
-    let attacker_key = session_key(&attacker);
+    let victim_key = session_key(victim.secret());
+    let attacker_key = session_key(attacker.secret());
     assert_eq!(
         rig.sessions
             .load(&attacker)

@@ -106,7 +106,11 @@ async fn outage_and_recovery(server_url: String) {
         client_secret: Some("s".into()),
         redirect_url: Some(format!("http://{proxy}/oauth2/callback")),
         store: Some(store.clone()),
-        cookie_secret: Some(base64::engine::general_purpose::STANDARD.encode([3u8; 32])),
+        cookie_secret: Some(
+            base64::engine::general_purpose::STANDARD
+                .encode([3u8; 32])
+                .into(),
+        ),
         email_domains: Some(vec!["*".into()]),
         ..RawSettings::default()
     }

@@ -75,13 +75,13 @@ async fn duplicate_callbacks_across_replicas(backend: TestBackend) {
             tasks.push(tokio::spawn(async move {
                 let result = flow
                     .complete(Callback {
-                        state: &state,
+                        state: state.secret(),
                         code: "code",
-                        binding: Some(&binding),
+                        binding: Some(binding.secret()),
                         pending: Some(&pending),
                     })
                     .await
-                    .map(|done| done.session_id)
+                    .map(|done| done.session_id.secret().to_owned())
                     // A callback that came after the failure is told it is a
                     // replay; the outcome (the reason) is the same.
                     .map_err(|e| match e {
@@ -138,9 +138,9 @@ async fn duplicate_callbacks_across_replicas(backend: TestBackend) {
     for (started, _, _) in &logins {
         let late = impatient
             .complete(Callback {
-                state: &started.state,
+                state: started.state.secret(),
                 code: "code",
-                binding: Some(&started.binding),
+                binding: Some(started.binding.secret()),
                 pending: Some(&started.pending),
             })
             .await;

@@ -57,7 +57,11 @@ mod tests {
             issuer: Some("https://idp.example.com".into()),
             client_id: Some("app".into()),
             redirect_url: Some("https://app.example.com/oauth2/callback".into()),
-            cookie_secret: Some(base64::engine::general_purpose::STANDARD.encode([1u8; 32])),
+            cookie_secret: Some(
+                base64::engine::general_purpose::STANDARD
+                    .encode([1u8; 32])
+                    .into(),
+            ),
             email_domains: list(domains),
             allowed_emails: list(emails),
             allowed_groups: list(groups),

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::cache::BoundedCache;
 use crate::config::Settings;
 use crate::login::PendingLogin;
-use crate::secret::hash_token;
+use crate::secret::{BrowserBinding, LoginState, SessionId, hash_token};
 
 /// At most this many login cookies live at once.
 pub const MAX_LOGIN_COOKIES: usize = 4;
@@ -31,21 +31,12 @@ const DECRYPTED_SESSION_COOKIES: usize = 10_000;
 
 /// What a login cookie holds: everything the callback needs, since the
 /// store holds nothing of a login before its first callback.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoginCookie {
     /// The browser binding token.
-    pub binding: String,
+    pub binding: BrowserBinding,
     /// Nonce, PKCE verifier, destination and start time.
     pub pending: PendingLogin,
-}
-
-impl std::fmt::Debug for LoginCookie {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoginCookie")
-            .field("binding", &crate::secret::Redacted)
-            .field("pending", &self.pending)
-            .finish()
-    }
 }
 
 /// What a request's `Cookie` headers hold for latchkey, from one pass.
@@ -100,7 +91,7 @@ pub struct Cookies {
 #[derive(Clone)]
 pub struct SessionCookie {
     /// The session id it holds.
-    pub id: Arc<str>,
+    pub id: SessionId,
     /// Whether a previous secret's key decrypted it: the browser should get
     /// it again, encrypted with the current one.
     pub stale: bool,
@@ -111,11 +102,11 @@ impl Cookies {
     pub fn new(settings: &Settings) -> Self {
         let secure = settings.secure_cookies();
         Self {
-            key: Key::derive_from(&settings.cookie_secret),
+            key: Key::derive_from(settings.cookie_secret.secret()),
             previous: settings
                 .previous_cookie_secrets
                 .iter()
-                .map(|secret| Key::derive_from(secret))
+                .map(|secret| Key::derive_from(secret.secret()))
                 .collect(),
             session: settings.session_cookie(),
             login_prefix: if secure {
@@ -215,7 +206,7 @@ impl Cookies {
 
     /// The session id in the request's session cookie, if it decrypts. A value
     /// is decrypted the first time this process sees it, then remembered.
-    pub fn session_id(&self, sent: &SentCookies<'_>) -> Option<Arc<str>> {
+    pub fn session_id(&self, sent: &SentCookies<'_>) -> Option<SessionId> {
         self.session_cookie(sent).map(|cookie| cookie.id)
     }
 
@@ -231,7 +222,7 @@ impl Cookies {
             Cookie::parse_encoded(format!("{}={}", cookie.name(), cookie.value())).ok()?;
         let (plain, stale) = self.decrypt(decoded)?;
         let known = SessionCookie {
-            id: plain.value().into(),
+            id: SessionId::new(plain.value()),
             stale,
         };
         self.decrypted.put(cookie.value(), known.clone());
@@ -252,15 +243,15 @@ impl Cookies {
     }
 
     /// The session id in `headers`' session cookie, if it decrypts.
-    pub fn session_id_in(&self, headers: &HeaderMap) -> Option<Arc<str>> {
+    pub fn session_id_in(&self, headers: &HeaderMap) -> Option<SessionId> {
         self.session_id(&self.sent(headers))
     }
 
     /// Sets the session cookie.
-    pub fn set_session(&self, jar: PrivateCookieJar, session_id: &str) -> PrivateCookieJar {
+    pub fn set_session(&self, jar: PrivateCookieJar, session_id: &SessionId) -> PrivateCookieJar {
         jar.add(self.build(
             self.session.clone(),
-            session_id.to_owned(),
+            session_id.secret().to_owned(),
             self.session_max_age,
         ))
     }
@@ -293,7 +284,7 @@ impl Cookies {
     pub fn add_login(
         &self,
         mut jar: PrivateCookieJar,
-        state: &str,
+        state: &LoginState,
         login: &LoginCookie,
     ) -> PrivateCookieJar {
         let existing = self.logins(&jar);
@@ -302,7 +293,7 @@ impl Cookies {
             jar = self.expire(jar, name);
         }
         let value = serde_json::to_string(login).expect("login cookies serialize");
-        jar.add(self.build(self.login_name(state), value, self.login_max_age))
+        jar.add(self.build(self.login_name(state.secret()), value, self.login_max_age))
     }
 
     /// Expires the login cookie of `state` (its login is done).
@@ -385,7 +376,11 @@ pub(crate) mod tests {
             issuer: Some("https://idp.example.com".into()),
             client_id: Some("app".into()),
             redirect_url: Some("http://127.0.0.1:4180/oauth2/callback".into()),
-            cookie_secret: Some(base64::engine::general_purpose::STANDARD.encode(secret)),
+            cookie_secret: Some(
+                base64::engine::general_purpose::STANDARD
+                    .encode(secret)
+                    .into(),
+            ),
             email_domains: Some(vec!["*".into()]),
             ..RawSettings::default()
         }
@@ -408,17 +403,17 @@ pub(crate) mod tests {
     #[test]
     fn session_cookie_decrypts_once_and_stays_authenticated() {
         let cookies = with_secret([7; 32]);
-        let jar = cookies.set_session(cookies.empty_jar(), "TAG.session-id");
+        let jar = cookies.set_session(cookies.empty_jar(), &"TAG.session-id".into());
         let headers = sent(jar);
         assert_eq!(
-            cookies.session_id_in(&headers).as_deref(),
-            Some("TAG.session-id")
+            cookies.session_id_in(&headers),
+            Some("TAG.session-id".into())
         );
         assert_eq!(cookies.decrypted.len(), 1);
         // The second time it comes from the cache, with the same answer.
         assert_eq!(
-            cookies.session_id_in(&headers).as_deref(),
-            Some("TAG.session-id")
+            cookies.session_id_in(&headers),
+            Some("TAG.session-id".into())
         );
         assert_eq!(cookies.decrypted.len(), 1);
 

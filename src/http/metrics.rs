@@ -168,7 +168,10 @@ impl IdentityProvider for MeteredIdp {
         self.inner.exchange_code(exchange).await
     }
 
-    async fn refresh(&self, refresh_token: &str) -> Result<Grant, IdpError> {
+    async fn refresh(
+        &self,
+        refresh_token: &crate::secret::RefreshToken,
+    ) -> Result<Grant, IdpError> {
         self.metrics.refreshes.inc();
         self.inner.refresh(refresh_token).await
     }

@@ -39,6 +39,7 @@ use crate::config::Settings;
 use crate::login::{LoginFlow, LoginSettings};
 use crate::oidc::{OidcProvider, OidcSettings};
 use crate::seal::RecordSeal;
+use crate::secret::ClientSecret;
 use crate::session::{SessionSettings, Sessions};
 use crate::store::{self, Store};
 
@@ -114,7 +115,7 @@ impl App {
         let mut oidc = OidcSettings::new(
             &settings.issuer,
             &settings.client_id,
-            settings.client_secret.as_deref(),
+            settings.client_secret.as_ref().map(ClientSecret::secret),
             settings.redirect_url.as_str(),
         );
         oidc.scopes = settings.scopes.clone();
@@ -135,7 +136,10 @@ impl App {
         let clock = Arc::new(SystemClock);
         // Session records are sealed with a key from the cookie secret (and
         // opened with the previous ones too): see `crate::seal`.
-        let seal = RecordSeal::new(&settings.cookie_secret, &settings.previous_cookie_secrets);
+        let previous: Vec<Vec<u8>> = (settings.previous_cookie_secrets.iter())
+            .map(|key| key.secret().to_vec())
+            .collect();
+        let seal = RecordSeal::new(settings.cookie_secret.secret(), &previous);
         let login = LoginFlow::new(
             store.clone(),
             idp.clone(),

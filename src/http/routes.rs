@@ -18,6 +18,7 @@ use super::{App, Shared};
 use super::{authz, redirect};
 use crate::idp::Identity;
 use crate::login::{Callback, FailureReason, LoginError, idp_error_code};
+use crate::secret::RefreshToken;
 use crate::session::{ActiveSession, SessionError};
 
 type AppState = State<Shared>;
@@ -371,7 +372,7 @@ pub(super) async fn callback(
         );
     };
     let login_cookie = app.cookies.login(&jar, &headers, state);
-    let binding = login_cookie.as_ref().map(|l| l.binding.as_str());
+    let binding = login_cookie.as_ref().map(|l| l.binding.secret());
     let pending = login_cookie.as_ref().map(|l| &l.pending);
     let return_to = pending
         .map(|p| p.return_to.clone())
@@ -542,7 +543,7 @@ pub(super) async fn sign_out(
     }
     let jar = app.cookies.clear_all(jar, &headers);
     let after = app.settings.post_logout_redirect_url.as_deref();
-    let response = match app.provider.end_session_url(id_token.as_deref(), after) {
+    let response = match app.provider.end_session_url(id_token.as_ref(), after) {
         Some(url) => found(&url),
         None => match after {
             Some(url) => found(url),
@@ -558,7 +559,7 @@ pub(super) async fn sign_out(
 
 /// Revokes a signed-out session's refresh token at the provider (RFC 7009),
 /// best effort and off the request: the sign-out never waits for it.
-fn revoke_in_background(app: &App, refresh_token: String) {
+fn revoke_in_background(app: &App, refresh_token: RefreshToken) {
     let provider = app.provider.clone();
     tokio::spawn(async move {
         match provider.revoke_refresh_token(&refresh_token).await {
@@ -613,7 +614,7 @@ pub(super) async fn forward_auth(State(app): AppState, headers: HeaderMap) -> Re
     {
         put(
             "x-auth-request-access-token",
-            &session.tokens().access_token,
+            session.tokens().access_token.secret(),
         );
     }
     with_user(response, identity)
@@ -706,7 +707,7 @@ pub(super) async fn protected(
         return denied(request.headers(), identity, &reason);
     }
     let access_token = match (&caller, app.settings.pass_access_token) {
-        (Caller::Session(session), true) => Some(session.tokens().access_token.as_str()),
+        (Caller::Session(session), true) => Some(session.tokens().access_token.secret()),
         _ => None,
     };
     let identity_headers = match &caller {

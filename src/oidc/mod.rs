@@ -37,6 +37,7 @@ use crate::clock::{Clock, SystemClock, duration_ms};
 use crate::idp::{
     AuthorizationRequest, CodeExchange, Grant, Identity, IdentityProvider, IdpError, TokenSet,
 };
+use crate::secret;
 
 /// How latchkey talks to its provider.
 #[derive(Debug, Clone)]
@@ -46,7 +47,7 @@ pub struct OidcSettings {
     /// The client id registered at the provider.
     pub client_id: String,
     /// The client secret (confidential clients).
-    pub client_secret: Option<String>,
+    pub client_secret: Option<secret::ClientSecret>,
     /// Where the provider sends the browser back (`…/oauth2/callback`).
     pub redirect_url: String,
     /// Requested scopes; `openid` is always sent.
@@ -88,7 +89,7 @@ impl OidcSettings {
         Self {
             issuer: issuer.to_owned(),
             client_id: client_id.to_owned(),
-            client_secret: client_secret.map(str::to_owned),
+            client_secret: client_secret.map(secret::ClientSecret::new),
             redirect_url: redirect_url.to_owned(),
             scopes: vec!["openid".into(), "email".into(), "profile".into()],
             allowed_algs: vec!["RS256".into(), "ES256".into()],
@@ -207,7 +208,7 @@ pub struct OidcProvider {
     end_session: Option<EndSessionUrl>,
     revocation: Option<openidconnect::RevocationUrl>,
     client_id: String,
-    client_secret: Option<String>,
+    client_secret: Option<secret::ClientSecret>,
     /// `client_secret_post` rather than `client_secret_basic`.
     auth_type_is_body: bool,
     default_access_ttl: Duration,
@@ -323,7 +324,7 @@ impl OidcProvider {
         let client = OidcClient::<EndpointMaybeSet>::from_provider_metadata(
             metadata,
             ClientId::new(settings.client_id.clone()),
-            settings.client_secret.clone().map(ClientSecret::new),
+            (settings.client_secret.as_ref()).map(|s| ClientSecret::new(s.secret().to_owned())),
         )
         .set_token_uri(token_url)
         .set_redirect_uri(redirect)
@@ -449,11 +450,14 @@ impl OidcProvider {
     /// Sent here rather than through `openidconnect`'s `revoke_token`, which
     /// refuses `http://` endpoints (the development IdP and test providers on
     /// loopback); the request is RFC 7009 §2.1's form POST, nothing more.
-    pub async fn revoke_refresh_token(&self, refresh_token: &str) -> Result<bool, String> {
+    pub async fn revoke_refresh_token(
+        &self,
+        refresh_token: &secret::RefreshToken,
+    ) -> Result<bool, String> {
         let Some(endpoint) = &self.revocation else {
             return Ok(false);
         };
-        let request = self.revocation_request(endpoint, refresh_token)?;
+        let request = self.revocation_request(endpoint, refresh_token.secret())?;
         let response = self.http.execute(request).await.map_err(|e| match e {
             HttpFailure::ServerError(status) => format!("revocation endpoint: HTTP {status}"),
             HttpFailure::Transport(reason) => format!("revocation endpoint: {reason}"),
@@ -492,7 +496,7 @@ impl OidcProvider {
                 };
                 let credentials = base64::Engine::encode(
                     &base64::engine::general_purpose::STANDARD,
-                    format!("{}:{}", encode(&self.client_id), encode(secret)),
+                    format!("{}:{}", encode(&self.client_id), encode(secret.secret())),
                 );
                 request = request.header(
                     openidconnect::http::header::AUTHORIZATION,
@@ -502,7 +506,7 @@ impl OidcProvider {
             (secret, _) => {
                 form.append_pair("client_id", &self.client_id);
                 if let Some(secret) = secret {
-                    form.append_pair("client_secret", secret);
+                    form.append_pair("client_secret", secret.secret());
                 }
             }
         }
@@ -514,14 +518,14 @@ impl OidcProvider {
     /// The provider's RP-initiated logout URL, when it has an `end_session_endpoint`.
     pub fn end_session_url(
         &self,
-        id_token_hint: Option<&str>,
+        id_token_hint: Option<&secret::RawIdToken>,
         post_logout_redirect: Option<&str>,
     ) -> Option<String> {
         let endpoint = self.end_session.clone()?;
         let mut request =
             LogoutRequest::from(endpoint).set_client_id(self.client.client_id().clone());
         if let Some(hint) =
-            id_token_hint.and_then(|raw| raw.parse::<id_token::LatchkeyIdToken>().ok())
+            id_token_hint.and_then(|raw| raw.secret().parse::<id_token::LatchkeyIdToken>().ok())
         {
             request = request.set_id_token_hint(&hint);
         }
@@ -554,10 +558,14 @@ impl OidcProvider {
             partial_identity: false,
             identity,
             tokens: TokenSet {
-                access_token: response.access_token().secret().clone(),
+                access_token: secret::AccessToken::new(response.access_token().secret().clone()),
                 access_expires_at: self.clock.now_ms().saturating_add(duration_ms(ttl)),
-                refresh_token: response.refresh_token().map(|t| t.secret().clone()),
-                id_token: response.id_token().map(|t| t.to_string()),
+                refresh_token: response
+                    .refresh_token()
+                    .map(|t| secret::RefreshToken::new(t.secret().clone())),
+                id_token: response
+                    .id_token()
+                    .map(|t| secret::RawIdToken::new(t.to_string())),
             },
         })
     }
@@ -566,10 +574,10 @@ impl OidcProvider {
     async fn with_userinfo(
         &self,
         identity: Identity,
-        access_token: &str,
+        access_token: &secret::AccessToken,
     ) -> Result<Identity, IdpError> {
         let Ok(request) = self.client.user_info(
-            AccessToken::new(access_token.to_owned()),
+            AccessToken::new(access_token.secret().to_owned()),
             Some(SubjectIdentifier::new(identity.subject.clone())),
         ) else {
             return Ok(identity); // the provider has no userinfo endpoint
@@ -681,9 +689,9 @@ fn serde_plain_alg(name: &str) -> Option<CoreJwsSigningAlgorithm> {
 #[async_trait]
 impl IdentityProvider for OidcProvider {
     fn authorization_url(&self, request: &AuthorizationRequest) -> String {
-        let verifier = PkceCodeVerifier::new(request.pkce_verifier.clone());
-        let state = request.state.clone();
-        let nonce = request.nonce.clone();
+        let verifier = PkceCodeVerifier::new(request.pkce_verifier.secret().to_owned());
+        let state = request.state.secret().to_owned();
+        let nonce = request.nonce.secret().to_owned();
         let mut builder = self
             .client
             .authorize_url(
@@ -705,12 +713,14 @@ impl IdentityProvider for OidcProvider {
     async fn exchange_code(&self, exchange: CodeExchange) -> Result<Grant, IdpError> {
         let response = self
             .client
-            .exchange_code(AuthorizationCode::new(exchange.code))
-            .set_pkce_verifier(PkceCodeVerifier::new(exchange.pkce_verifier))
+            .exchange_code(AuthorizationCode::new(exchange.code.into_secret()))
+            .set_pkce_verifier(PkceCodeVerifier::new(exchange.pkce_verifier.into_secret()))
             .request_async(&self.http.for_openidconnect())
             .await
             .map_err(token_error)?;
-        let grant = self.grant_from(&response, Some(&exchange.nonce)).await?;
+        let grant = self
+            .grant_from(&response, Some(exchange.nonce.secret()))
+            .await?;
         let Some(identity) = grant.identity else {
             return Err(IdpError::Invalid(
                 "the token response has no ID token".into(),
@@ -726,9 +736,9 @@ impl IdentityProvider for OidcProvider {
         })
     }
 
-    async fn refresh(&self, refresh_token: &str) -> Result<Grant, IdpError> {
+    async fn refresh(&self, refresh_token: &secret::RefreshToken) -> Result<Grant, IdpError> {
         // No `scope` parameter: some providers refuse a repeated offline_access.
-        let token = RefreshToken::new(refresh_token.to_owned());
+        let token = RefreshToken::new(refresh_token.secret().to_owned());
         let response = self
             .client
             .exchange_refresh_token(&token)

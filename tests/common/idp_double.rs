@@ -13,6 +13,7 @@ use latchkey::clock::{Clock, duration_ms};
 use latchkey::idp::{
     AuthorizationRequest, CodeExchange, Grant, Identity, IdentityProvider, IdpError, TokenSet,
 };
+use latchkey::secret::RefreshToken;
 use tokio::sync::watch;
 
 use super::within;
@@ -160,10 +161,10 @@ impl ControlledIdp {
     pub fn issue_tokens(&self) -> TokenSet {
         let n = self.issued.fetch_add(1, Ordering::SeqCst);
         TokenSet {
-            access_token: format!("access-{n}"),
+            access_token: format!("access-{n}").into(),
             access_expires_at: self.clock.now_ms() + duration_ms(self.access_ttl),
-            refresh_token: Some(format!("refresh-{n}")),
-            id_token: Some(format!("id-{n}")),
+            refresh_token: Some(format!("refresh-{n}").into()),
+            id_token: Some(format!("id-{n}").into()),
         }
     }
 }
@@ -171,7 +172,7 @@ impl ControlledIdp {
 #[async_trait]
 impl IdentityProvider for ControlledIdp {
     fn authorization_url(&self, request: &AuthorizationRequest) -> String {
-        format!("{ISSUER}/authorize?state={}", request.state)
+        format!("{ISSUER}/authorize?state={}", request.state.secret())
     }
 
     async fn exchange_code(&self, exchange: CodeExchange) -> Result<Grant, IdpError> {
@@ -181,13 +182,14 @@ impl IdentityProvider for ControlledIdp {
             return Err(error);
         }
         Ok(Grant {
-            identity: Some(identity(&format!("user-of-{}", exchange.code))),
+            identity: Some(identity(&format!("user-of-{}", exchange.code.secret()))),
             tokens: self.issue_tokens(),
             partial_identity: false,
         })
     }
 
-    async fn refresh(&self, refresh_token: &str) -> Result<Grant, IdpError> {
+    async fn refresh(&self, refresh_token: &RefreshToken) -> Result<Grant, IdpError> {
+        let refresh_token = refresh_token.secret();
         self.refreshes.fetch_add(1, Ordering::SeqCst);
         self.presented_refresh_tokens
             .lock()

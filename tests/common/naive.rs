@@ -10,7 +10,7 @@ use latchkey::clock::{Clock, duration_ms};
 use latchkey::idp::{CodeExchange, IdentityProvider};
 use latchkey::login::{Callback, LoginFlow, PendingLogin};
 use latchkey::seal::RecordSeal;
-use latchkey::secret::random_token;
+use latchkey::secret::{SessionId, random_token};
 use latchkey::session::{SessionRecord, Sessions, session_key};
 use latchkey::store::Store;
 use serde::{Deserialize, Serialize};
@@ -40,8 +40,8 @@ impl LoginDriver for LoginFlow {
             .await
             .expect("begin login");
         Begun {
-            state: started.state,
-            binding: started.binding,
+            state: started.state.into_secret(),
+            binding: started.binding.into_secret(),
             pending: Some(started.pending),
         }
     }
@@ -54,7 +54,7 @@ impl LoginDriver for LoginFlow {
             pending: begun.pending.as_ref(),
         })
         .await
-        .map(|done| done.session_id)
+        .map(|done| done.session_id.secret().to_owned())
         .map_err(|e| e.to_string())
     }
 }
@@ -105,8 +105,8 @@ impl LoginDriver for NaiveLoginFlow {
             .idp
             .exchange_code(CodeExchange {
                 code: "the-code".into(),
-                pkce_verifier: String::new(),
-                nonce: String::new(),
+                pkce_verifier: "".into(),
+                nonce: "".into(),
             })
             .await
             .map_err(|e| e.to_string())?;
@@ -144,15 +144,15 @@ impl LoginDriver for NaiveLoginFlow {
 /// Something that hands out a session's access token, refreshing if due.
 #[async_trait]
 pub trait RefreshDriver: Send + Sync {
-    async fn access_token(&self, session_id: &str) -> Result<String, String>;
+    async fn access_token(&self, session_id: &SessionId) -> Result<String, String>;
 }
 
 #[async_trait]
 impl RefreshDriver for Sessions {
-    async fn access_token(&self, session_id: &str) -> Result<String, String> {
+    async fn access_token(&self, session_id: &SessionId) -> Result<String, String> {
         self.load(session_id)
             .await
-            .map(|s| s.tokens().access_token.clone())
+            .map(|s| s.tokens().access_token.secret().to_owned())
             .map_err(|e| e.to_string())
     }
 }
@@ -167,7 +167,8 @@ pub struct NaiveRefresh {
 
 #[async_trait]
 impl RefreshDriver for NaiveRefresh {
-    async fn access_token(&self, session_id: &str) -> Result<String, String> {
+    async fn access_token(&self, session_id: &SessionId) -> Result<String, String> {
+        let session_id = session_id.secret();
         let key = session_key(session_id);
         let current = self.store.get(&key).await.map_err(|e| e.to_string())?;
         let current = current.ok_or("no session")?;
@@ -194,7 +195,7 @@ impl RefreshDriver for NaiveRefresh {
                     .await;
             }
         }
-        Ok(record.tokens.access_token)
+        Ok(record.tokens.access_token.into_secret())
     }
 }
 
@@ -207,7 +208,7 @@ pub struct GlobalLockRefresh {
 
 #[async_trait]
 impl RefreshDriver for GlobalLockRefresh {
-    async fn access_token(&self, session_id: &str) -> Result<String, String> {
+    async fn access_token(&self, session_id: &SessionId) -> Result<String, String> {
         let _guard = self.lock.lock().await;
         self.sessions.access_token(session_id).await
     }

@@ -87,7 +87,11 @@ impl Harness {
             redirect_url: Some(format!("http://{proxy}/oauth2/callback")),
             upstream: upstream.map(|u| format!("http://{u}")),
             store: Some(format!("sqlite://{}", store.path().join("s.db").display())),
-            cookie_secret: Some(base64::engine::general_purpose::STANDARD.encode(COOKIE_SECRET)),
+            cookie_secret: Some(
+                base64::engine::general_purpose::STANDARD
+                    .encode(COOKIE_SECRET)
+                    .into(),
+            ),
             post_logout_redirect_url: Some(format!("http://{proxy}/")),
             email_domains: Some(vec!["*".into()]),
             ..RawSettings::default()
