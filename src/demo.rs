@@ -12,9 +12,10 @@ use base64::Engine;
 use tokio::net::TcpListener;
 
 use crate::config::RawSettings;
-use crate::dev_idp::{DevClient, DevIdp, DevIdpConfig, escape_html};
-use crate::http::{App, Server};
+use crate::dev_idp::{DevClient, DevIdp, DevIdpConfig};
+use crate::proxy::{App, Server};
 use crate::secret::random_token;
+use crate::web::pages::escape_html;
 
 /// Where the demo's three servers listen.
 #[derive(Debug, Clone, Copy)]
@@ -159,7 +160,7 @@ async fn show_headers(headers: HeaderMap, uri: axum::http::Uri) -> Response {
             )
         })
         .collect();
-    Html(crate::http::pages::page(
+    Html(crate::web::pages::page(
         "latchkey demo app",
         &format!(
             "<h1>Hello from the app behind latchkey</h1>\

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use latchkey::config::{LogFormat, RawSettings};
 use latchkey::demo::{Demo, DemoPorts};
 use latchkey::dev_idp::{DevClient, DevIdp, DevIdpConfig};
-use latchkey::http::{App, Server};
+use latchkey::proxy::{App, Server};
 use latchkey::secret::random_token;
 use latchkey::store::{self, contract};
 

@@ -626,7 +626,7 @@ async fn login_cookies_stay_small_and_go_once_used() {
     let h = Harness::start(|_| {}).await;
     let b = browser();
     // Four tabs with the longest destination allowed.
-    let rd = format!("/{}", "d".repeat(latchkey::http::redirect::MAX_RD - 1));
+    let rd = format!("/{}", "d".repeat(latchkey::web::redirect::MAX_RD - 1));
     for _ in 0..4 {
         let response = b
             .get(h.url(&format!("/oauth2/start?rd={rd}")))

@@ -374,7 +374,7 @@ async fn many_tabs_cannot_grow_the_cookie_header() {
     for tabs in 1..=12 {
         let response = b.get(h.url("/oauth2/start?rd=/")).send().await.unwrap();
         assert_eq!(response.status(), 302);
-        let expected = tabs.min(latchkey::http::cookies::MAX_LOGIN_COOKIES);
+        let expected = tabs.min(latchkey::web::cookies::MAX_LOGIN_COOKIES);
         assert_eq!(login_cookies().await, expected, "after {tabs} tabs");
     }
     // The newest tab can still finish its login.

@@ -14,7 +14,7 @@ use base64::Engine;
 use common::browser::{browser, sign_in_at_idp};
 use latchkey::config::RawSettings;
 use latchkey::dev_idp::{DevClient, DevIdp, DevIdpConfig};
-use latchkey::http::{App, Server};
+use latchkey::proxy::{App, Server};
 use latchkey::secret::random_token;
 use reqwest::header::{ACCEPT, LOCATION};
 use tokio::net::{TcpListener, TcpStream};
@@ -196,7 +196,7 @@ async fn outage_and_recovery(server_url: String) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Readiness follows at its next probe (it is cached for a few seconds).
-    let deadline = Instant::now() + latchkey::http::readiness::PROBE_TTL + Duration::from_secs(10);
+    let deadline = Instant::now() + latchkey::proxy::readiness::PROBE_TTL + Duration::from_secs(10);
     loop {
         let status = browser.get(url("/readyz")).send().await.unwrap().status();
         if status == 200 {

@@ -27,6 +27,8 @@ pub enum HttpFailure {
 #[derive(Debug, Clone)]
 pub struct IdpHttp {
     client: reqwest::Client,
+    /// Bounds each call made with a client the caller built.
+    request_timeout: Option<Duration>,
 }
 
 impl IdpHttp {
@@ -40,13 +42,43 @@ impl IdpHttp {
             .user_agent(concat!("latchkey/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("the HTTP client configuration is static and valid");
-        Self { client }
+        Self {
+            client,
+            request_timeout: None,
+        }
+    }
+
+    /// `client` as given (its CA roots, proxy and redirect policy), each call
+    /// still bounded by `request_timeout`.
+    pub fn with_client(client: reqwest::Client, request_timeout: Duration) -> Self {
+        Self {
+            client,
+            request_timeout: Some(request_timeout),
+        }
+    }
+
+    /// Whether a GET of `url` answers 2xx within `timeout`.
+    pub async fn probe(&self, url: &str, timeout: Duration) -> Result<(), HttpFailure> {
+        let response = self
+            .client
+            .get(url)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| HttpFailure::Transport(describe(&e)))?;
+        match response.status() {
+            status if status.is_success() => Ok(()),
+            status => Err(HttpFailure::ServerError(status.as_u16())),
+        }
     }
 
     /// Sends one request.
     pub async fn execute(&self, request: HttpRequest) -> Result<HttpResponse, HttpFailure> {
-        let request = reqwest::Request::try_from(request)
+        let mut request = reqwest::Request::try_from(request)
             .map_err(|e| HttpFailure::Transport(e.without_url().to_string()))?;
+        if let Some(timeout) = self.request_timeout {
+            *request.timeout_mut() = Some(timeout);
+        }
         let response = self
             .client
             .execute(request)

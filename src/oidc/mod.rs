@@ -68,6 +68,10 @@ pub struct OidcSettings {
     /// Other providers whose ID tokens API clients may present as bearer
     /// tokens, each for its own audience (discovered with this one).
     pub extra_jwt_issuers: Vec<JwtIssuer>,
+    /// The HTTP client for provider calls (a private CA, a proxy); `None`:
+    /// latchkey's own (web roots, no redirects). Every call is bounded by
+    /// `request_timeout` either way.
+    pub http_client: Option<reqwest::Client>,
     /// Connect timeout of every provider call.
     pub connect_timeout: Duration,
     /// Total timeout of every provider call.
@@ -99,6 +103,7 @@ impl OidcSettings {
             allow_unverified_email: false,
             extra_jwt_audiences: Vec::new(),
             extra_jwt_issuers: Vec::new(),
+            http_client: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             jwks_refetch_interval: Duration::from_secs(30),
@@ -286,7 +291,10 @@ impl OidcProvider {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let http = IdpHttp::new(settings.connect_timeout, settings.request_timeout);
+        let http = match &settings.http_client {
+            Some(client) => IdpHttp::with_client(client.clone(), settings.request_timeout),
+            None => IdpHttp::new(settings.connect_timeout, settings.request_timeout),
+        };
         let discovery_url = format!(
             "{}/.well-known/openid-configuration",
             settings.issuer.trim_end_matches('/')
@@ -380,6 +388,26 @@ impl OidcProvider {
             default_access_ttl: settings.default_access_ttl,
             clock: Arc::new(SystemClock),
         })
+    }
+
+    /// Whether the provider answers: its discovery document fetched with
+    /// the provider's own client, within `timeout`. The reason of a failure
+    /// names the URL and what failed (for the log).
+    pub async fn probe(&self, timeout: Duration) -> Result<(), String> {
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            self.issuer.trim_end_matches('/')
+        );
+        self.http
+            .probe(&url, timeout)
+            .await
+            .map_err(|failure| format!("{url}: {failure}"))
+    }
+
+    /// The same provider with `clock` for the expiry times it computes.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The issuer this provider was discovered from.

@@ -8,7 +8,7 @@ use base64::Engine;
 use latchkey::config::RawSettings;
 use latchkey::demo::sample_app;
 use latchkey::dev_idp::{DevClient, DevIdp, DevIdpConfig, DevUser};
-use latchkey::http::{App, Server};
+use latchkey::proxy::{App, Server};
 use reqwest::header::ACCEPT;
 use serde_json::Value;
 use tokio::net::TcpListener;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use crate::oidc::OidcProvider;
 use crate::store::Store;
 
 /// How long one probe's result is served.
@@ -34,25 +35,19 @@ impl Report {
 /// The probe and its last result.
 pub struct Readiness {
     store: Arc<dyn Store>,
-    discovery: String,
-    client: reqwest::Client,
+    provider: Arc<OidcProvider>,
     last: Mutex<Option<(Instant, Report)>>,
 }
 
+/// How long the provider's probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl Readiness {
-    /// Probes `store` and the discovery document of `issuer`.
-    pub fn new(store: Arc<dyn Store>, issuer: &str) -> Self {
+    /// Probes `store` and `provider` (its discovery document).
+    pub fn new(store: Arc<dyn Store>, provider: Arc<OidcProvider>) -> Self {
         Self {
             store,
-            discovery: format!(
-                "{}/.well-known/openid-configuration",
-                issuer.trim_end_matches('/')
-            ),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(2))
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("static client configuration"),
+            provider,
             last: Mutex::new(None),
         }
     }
@@ -78,22 +73,10 @@ impl Readiness {
                 false
             }
         };
-        let idp = match self.client.get(&self.discovery).send().await {
-            Ok(response) if response.status().is_success() => true,
-            Ok(response) => {
-                tracing::warn!(
-                    url = %self.discovery,
-                    status = response.status().as_u16(),
-                    "readiness: the provider's discovery document is unavailable"
-                );
-                false
-            }
-            Err(error) => {
-                tracing::warn!(
-                    url = %self.discovery,
-                    error = %error.without_url(),
-                    "readiness: the provider is unreachable"
-                );
+        let idp = match self.provider.probe(PROBE_TIMEOUT).await {
+            Ok(()) => true,
+            Err(reason) => {
+                tracing::warn!(%reason, "readiness: the provider is unavailable");
                 false
             }
         };

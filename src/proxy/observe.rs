@@ -19,20 +19,8 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::edge::Edge;
-use super::metrics::Metrics;
-
-/// The signed-in user's name, attached to a response for the request log.
-#[derive(Clone)]
-pub(super) struct User(pub String);
-
-/// The log target of the per-request lines, so that operators can turn them
-/// off on their own (`LATCHKEY_LOG=info,latchkey::request=warn`).
-const REQUEST_LOG: &str = "latchkey::request";
-
-/// Whether the request log is on (its fields are built only then).
-pub(super) fn request_log_enabled() -> bool {
-    tracing::enabled!(target: REQUEST_LOG, tracing::Level::INFO)
-}
+use crate::web::metrics::Metrics;
+use crate::web::{REQUEST_LOG, SignedInUser, request_log_enabled};
 
 /// Wraps the router in [`Observe`].
 #[derive(Clone)]
@@ -157,7 +145,7 @@ where
 fn write_log(log: RequestLog, route: &str, response: &Response) {
     let user = response
         .extensions()
-        .get::<User>()
+        .get::<SignedInUser>()
         .map(|u| u.0.as_str())
         .unwrap_or("-");
     tracing::info!(

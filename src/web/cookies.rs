@@ -261,6 +261,16 @@ impl Cookies {
         self.expire(jar, self.session.clone())
     }
 
+    /// The `Set-Cookie` header values that remove the session cookie.
+    pub fn session_removal(&self) -> Vec<HeaderValue> {
+        set_cookie_values(self.clear_session(self.empty_jar()))
+    }
+
+    /// The `Set-Cookie` header values that set the session cookie to `session_id`.
+    pub fn session_setting(&self, session_id: &SessionId) -> Vec<HeaderValue> {
+        set_cookie_values(self.set_session(self.empty_jar(), session_id))
+    }
+
     fn login_name(&self, state: &str) -> String {
         format!("{}{}", self.login_prefix, &hash_token(state)[..8])
     }
@@ -346,6 +356,18 @@ impl Cookies {
         }
         jar
     }
+}
+
+/// The `Set-Cookie` values a jar's changes make.
+fn set_cookie_values(jar: PrivateCookieJar) -> Vec<HeaderValue> {
+    use axum::response::IntoResponse;
+    let response = jar.into_response();
+    response
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .cloned()
+        .collect()
 }
 
 /// Every cookie of the request's `Cookie` headers, as sent (values still

@@ -38,9 +38,9 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::metrics::Metrics;
-use super::proxy::Peer;
+use super::upstream::Peer;
 use crate::config::ListenerLimits;
+use crate::web::metrics::Metrics;
 
 /// "No request head has started."
 const NONE: u64 = u64::MAX;
@@ -332,6 +332,9 @@ async fn serve_connection<S>(
         let in_flight = InFlight(per_request.clone());
         let mut request = request.map(Body::new);
         request.extensions_mut().insert(ConnectInfo(peer.clone()));
+        // What the sign-in routes (the public web surface) key their rate
+        // limit by, as under `axum::serve` with connect info.
+        request.extensions_mut().insert(ConnectInfo(peer.addr));
         // The router is always ready (axum's `Router::poll_ready` is), so it
         // is called without the `poll_ready` round of `oneshot`.
         let called = service.clone().call(request);

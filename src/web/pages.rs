@@ -5,7 +5,21 @@
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 
-use crate::dev_idp::escape_html as escape;
+/// `text` safe to place in HTML text or a double-quoted attribute.
+pub fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
 
 /// The stable error codes (also in the README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,8 +160,8 @@ pub fn error_for(html: bool, code: ErrorCode, message: &str, link: Option<Link<'
             .map(|l| {
                 format!(
                     "<p><a href=\"{}\">{}</a></p>",
-                    escape(l.href),
-                    escape(l.text)
+                    escape_html(l.href),
+                    escape_html(l.text)
                 )
             })
             .unwrap_or_default();
@@ -155,8 +169,8 @@ pub fn error_for(html: bool, code: ErrorCode, message: &str, link: Option<Link<'
             code.title(),
             &format!(
                 "<h1>{}</h1><p>{}</p>{link}<p class=\"code\">error code: {}</p>",
-                escape(code.title()),
-                escape(message),
+                escape_html(code.title()),
+                escape_html(message),
                 code.as_str()
             ),
         ))
@@ -220,6 +234,6 @@ pub fn page(title: &str, body: &str) -> String {
          h1{{font-size:1.4rem}}a{{color:#0b57d0}}.code{{color:#777;font-size:.85rem}}\
          table{{border-collapse:collapse}}td,th{{border:1px solid #ddd;padding:.2rem .6rem;text-align:left}}\
          </style></head><body>{body}</body></html>",
-        escape(title)
+        escape_html(title)
     )
 }

@@ -8,9 +8,9 @@ use axum::http::uri::{self, PathAndQuery};
 use axum::http::{HeaderMap, Uri, header};
 use axum::response::{IntoResponse, Response};
 
-use super::cookies::Cookies;
-use super::pages::{self, ErrorCode, Link};
 use super::path;
+use crate::web::cookies::Cookies;
+use crate::web::pages::{self, ErrorCode, Link};
 
 /// The largest `Cookie` header accepted; browsers send at most a few KiB.
 pub const MAX_COOKIE_HEADER: usize = 16 * 1024;

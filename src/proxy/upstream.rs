@@ -17,8 +17,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-use super::cookies::UpstreamCookies;
 use crate::idp::Identity;
+use crate::web::cookies::UpstreamCookies;
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [

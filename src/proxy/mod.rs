@@ -1,0 +1,290 @@
+//! The proxy product, `latchkey serve`: the reverse proxy and forward-auth
+//! (DESIGN §5), the probes and metrics, and the server they run on (its own
+//! accept loop, connection limits and request edge).
+//!
+//! It is the first user of [`crate::web`]: the sign-in endpoints are
+//! [`Latchkey::login_routes`], the protected app is the fallback behind
+//! [`Latchkey::require_login`], and forward-auth asks
+//! [`Latchkey::authenticate`] and [`Latchkey::authorize`], exactly as an
+//! outside crate would. Paths and headers follow oauth2-proxy so that users
+//! can switch: `/oauth2/start`, `/oauth2/callback`, `/oauth2/sign_out`,
+//! `/oauth2/auth`, `/oauth2/userinfo`, `/healthz`, `/readyz`, `/metrics`;
+//! everything else is the protected app.
+
+mod edge;
+mod listener;
+mod observe;
+pub mod path;
+pub mod readiness;
+mod routes;
+pub mod upstream;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::handler::Handler;
+use axum::response::Response;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, ServiceExt};
+
+use self::observe::ObserveLayer;
+use self::upstream::Upstream;
+use crate::config::Settings;
+use crate::web::metrics::Metrics;
+use crate::web::{Latchkey, SetupError, pages};
+
+/// Why latchkey could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store, the provider or a setting.
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    /// The upstream URL cannot be proxied to.
+    #[error(transparent)]
+    Upstream(#[from] upstream::BadUpstream),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// What failed.
+        source: std::io::Error,
+    },
+}
+
+impl From<crate::oidc::OidcSetupError> for StartError {
+    fn from(error: crate::oidc::OidcSetupError) -> Self {
+        Self::Setup(error.into())
+    }
+}
+
+/// `latchkey serve`'s application: a [`Latchkey`], the upstream it guards,
+/// and the probes.
+pub struct App {
+    latchkey: Latchkey,
+    upstream: Option<Upstream>,
+    readiness: Arc<readiness::Readiness>,
+}
+
+/// The router's state.
+#[derive(Clone)]
+pub(crate) struct Proxy(Arc<ProxyInner>);
+
+pub(crate) struct ProxyInner {
+    pub(crate) latchkey: Latchkey,
+    pub(crate) upstream: Option<Upstream>,
+    pub(crate) readiness: Arc<readiness::Readiness>,
+    /// The protected app behind the layer (boxed once, here only).
+    pub(crate) guarded: BoxCloneSyncService<Request, Response, Infallible>,
+}
+
+impl std::ops::Deref for Proxy {
+    type Target = ProxyInner;
+
+    fn deref(&self) -> &ProxyInner {
+        &self.0
+    }
+}
+
+/// What the guarded handler needs: no reference back to the router.
+#[derive(Clone)]
+pub(crate) struct Forwarder {
+    pub(crate) latchkey: Latchkey,
+    pub(crate) upstream: Option<Upstream>,
+}
+
+impl App {
+    /// Opens the store, discovers the provider and prepares the upstream.
+    pub async fn new(settings: Settings) -> Result<Arc<Self>, StartError> {
+        let upstream = settings
+            .upstream
+            .as_ref()
+            .map(|url| Upstream::new(url, settings.pass_routing_headers))
+            .transpose()?;
+        let latchkey = Latchkey::from_settings(settings).await?;
+        Ok(Arc::new(Self::around(latchkey, upstream)))
+    }
+
+    /// The proxy around an existing `latchkey`.
+    pub fn around(latchkey: Latchkey, upstream: Option<Upstream>) -> Self {
+        let readiness = Arc::new(readiness::Readiness::new(
+            latchkey.store().clone(),
+            latchkey.provider().clone(),
+        ));
+        Self {
+            latchkey,
+            upstream,
+            readiness,
+        }
+    }
+
+    /// The settings it runs with.
+    pub fn settings(&self) -> &Settings {
+        self.latchkey.settings()
+    }
+
+    /// Its metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.latchkey.metrics()
+    }
+
+    /// Its sign-in.
+    pub fn latchkey(&self) -> &Latchkey {
+        &self.latchkey
+    }
+
+    fn state(&self) -> Proxy {
+        let forwarder = Forwarder {
+            latchkey: self.latchkey.clone(),
+            upstream: self.upstream.clone(),
+        };
+        let guarded = self
+            .latchkey
+            .require_login()
+            .layer(routes::signed_in.with_state(forwarder));
+        Proxy(Arc::new(ProxyInner {
+            latchkey: self.latchkey.clone(),
+            upstream: self.upstream.clone(),
+            readiness: self.readiness.clone(),
+            guarded: BoxCloneSyncService::new(guarded),
+        }))
+    }
+}
+
+/// The router for `app`'s client listener: the sign-in routes, forward-auth,
+/// the probes (and `/metrics` unless `metrics_address` gives the metrics a
+/// listener of their own), and the protected app as the fallback.
+pub fn router(app: &App) -> Router {
+    let routes = Router::new()
+        .route("/oauth2/auth", get(routes::forward_auth))
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz));
+    let routes = if app.settings().metrics_address.is_none() {
+        routes.route("/metrics", get(routes::metrics))
+    } else {
+        routes
+    };
+    hardened(routes)
+        .fallback(routes::everything_else)
+        .with_state(app.state())
+        .merge(app.latchkey.login_routes())
+}
+
+/// The router of the `metrics_address` listener: metrics and the probes.
+pub fn ops_router(app: &App) -> Router {
+    hardened(
+        Router::new()
+            .route("/metrics", get(routes::metrics))
+            .route("/healthz", get(routes::healthz))
+            .route("/readyz", get(routes::readyz)),
+    )
+    .with_state(app.state())
+}
+
+/// latchkey's own answers (not the app's): never cached, framed or sniffed.
+fn hardened(routes: Router<Proxy>) -> Router<Proxy> {
+    routes.route_layer(axum::middleware::map_response(
+        |response: axum::response::Response| async move { pages::hardened(response) },
+    ))
+}
+
+impl Proxy {
+    /// Runs `request` through the guarded service.
+    async fn call_guarded(&self, request: Request) -> Result<Response, Infallible> {
+        self.guarded.clone().oneshot(request).await
+    }
+}
+
+/// A running server: the client listener, and the metrics listener when
+/// `metrics_address` is set.
+pub struct Server {
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    app: Arc<App>,
+    listeners: Vec<listener::Running>,
+}
+
+impl Server {
+    /// Serves `app` on `listener` (and binds `metrics_address` if set) until
+    /// [`Server::shutdown`]. Must be called within a Tokio runtime.
+    pub fn start(listener: TcpListener, app: Arc<App>) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let limits = app.settings().listener;
+        let mut listeners = Vec::new();
+        let mut metrics_addr = None;
+        if let Some(address) = app.settings().metrics_address {
+            let ops = std::net::TcpListener::bind(address)?;
+            ops.set_nonblocking(true)?;
+            let ops = TcpListener::from_std(ops)?;
+            metrics_addr = Some(ops.local_addr()?);
+            let service = ops_router(&app).into_service();
+            listeners.push(listener::Running::spawn(
+                ops,
+                service,
+                limits,
+                app.metrics().clone(),
+            ));
+        }
+        // The observe layer wraps the router once rather than each route (a
+        // per-route layer costs every request another boxed service).
+        let edge = edge::Edge::new(app.latchkey.inner.cookies.clone());
+        let observed = ObserveLayer::new(app.metrics().clone(), edge).layer(router(&app));
+        listeners.push(listener::Running::spawn(
+            listener,
+            observed,
+            limits,
+            app.metrics().clone(),
+        ));
+        Ok(Self {
+            addr,
+            metrics_addr,
+            app,
+            listeners,
+        })
+    }
+
+    /// Binds `settings.listen` and serves.
+    pub async fn bind(app: Arc<App>) -> Result<Self, StartError> {
+        let addr = app.settings().listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen { addr, source })?;
+        let metrics = app.settings().metrics_address.unwrap_or(addr);
+        Self::start(listener, app).map_err(|source| StartError::Listen {
+            addr: metrics,
+            source,
+        })
+    }
+
+    /// The address it serves on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The address of the metrics listener, when `metrics_address` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The application state (for metrics in tests).
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Stops accepting, lets in-flight requests finish, then returns.
+    pub async fn shutdown(self) {
+        let stopping: Vec<_> = self
+            .listeners
+            .into_iter()
+            .map(listener::Running::shutdown)
+            .collect();
+        for listener in stopping {
+            listener.await;
+        }
+    }
+}

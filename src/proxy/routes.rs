@@ -1,0 +1,205 @@
+//! The proxy product's handlers: forward-auth, the probes and metrics, and
+//! what proxies everything else to the upstream. The protected part sits
+//! behind the public [`RequireLoginLayer`](crate::web::RequireLoginLayer),
+//! exactly as an embedder's routes would.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+
+use super::upstream::{Forwarded, IdentityHeaders, Peer, Upstream};
+use super::{Forwarder, Proxy};
+use crate::web::pages::{self, ErrorCode, escape_html};
+use crate::web::{Latchkey, SignedIn, SignedInUser, request_log_enabled};
+
+type ProxyState = State<Proxy>;
+
+/// Forward-auth for nginx `auth_request`, Traefik `forwardAuth`, Caddy
+/// `forward_auth`: `202` with the identity headers, `401` (never a
+/// redirect: the front proxy sends the browser to sign in), `403`.
+pub(super) async fn forward_auth(State(proxy): ProxyState, headers: HeaderMap) -> Response {
+    let latchkey = &proxy.latchkey;
+    let found = match latchkey.authenticate(&headers).await {
+        Ok(found) => found,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let Some(signed_in) = found.signed_in else {
+        let mut response = StatusCode::UNAUTHORIZED.into_response();
+        let out = response.headers_mut();
+        out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        for cookie in found.set_cookies {
+            out.append(header::SET_COOKIE, cookie);
+        }
+        return response;
+    };
+    if let Err(rejection) = latchkey.authorize(&headers, &signed_in, None) {
+        return rejection.into_response();
+    }
+    let identity = signed_in.identity();
+    let mut response = StatusCode::ACCEPTED.into_response();
+    let out = response.headers_mut();
+    let mut put = |name: &'static str, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            out.insert(name, value);
+        }
+    };
+    put("x-auth-request-user", &identity.subject);
+    if let Some(email) = &identity.email {
+        put("x-auth-request-email", email);
+    }
+    if !identity.groups.is_empty() {
+        put("x-auth-request-groups", &identity.groups.join(","));
+    }
+    if latchkey.settings().pass_access_token
+        && let Some(token) = signed_in.access_token()
+    {
+        put("x-auth-request-access-token", token.secret());
+    }
+    with_user(response, &identity.subject)
+}
+
+pub(super) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+pub(super) async fn readyz(State(proxy): ProxyState) -> Response {
+    let report = proxy.readiness.report().await;
+    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+    let body = axum::Json(serde_json::json!({
+        "ready": report.ready(),
+        "store": word(report.store),
+        "idp": word(report.idp),
+    }));
+    let status = if report.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body).into_response()
+}
+
+pub(super) async fn metrics(State(proxy): ProxyState) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        proxy.latchkey.metrics().render(),
+    )
+        .into_response()
+}
+
+/// Names `subject` on `response` for the request log.
+fn with_user(mut response: Response, subject: &str) -> Response {
+    if request_log_enabled() {
+        response
+            .extensions_mut()
+            .insert(SignedInUser(subject.to_owned()));
+    }
+    response
+}
+
+/// Everything that is not latchkey's own: the protected app, or a
+/// `skip_auth_routes` match, which is forwarded without anyone signed in.
+pub(super) async fn everything_else(State(proxy): ProxyState, request: Request) -> Response {
+    let settings = proxy.latchkey.settings();
+    let skip = settings
+        .skip_auth_routes
+        .iter()
+        .any(|r| r.matches(request.method().as_str(), request.uri().path()));
+    if skip {
+        return forward(&proxy.latchkey, proxy.upstream.as_ref(), request, None).await;
+    }
+    // The guarded service cannot fail (its error is `Infallible`).
+    match proxy.call_guarded(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// Behind the layer: the signed-in caller's request, to the upstream.
+pub(super) async fn signed_in(
+    State(forwarder): State<Forwarder>,
+    signed_in: SignedIn,
+    request: Request,
+) -> Response {
+    let upstream = forwarder.upstream.as_ref();
+    forward(&forwarder.latchkey, upstream, request, Some(&signed_in)).await
+}
+
+async fn forward(
+    latchkey: &Latchkey,
+    upstream: Option<&Upstream>,
+    request: Request,
+    signed_in: Option<&SignedIn>,
+) -> Response {
+    let html = pages::wants_html(request.headers());
+    let Some(upstream) = upstream else {
+        // Forward-auth mode: nothing to proxy to.
+        return match signed_in {
+            Some(signed_in) if request.uri().path() == "/" => {
+                let identity = signed_in.identity();
+                pages::hardened(Html(pages::page(
+                    "Signed in",
+                    &format!(
+                        "<h1>Signed in</h1><p>You are signed in as {}.</p><p><a href=\"/oauth2/sign_out\">Sign out</a></p>",
+                        escape_html(identity.email.as_deref().unwrap_or(&identity.subject))
+                    ),
+                )))
+            }
+            _ => pages::error_for(
+                html,
+                ErrorCode::NotFound,
+                "There is no such page here.",
+                None,
+            ),
+        };
+    };
+    let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<Peer>>().cloned() else {
+        // The listener always records the peer; a request without one did
+        // not come through it.
+        return pages::error_for(html, ErrorCode::BadRequest, "No client address.", None);
+    };
+    let settings = latchkey.settings();
+    let proto = if settings.secure_cookies() {
+        "https"
+    } else {
+        "http"
+    };
+    let identity_headers = signed_in.map(|signed_in| match signed_in.active_session() {
+        Some(session) => session.derived(|record| IdentityHeaders::new(&record.identity)),
+        None => Arc::new(IdentityHeaders::new(signed_in.identity())),
+    });
+    let who = Forwarded {
+        identity: signed_in.map(SignedIn::identity),
+        identity_headers,
+        access_token: signed_in
+            .filter(|_| settings.pass_access_token)
+            .and_then(SignedIn::access_token)
+            .map(|token| token.secret()),
+    };
+    // latchkey's own cookies never reach the upstream.
+    let cookies = latchkey
+        .inner
+        .cookies
+        .sent(request.headers())
+        .into_upstream();
+    match upstream
+        .forward(request.map(Body::new), who, &peer, proto, cookies)
+        .await
+    {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::warn!(%error, "upstream unavailable");
+            pages::error_for(
+                html,
+                ErrorCode::UpstreamUnavailable,
+                "The application behind this sign-in is not answering.",
+                None,
+            )
+        }
+    }
+}

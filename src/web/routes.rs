@@ -1,0 +1,476 @@
+//! The sign-in endpoints of [`Latchkey::login_routes`]: start, callback,
+//! sign-out and userinfo.
+
+use std::net::SocketAddr;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum_extra::extract::cookie::PrivateCookieJar;
+use serde::Deserialize;
+
+use super::caller::{self, escaped};
+use super::cookies::LoginCookie;
+use super::pages::{self, ErrorCode, Link};
+use super::{Latchkey, Reason, Rejection, observe_user, redirect};
+use crate::login::{Callback, FailureReason, LoginError, idp_error_code};
+use crate::secret::RefreshToken;
+
+type AppState = State<Latchkey>;
+
+/// The client's address, when the server records it
+/// (`ConnectInfo<SocketAddr>`): what the sign-in rate limit is keyed by.
+pub(crate) struct ClientAddr(Option<SocketAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let addr = parts.extensions.get::<ConnectInfo<SocketAddr>>();
+        Ok(Self(addr.map(|ConnectInfo(addr)| *addr)))
+    }
+}
+
+fn start_url(rd: &str) -> String {
+    let mut url = url::form_urlencoded::Serializer::new(String::new());
+    url.append_pair("rd", rd);
+    format!("/oauth2/start?{}", url.finish())
+}
+
+/// A `302 Found` to `location`.
+fn found(location: &str) -> Response {
+    match HeaderValue::from_str(location) {
+        Ok(value) => (StatusCode::FOUND, [(header::LOCATION, value)]).into_response(),
+        // Every location latchkey makes is checked first; should one slip
+        // through, it is a bad request, not a server error.
+        Err(_) => StatusCode::BAD_REQUEST.into_response(),
+    }
+}
+
+/// Says so in the log when a login starts on another host than `redirect_url`
+/// names: the login cookie would then not come back with the callback. Only a
+/// warning, since a front proxy may legitimately rewrite `Host`.
+fn warn_on_host_mismatch(app: &Latchkey, headers: &HeaderMap) {
+    let configured = &app.inner.settings.redirect_url;
+    let expected = match (configured.host_str(), configured.port()) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (Some(host), None) => host.to_owned(),
+        (None, _) => return,
+    };
+    let seen = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    if let Some(seen) = seen.filter(|seen| !seen.eq_ignore_ascii_case(&expected)) {
+        tracing::warn!(
+            host = seen,
+            redirect_url_host = %expected,
+            "a login started on a host other than redirect_url's; its cookie will not reach \
+             the callback unless a front proxy rewrites Host: set redirect_url to this host"
+        );
+    }
+}
+
+/// The query parameters, or a 400 of latchkey's own (a fixed message) when
+/// they do not parse: a parameter given twice, or not UTF-8.
+#[allow(clippy::result_large_err)] // the answer, built only on refusal
+fn parameters<T>(
+    headers: &HeaderMap,
+    query: Result<Query<T>, QueryRejection>,
+) -> Result<T, Response> {
+    query.map(|Query(query)| query).map_err(|rejection| {
+        tracing::info!(reason = %escaped(&rejection.body_text()), "refused query parameters");
+        pages::error(
+            headers,
+            ErrorCode::BadRequest,
+            "The request's parameters cannot be read (one is repeated or malformed).",
+            None,
+        )
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct StartQuery {
+    rd: Option<String>,
+}
+
+/// `Some` 429 when `peer` has used up its sign-in requests for now.
+fn rate_limited(app: &Latchkey, peer: &ClientAddr, headers: &HeaderMap) -> Option<Response> {
+    let ip = peer.0?.ip();
+    let wait = app.inner.login_limiter.as_ref()?.check(ip).err()?;
+    tracing::info!(peer = %ip, "sign-in requests rate-limited");
+    let mut response = pages::error(
+        headers,
+        ErrorCode::TooManyRequests,
+        "Too many sign-in attempts from here. Please wait a moment and try again.",
+        None,
+    );
+    let seconds = wait.as_secs().max(1).to_string();
+    if let Ok(value) = HeaderValue::from_str(&seconds) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    Some(response)
+}
+
+pub(crate) async fn start(
+    State(app): AppState,
+    peer: ClientAddr,
+    jar: PrivateCookieJar,
+    headers: HeaderMap,
+    query: Result<Query<StartQuery>, QueryRejection>,
+) -> Response {
+    if let Some(limited) = rate_limited(&app, &peer, &headers) {
+        return limited;
+    }
+    let query = match parameters(&headers, query) {
+        Ok(query) => query,
+        Err(response) => return response,
+    };
+    warn_on_host_mismatch(&app, &headers);
+    if query
+        .rd
+        .as_ref()
+        .is_some_and(|rd| rd.len() > redirect::MAX_RD)
+    {
+        return pages::error(
+            &headers,
+            ErrorCode::BadRequest,
+            "The address to return to after sign-in is too long.",
+            Some(Link {
+                href: "/oauth2/start",
+                text: "Sign in",
+            }),
+        );
+    }
+    let return_to = redirect::local_path(query.rd.as_deref());
+    match app.inner.login.begin(&return_to).await {
+        Ok(started) => {
+            app.inner.metrics.logins_started.inc();
+            let login = LoginCookie {
+                binding: started.binding.clone(),
+                pending: started.pending.clone(),
+            };
+            let jar = app.inner.cookies.add_login(jar, &started.state, &login);
+            (jar, found(&started.authorization_url)).into_response()
+        }
+        Err(error) => {
+            tracing::warn!(%error, "could not start a login");
+            pages::error(
+                &headers,
+                ErrorCode::StoreUnavailable,
+                "Sign-in cannot start right now. Please try again shortly.",
+                None,
+            )
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct CallbackQuery {
+    state: Option<String>,
+    code: Option<String>,
+    error: Option<String>,
+    iss: Option<String>,
+}
+
+pub(crate) async fn callback(
+    State(app): AppState,
+    peer: ClientAddr,
+    jar: PrivateCookieJar,
+    headers: HeaderMap,
+    query: Result<Query<CallbackQuery>, QueryRejection>,
+) -> Response {
+    if let Some(limited) = rate_limited(&app, &peer, &headers) {
+        return limited;
+    }
+    let query = match parameters(&headers, query) {
+        Ok(query) => query,
+        Err(response) => return response,
+    };
+    let Some(state) = query.state.as_deref().filter(|s| !s.is_empty()) else {
+        return pages::error(
+            &headers,
+            ErrorCode::BadRequest,
+            "The sign-in response has no state parameter.",
+            Some(Link {
+                href: "/oauth2/start",
+                text: "Sign in",
+            }),
+        );
+    };
+    let login_cookie = app.inner.cookies.login(&jar, &headers, state);
+    let binding = login_cookie.as_ref().map(|l| l.binding.secret());
+    let pending = login_cookie.as_ref().map(|l| &l.pending);
+    let return_to = pending
+        .map(|p| p.return_to.clone())
+        .unwrap_or_else(|| "/".into());
+    let start_again = start_url(&return_to);
+    let again = || {
+        Some(Link {
+            href: &start_again,
+            text: "Start again",
+        })
+    };
+
+    // An error response, or one from another issuer (RFC 9207), ends the
+    // login. Nothing of the response's text is shown or kept but a checked
+    // error code: the rest is whatever the sender of the link wrote.
+    let refusal = match (
+        &query.error,
+        app.inner
+            .provider
+            .check_response_issuer(query.iss.as_deref()),
+    ) {
+        (Some(error), _) => Some(FailureReason::Refused {
+            error: idp_error_code(error),
+        }),
+        (None, Err(_)) => Some(FailureReason::WrongIssuer),
+        (None, Ok(())) => None,
+    };
+    if let Some(reason) = refusal {
+        let error = match app.inner.login.abort(state, binding, pending, reason).await {
+            Ok(reason) => LoginError::Failed(reason),
+            Err(error) => error,
+        };
+        return login_failure(&app, &headers, &error, again());
+    }
+    let Some(code) = query.code.as_deref().filter(|c| !c.is_empty()) else {
+        return pages::error(
+            &headers,
+            ErrorCode::BadRequest,
+            "The sign-in response has no code parameter.",
+            again(),
+        );
+    };
+    match app
+        .inner
+        .login
+        .complete(Callback {
+            state,
+            code,
+            binding,
+            pending,
+        })
+        .await
+    {
+        Ok(done) => {
+            if done.exchanged_here {
+                app.inner.metrics.logins_completed.inc();
+            } else {
+                app.inner.metrics.duplicate_callbacks.inc();
+            }
+            let jar = app.inner.cookies.set_session(jar, &done.session_id);
+            // This login's cookie has done its job.
+            let jar = app.inner.cookies.clear_login(jar, state);
+            (jar, found(&redirect::local_path(Some(&done.return_to)))).into_response()
+        }
+        Err(error) => login_failure(&app, &headers, &error, again()),
+    }
+}
+
+/// What a browser is told when a callback produced no session: the code and
+/// status say whose doing it was (the README's table), and the message is
+/// fixed text: nothing of the request or of the provider's answer.
+fn login_problem(error: &LoginError) -> (ErrorCode, &'static str) {
+    use FailureReason as Why;
+    match error {
+        LoginError::UnknownLogin => (
+            ErrorCode::LoginExpired,
+            "This sign-in has expired or was already used up. Start again.",
+        ),
+        LoginError::BindingMismatch => (
+            ErrorCode::LoginNotBound,
+            "This sign-in was started in another browser (or its cookie was lost). Start again here.",
+        ),
+        LoginError::AlreadyFailed(_) => (
+            ErrorCode::LoginAlreadyFailed,
+            "This sign-in had already failed. Start again.",
+        ),
+        LoginError::AlreadyCompleted => {
+            (ErrorCode::BadRequest, "This sign-in has already completed.")
+        }
+        LoginError::Failed(Why::Refused { .. }) => (
+            ErrorCode::LoginRefused,
+            "The identity provider did not sign you in.",
+        ),
+        LoginError::Failed(Why::WrongIssuer) => (
+            ErrorCode::BadRequest,
+            "The sign-in response names another identity provider than this app's.",
+        ),
+        LoginError::Failed(Why::CodeRejected(_)) => (
+            ErrorCode::LoginCodeRejected,
+            "The identity provider no longer accepts this sign-in (it was used or has expired). Start again.",
+        ),
+        LoginError::Failed(Why::Invalid(_)) => (
+            ErrorCode::LoginFailed,
+            "The identity provider's answer could not be verified, so you were not signed in.",
+        ),
+        LoginError::Failed(Why::Unavailable(_)) => (
+            ErrorCode::IdpUnavailable,
+            "The identity provider is not answering. Please try again shortly.",
+        ),
+        LoginError::Failed(Why::LeaseExpired | Why::Cancelled) | LoginError::LeaseLost => (
+            ErrorCode::LoginInterrupted,
+            "Sign-in was interrupted before it completed. Start again.",
+        ),
+        LoginError::StillInProgress => (
+            ErrorCode::LoginInProgress,
+            "This sign-in is still being completed. Reload the page in a moment.",
+        ),
+        LoginError::Store(_) | LoginError::Corrupt(_) => (
+            ErrorCode::StoreUnavailable,
+            "Sign-in cannot complete right now. Please try again shortly.",
+        ),
+    }
+}
+
+fn login_failure(
+    app: &Latchkey,
+    headers: &HeaderMap,
+    error: &LoginError,
+    link: Option<Link<'_>>,
+) -> Response {
+    let (code, message) = login_problem(error);
+    if matches!(error, LoginError::Failed(_)) {
+        app.inner.metrics.logins_failed.inc();
+    }
+    tracing::info!(error = %escaped(error), code = code.as_str(), "callback failed");
+    let message = match error {
+        LoginError::Failed(FailureReason::Refused { error }) => {
+            // The checked code alone, so the user can tell an administrator.
+            format!("{message} (the provider said: {error})")
+        }
+        _ => message.to_owned(),
+    };
+    pages::error(headers, code, &message, link)
+}
+
+pub(crate) async fn sign_out(
+    State(app): AppState,
+    jar: PrivateCookieJar,
+    headers: HeaderMap,
+) -> Response {
+    let mut id_token = None;
+    if let Some(id) = app.inner.cookies.session_id_in(&headers) {
+        match app.inner.sessions.sign_out(&id).await {
+            Ok(record) => {
+                let tokens = record.map(|r| r.tokens);
+                if let Some(refresh_token) = tokens.as_ref().and_then(|t| t.refresh_token.clone()) {
+                    revoke_in_background(&app, refresh_token);
+                }
+                id_token = tokens.and_then(|t| t.id_token);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "sign-out could not reach the store");
+                return pages::error(
+                    &headers,
+                    ErrorCode::StoreUnavailable,
+                    "You could not be signed out right now. Please try again shortly.",
+                    None,
+                );
+            }
+        }
+    }
+    let jar = app.inner.cookies.clear_all(jar, &headers);
+    let after = app.inner.settings.post_logout_redirect_url.as_deref();
+    let response = match app.inner.provider.end_session_url(id_token.as_ref(), after) {
+        Some(url) => found(&url),
+        None => match after {
+            Some(url) => found(url),
+            None => Html(pages::page(
+                "Signed out",
+                "<h1>Signed out</h1><p>You are signed out.</p><p><a href=\"/oauth2/start\">Sign in again</a></p>",
+            ))
+            .into_response(),
+        },
+    };
+    (jar, response).into_response()
+}
+
+/// Revokes a signed-out session's refresh token at the provider (RFC 7009),
+/// best effort and off the request: the sign-out never waits for it.
+fn revoke_in_background(app: &Latchkey, refresh_token: RefreshToken) {
+    let provider = app.inner.provider.clone();
+    tokio::spawn(async move {
+        match provider.revoke_refresh_token(&refresh_token).await {
+            Ok(true) => tracing::debug!("revoked the signed-out session's refresh token"),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(error = %escaped(&error), "could not revoke a refresh token at sign-out")
+            }
+        }
+    });
+}
+
+pub(crate) async fn userinfo(State(app): AppState, headers: HeaderMap) -> Response {
+    let found = match caller::authenticate(&app, &headers).await {
+        Ok(found) => found,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let Some(signed_in) = found.signed_in else {
+        // Always JSON: this endpoint is for scripts.
+        return Rejection::new(Reason::NotSignedIn, &HeaderMap::new(), "Sign in first.")
+            .into_response();
+    };
+    let identity = signed_in.identity();
+    let mut response = axum::Json(serde_json::json!({
+        "user": identity.subject,
+        "email": identity.email,
+        "groups": identity.groups,
+        "issuer": identity.issuer,
+    }))
+    .into_response();
+    observe_user(&mut response, identity.subject.clone());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn query() -> impl Strategy<Value = String> {
+        let piece = prop::sample::select(vec![
+            "state",
+            "code",
+            "error",
+            "iss",
+            "error_description",
+            "=",
+            "=",
+            "&",
+            "&",
+            "%",
+            "%FF",
+            "%26",
+            "%3D",
+            "+",
+            "a",
+            "access_denied",
+            "%0A",
+            "x",
+        ]);
+        prop::collection::vec(piece, 0..16).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        /// Any callback query parses or is refused, and what the page may
+        /// show of it is a checked error code.
+        #[test]
+        fn callback_queries_never_panic_and_show_only_checked_codes(q in query()) {
+            let Ok(uri) = format!("/oauth2/callback?{q}").parse::<axum::http::Uri>() else {
+                return Ok(());
+            };
+            if let Ok(Query(parsed)) = Query::<CallbackQuery>::try_from_uri(&uri)
+                && let Some(error) = parsed.error
+            {
+                let shown = idp_error_code(&error);
+                prop_assert!(shown.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)));
+            }
+        }
+    }
+}
