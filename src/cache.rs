@@ -33,7 +33,7 @@ impl<V> std::fmt::Debug for BoundedCache<V> {
 
 impl<V: Clone> BoundedCache<V> {
     /// A cache of at most about `capacity` entries (0 disables it).
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::default(),
@@ -49,12 +49,12 @@ impl<V: Clone> BoundedCache<V> {
     }
 
     /// The value cached under `key`.
-    pub fn get(&self, key: &str) -> Option<V> {
+    pub(crate) fn get(&self, key: &str) -> Option<V> {
         self.shard(key).get(key).cloned()
     }
 
     /// Caches `value` under `key`, replacing an older one.
-    pub fn put(&self, key: &str, value: V) {
+    pub(crate) fn put(&self, key: &str, value: V) {
         if self.per_shard == 0 {
             return;
         }
@@ -72,12 +72,12 @@ impl<V: Clone> BoundedCache<V> {
     }
 
     /// Forgets `key`.
-    pub fn remove(&self, key: &str) {
+    pub(crate) fn remove(&self, key: &str) {
         self.shard(key).remove(key);
     }
 
     /// How many entries are cached.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())

@@ -2,12 +2,15 @@
 
 use std::process::ExitCode;
 
+#[cfg(feature = "dev-tools")]
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use latchkey::config::{LogFormat, RawSettings};
+#[cfg(feature = "dev-tools")]
 use latchkey::demo::{Demo, DemoPorts};
+#[cfg(feature = "dev-tools")]
 use latchkey::dev_idp::{DevClient, DevIdp, DevIdpConfig};
 use latchkey::proxy::{App, Server};
 use latchkey::secret::random_token;
@@ -29,6 +32,7 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// One command, no setup: the development IdP, a sample app and the proxy
     /// on 127.0.0.1, with an embedded store.
+    #[cfg(feature = "dev-tools")]
     Demo(DemoArgs),
     /// Run the store contract live against a store and report, per guarantee,
     /// what was observed. Works under a random key prefix that it removes
@@ -41,6 +45,7 @@ enum Command {
     },
     /// Run the development OpenID Provider alone (for local development of
     /// other apps and for tests; never for production).
+    #[cfg(feature = "dev-tools")]
     DevIdp(DevIdpArgs),
 }
 
@@ -53,6 +58,7 @@ struct ServeArgs {
     settings: RawSettings,
 }
 
+#[cfg(feature = "dev-tools")]
 #[derive(Debug, clap::Args)]
 struct DemoArgs {
     /// Port of the proxy (the URL to open).
@@ -66,6 +72,7 @@ struct DemoArgs {
     upstream_port: u16,
 }
 
+#[cfg(feature = "dev-tools")]
 #[derive(Debug, clap::Args)]
 struct DevIdpArgs {
     /// Address to listen on [default: 127.0.0.1:4181].
@@ -94,12 +101,15 @@ struct DevIdpArgs {
 async fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(args) => serve(*args).await,
+        #[cfg(feature = "dev-tools")]
         Command::Demo(args) => demo(args).await,
         Command::CheckStore { store } => check_store(&store).await,
+        #[cfg(feature = "dev-tools")]
         Command::DevIdp(args) => dev_idp(args).await,
     }
 }
 
+#[cfg(feature = "dev-tools")]
 fn parse_client(text: &str) -> Result<DevClient, String> {
     let mut parts = text.splitn(3, ':');
     match (parts.next(), parts.next(), parts.next()) {
@@ -118,6 +128,7 @@ fn parse_client(text: &str) -> Result<DevClient, String> {
     }
 }
 
+#[cfg(feature = "dev-tools")]
 fn dev_idp_config(args: DevIdpArgs) -> Result<DevIdpConfig, String> {
     let mut config = match &args.config {
         Some(path) => {
@@ -147,6 +158,7 @@ fn dev_idp_config(args: DevIdpArgs) -> Result<DevIdpConfig, String> {
     Ok(config)
 }
 
+#[cfg(feature = "dev-tools")]
 async fn dev_idp(args: DevIdpArgs) -> ExitCode {
     let config = match dev_idp_config(args) {
         Ok(config) => config,
@@ -256,6 +268,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+#[cfg(feature = "dev-tools")]
 async fn demo(args: DemoArgs) -> ExitCode {
     init_logging(LogFormat::Text);
     let ports = DemoPorts {

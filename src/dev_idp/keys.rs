@@ -50,7 +50,7 @@ impl SigningAlg {
 }
 
 /// One signing key.
-pub enum SigningKey {
+pub(crate) enum SigningKey {
     /// An RSA key.
     Rsa(CoreRsaPrivateSigningKey),
     /// An Ed25519 key.
@@ -59,7 +59,7 @@ pub enum SigningKey {
 
 impl SigningKey {
     /// A fresh key for `alg` with a random key id.
-    pub fn generate(alg: SigningAlg) -> Self {
+    pub(crate) fn generate(alg: SigningAlg) -> Self {
         let kid = Some(JsonWebKeyId::new(random_token()[..16].to_owned()));
         match alg {
             SigningAlg::Rs256 => {
@@ -88,7 +88,7 @@ impl SigningKey {
     }
 
     /// The algorithm this key signs with.
-    pub fn alg(&self) -> SigningAlg {
+    pub(crate) fn alg(&self) -> SigningAlg {
         match self {
             SigningKey::Rsa(_) => SigningAlg::Rs256,
             SigningKey::EdDsa(_) => SigningAlg::EdDsa,
@@ -115,14 +115,14 @@ impl PrivateSigningKey for SigningKey {
 }
 
 /// The current signing key and the one before it.
-pub struct SigningKeys {
+pub(crate) struct SigningKeys {
     current: Arc<SigningKey>,
     previous: Option<Arc<SigningKey>>,
 }
 
 impl SigningKeys {
     /// A fresh key for `alg`.
-    pub fn generate(alg: SigningAlg) -> Self {
+    pub(crate) fn generate(alg: SigningAlg) -> Self {
         Self {
             current: Arc::new(SigningKey::generate(alg)),
             previous: None,
@@ -131,18 +131,18 @@ impl SigningKeys {
 
     /// Keeps `old`'s current key published as the previous key (after a
     /// rotation: tokens it signed still verify).
-    pub fn adopt_previous(&mut self, old: SigningKeys) {
+    pub(crate) fn adopt_previous(&mut self, old: SigningKeys) {
         self.previous = Some(old.current);
     }
 
     /// The key that signs new tokens (shared, so that signing happens with no
     /// lock held).
-    pub fn current(&self) -> Arc<SigningKey> {
+    pub(crate) fn current(&self) -> Arc<SigningKey> {
         self.current.clone()
     }
 
     /// The published key set.
-    pub fn jwks(&self) -> CoreJsonWebKeySet {
+    pub(crate) fn jwks(&self) -> CoreJsonWebKeySet {
         let mut keys = vec![self.current.as_verification_key()];
         if let Some(previous) = &self.previous {
             keys.push(previous.as_verification_key());

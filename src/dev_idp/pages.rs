@@ -20,7 +20,7 @@ fn page(title: &str, body: &str) -> String {
 }
 
 /// The sign-in form; `hidden` are the authorization request's parameters.
-pub fn login(
+pub(crate) fn login(
     client_id: &str,
     users: &[DevUser],
     hidden: &[(&str, &str)],
@@ -67,7 +67,7 @@ pub fn login(
 }
 
 /// A page with a heading and one sentence.
-pub fn message(title: &str, text: &str) -> String {
+pub(crate) fn message(title: &str, text: &str) -> String {
     page(
         title,
         &format!("<h1>{}</h1><p>{}</p>", escape(title), escape(text)),

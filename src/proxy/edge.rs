@@ -13,7 +13,7 @@ use crate::web::cookies::Cookies;
 use crate::web::pages::{self, ErrorCode, Link};
 
 /// The largest `Cookie` header accepted; browsers send at most a few KiB.
-pub const MAX_COOKIE_HEADER: usize = 16 * 1024;
+pub(crate) const MAX_COOKIE_HEADER: usize = 16 * 1024;
 
 /// The checks, with what they need to answer a refused request.
 #[derive(Clone)]

@@ -46,7 +46,7 @@ use crate::web::metrics::Metrics;
 const NONE: u64 = u64::MAX;
 
 /// How long a new connection at the cap waits for idle ones to make room.
-pub const ROOM_WAIT: Duration = Duration::from_millis(250);
+pub(crate) const ROOM_WAIT: Duration = Duration::from_millis(250);
 
 /// What a connection's watchdog needs to know, in milliseconds since the
 /// connection was accepted.

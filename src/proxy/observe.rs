@@ -31,7 +31,7 @@ pub(super) struct ObserveLayer {
 
 impl ObserveLayer {
     /// Admits requests through `edge` and counts them in `metrics`.
-    pub fn new(metrics: Arc<Metrics>, edge: Edge) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>, edge: Edge) -> Self {
         Self { metrics, edge }
     }
 }

@@ -1,0 +1,392 @@
+//! The library surface, end to end: `examples/axum_app.rs` (compiled in
+//! here as a module) in front of the development IdP, over real sockets.
+//! It proves through the layer what the proxy proves: one callback fired 8×
+//! at once makes one code exchange and one session; 100 API requests whose
+//! token is due make one refresh call; and two apps (two `Latchkey`s) over
+//! one store keep both guarantees across them, on every store backend.
+
+#[path = "../examples/axum_app.rs"]
+#[allow(dead_code)] // the example's `main` is not used here
+mod axum_app;
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use base64::Engine;
+use latchkey::clock::ManualClock;
+use latchkey::dev_idp::{DevClient, DevIdp, DevIdpConfig};
+use latchkey::store::Store;
+use latchkey::web::{AccessPolicy, Latchkey, SignedIn};
+use reqwest::header::{ACCEPT, LOCATION, SET_COOKIE};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use url::Url;
+
+use common::backends::TestBackend;
+use common::browser::{browser, sign_in_at_idp};
+use common::observed_store::ObservedStore;
+use common::within;
+
+const SECRET: &str = "library-e2e-secret";
+const COOKIE_KEY: [u8; 32] = [11u8; 32];
+
+/// Two apps (two `Latchkey`s, as two replicas or two services) over one
+/// store, one provider and one clock; both answer for the first one's
+/// callback URL, as replicas behind one name do.
+struct Apps {
+    idp: DevIdp,
+    urls: [String; 2],
+    clock: Arc<ManualClock>,
+    store: Arc<ObservedStore>,
+    latchkeys: [Latchkey; 2],
+}
+
+impl Apps {
+    async fn start(store: Arc<dyn Store>) -> Self {
+        let listeners = [
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        ];
+        let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        let callback = format!("http://{}/oauth2/callback", addrs[0]);
+        let idp = DevIdp::start(DevIdpConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            clients: vec![DevClient {
+                client_id: "app".into(),
+                client_secret: SECRET.into(),
+                redirect_uris: vec![callback.clone()],
+                post_logout_redirect_uris: vec![],
+            }],
+            test_knobs: true,
+            ..DevIdpConfig::default()
+        })
+        .await
+        .unwrap();
+        let clock = Arc::new(ManualClock::starting_now());
+        let store = ObservedStore::new(store);
+        let mut latchkeys = Vec::new();
+        for listener in listeners {
+            let latchkey = Latchkey::builder(idp.issuer(), "app", &callback)
+                .client_secret(SECRET)
+                .cookie_secret(base64::engine::general_purpose::STANDARD.encode(COOKIE_KEY))
+                .policy(AccessPolicy::email_domains(["example.com"]))
+                .store(store.clone())
+                .clock(clock.clone())
+                .build()
+                .await
+                .unwrap();
+            let api = axum_app::Api {
+                url: format!("{}/userinfo", idp.issuer()),
+                client: reqwest::Client::new(),
+            };
+            let app = axum_app::app(&latchkey, api).merge(naive_routes(&latchkey));
+            let service = app.into_make_service_with_connect_info::<SocketAddr>();
+            tokio::spawn(async move { axum::serve(listener, service).await.unwrap() });
+            latchkeys.push(latchkey);
+        }
+        let [a, b] = <[Latchkey; 2]>::try_from(latchkeys).unwrap();
+        Self {
+            idp,
+            urls: [
+                format!("http://{}", addrs[0]),
+                format!("http://{}", addrs[1]),
+            ],
+            clock,
+            store,
+            latchkeys: [a, b],
+        }
+    }
+
+    /// App `i % 2`'s URL for `path`.
+    fn url(&self, i: usize, path: &str) -> String {
+        format!("{}{path}", self.urls[i % 2])
+    }
+
+    /// Starts a login at app 0 for `path` and signs alice in at the IdP;
+    /// returns the callback URL the IdP sends the browser to.
+    async fn to_callback(&self, browser: &reqwest::Client, path: &str) -> Url {
+        let start = self.url(0, &format!("/oauth2/start?rd={path}"));
+        let response = browser.get(&start).send().await.unwrap();
+        assert_eq!(response.status(), 302);
+        let authorize = Url::parse(response.headers()[LOCATION].to_str().unwrap()).unwrap();
+        sign_in_at_idp(browser, &authorize, "alice").await
+    }
+
+    async fn sign_in(&self, browser: &reqwest::Client) {
+        let callback = self.to_callback(browser, "/me").await;
+        let done = browser.get(callback).send().await.unwrap();
+        assert_eq!(done.status(), 302);
+        assert_eq!(done.headers()[LOCATION], "/me");
+    }
+}
+
+/// What `axum-oidc` does, for the negative control: refresh inline in the
+/// handler, with no coordination between requests.
+fn naive_routes(latchkey: &Latchkey) -> Router {
+    let provider = latchkey.provider().clone();
+    Router::new()
+        .route(
+            "/naive/token",
+            get(move |who: SignedIn| {
+                let provider = provider.clone();
+                async move {
+                    let session = who.active_session().expect("a session");
+                    let token = session
+                        .tokens()
+                        .refresh_token
+                        .clone()
+                        .expect("a refresh token");
+                    use latchkey::idp::IdentityProvider;
+                    match provider.refresh(&token).await {
+                        Ok(_) => "refreshed",
+                        Err(_) => "refused",
+                    }
+                }
+            }),
+        )
+        .route_layer(latchkey.require_login())
+}
+
+/// The session id inside a response's session cookie.
+fn session_id(response: &reqwest::Response) -> String {
+    let key = cookie::Key::derive_from(&COOKIE_KEY);
+    let set = response
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| cookie::Cookie::parse_encoded(v.to_str().unwrap().to_owned()).unwrap())
+        .find(|c| c.name() == "_latchkey")
+        .expect("a session cookie");
+    let mut jar = cookie::CookieJar::new();
+    jar.add_original(set);
+    jar.private(&key)
+        .get("_latchkey")
+        .expect("it decrypts")
+        .value()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_for_everyone_members_and_admins() {
+    let apps = Apps::start(Arc::new(latchkey::store::memory::MemoryStore::new())).await;
+    let anonymous = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // Not signed in: the public page is public, a browser is sent to sign in
+    // and back to exactly where it was, an API client gets 401 JSON.
+    let home = anonymous.get(apps.url(0, "/")).send().await.unwrap();
+    assert_eq!(home.status(), 200);
+    assert!(home.text().await.unwrap().contains("Public page"));
+    let page = anonymous
+        .get(apps.url(0, "/me?tab=a%26b"))
+        .header(ACCEPT, "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 302);
+    assert_eq!(
+        page.headers()[LOCATION],
+        "/oauth2/start?rd=%2Fme%3Ftab%3Da%2526b"
+    );
+    let api = anonymous
+        .get(apps.url(0, "/api/profile"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 401);
+    let body: Value = api.json().await.unwrap();
+    assert_eq!(body["error"], "not_signed_in");
+
+    // alice (in admins) sees every page, on either app.
+    let alice = browser();
+    apps.sign_in(&alice).await;
+    for i in 0..2 {
+        let me: Value = alice
+            .get(apps.url(i, "/me"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(me["user"], "alice");
+        assert_eq!(me["groups"][0], "admins");
+        let admin = alice.get(apps.url(i, "/admin")).send().await.unwrap();
+        assert_eq!(admin.status(), 200);
+        let home = alice.get(apps.url(i, "/")).send().await.unwrap();
+        assert!(home.text().await.unwrap().contains("Hello, alice"));
+        // The API calls the upstream (the provider's userinfo) with her token.
+        let profile: Value = alice
+            .get(apps.url(i, "/api/profile"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(profile["upstream"]["sub"], "alice");
+    }
+
+    // bob (staff only) is refused the admin page with 403, and nothing else.
+    let bob = browser();
+    let start = bob
+        .get(apps.url(0, "/oauth2/start?rd=/admin"))
+        .send()
+        .await
+        .unwrap();
+    let authorize = Url::parse(start.headers()[LOCATION].to_str().unwrap()).unwrap();
+    let callback = sign_in_at_idp(&bob, &authorize, "bob").await;
+    assert_eq!(bob.get(callback).send().await.unwrap().status(), 302);
+    let admin = bob
+        .get(apps.url(0, "/admin"))
+        .header(ACCEPT, "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 403);
+    let body: Value = admin.json().await.unwrap();
+    assert_eq!(body["error"], "access_denied");
+    assert_eq!(
+        bob.get(apps.url(0, "/me")).send().await.unwrap().status(),
+        200
+    );
+
+    // Signed out: the session is gone on both apps.
+    let out = alice
+        .get(apps.url(0, "/oauth2/sign_out"))
+        .send()
+        .await
+        .unwrap();
+    assert!(out.status().is_redirection() || out.status().is_success());
+    for i in 0..2 {
+        let me = alice.get(apps.url(i, "/me")).send().await.unwrap();
+        assert_eq!(me.status(), 401);
+    }
+}
+
+/// One callback fired 8× at once, spread over both apps: one code exchange,
+/// one session, and every callback lands signed in.
+async fn one_callback_eight_times_through_the_layer(backend: TestBackend) {
+    let apps = Apps::start(backend.store.clone()).await;
+    let alice = browser();
+    let callback = apps.to_callback(&alice, "/me").await;
+    let query = callback.query().unwrap().to_owned();
+    let knobs = apps.idp.knobs().clone();
+    knobs.hold_token_calls(true);
+    let callbacks: Vec<_> = (0..8)
+        .map(|i| {
+            let request = alice.get(apps.url(i, &format!("/oauth2/callback?{query}")));
+            tokio::spawn(async move { request.send().await.unwrap() })
+        })
+        .collect();
+    // One callback is at the token endpoint, the seven others wait on the
+    // login's record; only then does the exchange answer.
+    within("one exchange", knobs.wait_token_calls(1)).await;
+    apps.store.wait_for_waiters(7).await;
+    knobs.hold_token_calls(false);
+    let mut sessions = Vec::new();
+    for callback in callbacks {
+        let response = within("callback", callback).await.unwrap();
+        assert_eq!(response.status(), 302, "{}", backend.name);
+        assert_eq!(response.headers()[LOCATION], "/me");
+        sessions.push(session_id(&response));
+    }
+    assert_eq!(knobs.code_grants(), 1, "{}: extra exchanges", backend.name);
+    sessions.dedup();
+    assert_eq!(sessions.len(), 1, "{}: several sessions", backend.name);
+    let absorbed: u64 = apps
+        .latchkeys
+        .iter()
+        .map(|l| l.metrics().duplicate_callbacks.get())
+        .sum();
+    assert_eq!(absorbed, 7, "{}", backend.name);
+    let me: Value = alice
+        .get(apps.url(1, "/me"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["user"], "alice");
+}
+
+/// 100 API requests of one session whose access token has expired, spread
+/// over both apps: one refresh call at the provider, every request served
+/// with its token. The negative control, refreshing inline in the handler
+/// as `axum-oidc` does, sends every request to the provider.
+async fn a_hundred_due_requests_make_one_refresh(backend: TestBackend) {
+    let apps = Apps::start(backend.store.clone()).await;
+    let alice = browser();
+    apps.sign_in(&alice).await;
+    let knobs = apps.idp.knobs().clone();
+
+    // Negative control first (the token is not due: the layer leaves it).
+    knobs.hold_token_calls(true);
+    let before = knobs.refresh_grants();
+    let calls = knobs.token_calls();
+    let naive: Vec<_> = (0..20)
+        .map(|i| {
+            let request = alice.get(apps.url(i, "/naive/token"));
+            tokio::spawn(async move { request.send().await.unwrap().text().await.unwrap() })
+        })
+        .collect();
+    // All twenty reach the provider at once: nothing made them wait.
+    within(
+        "twenty refreshes in flight",
+        knobs.wait_token_calls(calls + 20),
+    )
+    .await;
+    knobs.hold_token_calls(false);
+    for request in naive {
+        within("naive", request).await.unwrap();
+    }
+    assert_eq!(
+        knobs.refresh_grants() - before,
+        20,
+        "the control refreshed once per request"
+    );
+
+    // The session the control used is gone with its grant (the provider saw
+    // a rotated token reused); sign in afresh, then let the token expire.
+    let alice = browser();
+    apps.sign_in(&alice).await;
+    apps.clock.advance(Duration::from_secs(301));
+    knobs.hold_token_calls(true);
+    let before = knobs.refresh_grants();
+    let calls_before = knobs.token_calls();
+    let requests: Vec<_> = (0..100)
+        .map(|i| {
+            let request = alice.get(apps.url(i, "/api/profile"));
+            tokio::spawn(async move {
+                let response = request.send().await.unwrap();
+                (response.status(), response.json::<Value>().await.ok())
+            })
+        })
+        .collect();
+    within("the refresh", knobs.wait_token_calls(calls_before + 1)).await;
+    apps.store.wait_for_waiters(99).await;
+    knobs.hold_token_calls(false);
+    for request in requests {
+        let (status, body) = within("request", request).await.unwrap();
+        assert_eq!(status, 200, "{}: {body:?}", backend.name);
+        assert_eq!(body.unwrap()["upstream"]["sub"], "alice");
+    }
+    assert_eq!(
+        knobs.refresh_grants() - before,
+        1,
+        "{}: more than one refresh",
+        backend.name
+    );
+    assert_eq!(knobs.token_calls(), calls_before + 1);
+}
+
+backend_tests!(
+    one_callback_eight_times_through_the_layer,
+    a_hundred_due_requests_make_one_refresh,
+);
