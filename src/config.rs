@@ -227,16 +227,19 @@ impl RawSettings {
 
     /// Reads a TOML settings file.
     pub fn from_file(path: &Path) -> Result<RawSettings, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            setting: "config".into(),
-            problem: format!("cannot read {}: {e}", path.display()),
-            fix: "check the path given to --config".into(),
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            error(
+                "config",
+                format!("cannot read {}: {e}", path.display()),
+                "check the path given to --config",
+            )
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError {
-            setting: "config".into(),
-            problem: format!("{}: {}", path.display(), e.message()),
-            fix: "see the configuration reference in the README for the keys and their types"
-                .into(),
+        toml::from_str(&text).map_err(|e| {
+            error(
+                "config",
+                format!("{}: {}", path.display(), e.message()),
+                "see the configuration reference in the README for the keys and their types",
+            )
         })
     }
 }
@@ -393,7 +396,7 @@ impl Settings {
 
 /// A setting that is missing or wrong, with how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("setting `{setting}`: {problem}\n  fix: {fix}")]
+#[error("{}", self.render())]
 pub struct ConfigError {
     /// The TOML key.
     pub setting: String,
@@ -401,6 +404,23 @@ pub struct ConfigError {
     pub problem: String,
     /// What to do.
     pub fix: String,
+    /// The other settings found wrong in the same check, in order.
+    pub also: Vec<ConfigError>,
+}
+
+impl ConfigError {
+    /// A problem with `setting`, and how to fix it.
+    pub fn new(setting: &str, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+        error(setting, problem, fix)
+    }
+
+    fn render(&self) -> String {
+        std::iter::once(self)
+            .chain(&self.also)
+            .map(|e| format!("setting `{}`: {}\n  fix: {}", e.setting, e.problem, e.fix))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }
 
 fn error(setting: &str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
@@ -408,6 +428,7 @@ fn error(setting: &str, problem: impl Into<String>, fix: impl Into<String>) -> C
         setting: setting.into(),
         problem: problem.into(),
         fix: fix.into(),
+        also: Vec::new(),
     }
 }
 
@@ -525,6 +546,207 @@ pub fn route_list(value: &str) -> Result<Vec<String>, ConfigError> {
     Ok(entries)
 }
 
+/// The problems found so far, in the order of the settings.
+#[derive(Default)]
+struct Problems(Vec<ConfigError>);
+
+impl Problems {
+    /// The value, or `None` with its problem noted.
+    fn check<T>(&mut self, result: Result<T, ConfigError>) -> Option<T> {
+        result.map_err(|problem| self.0.push(problem)).ok()
+    }
+
+    /// The first problem, carrying the others.
+    fn into_error(self) -> ConfigError {
+        let mut all = self.0.into_iter();
+        let mut first = all
+            .next()
+            .unwrap_or_else(|| error("settings", "invalid", "see the README's settings table"));
+        first.also = all.collect();
+        first
+    }
+
+    fn into_result(self) -> Result<(), ConfigError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self.into_error())
+        }
+    }
+}
+
+/// An `IP:PORT` setting.
+fn address(text: Option<&str>, setting: &str, fix: &str) -> Result<SocketAddr, ConfigError> {
+    let text = text.unwrap_or_default();
+    text.parse()
+        .map_err(|_| error(setting, format!("{text:?} is not an address"), fix))
+}
+
+fn issuer(value: Option<String>) -> Result<String, ConfigError> {
+    let issuer = required(value, "issuer", "\"https://idp.example.com/realms/main\"")?;
+    url::Url::parse(&issuer).map_err(|e| {
+        error(
+            "issuer",
+            format!("{issuer:?} is not a URL ({e})"),
+            "use the provider's issuer URL",
+        )
+    })?;
+    Ok(issuer)
+}
+
+fn client_secret(
+    inline: Option<ClientSecret>,
+    file: Option<PathBuf>,
+) -> Result<Option<ClientSecret>, ConfigError> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(error(
+            "client_secret",
+            "both client_secret and client_secret_file are set",
+            "keep one of them (client_secret_file keeps the secret out of the config)",
+        )),
+        (Some(secret), None) => Ok(Some(secret)),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                error(
+                    "client_secret_file",
+                    format!("cannot read {}: {e}", path.display()),
+                    "point it at a readable file that holds only the secret",
+                )
+            })?;
+            Ok(Some(text.trim().to_owned().into()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn redirect_url(value: Option<String>) -> Result<url::Url, ConfigError> {
+    let text = required(
+        value,
+        "redirect_url",
+        "\"https://app.example.com/oauth2/callback\"",
+    )?;
+    let url = url::Url::parse(&text)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .ok_or_else(|| {
+            error(
+                "redirect_url",
+                format!("{text:?} is not an absolute http(s) URL"),
+                "write the full callback URL, e.g. https://app.example.com/oauth2/callback",
+            )
+        })?;
+    if url.path() != "/oauth2/callback" {
+        return Err(error(
+            "redirect_url",
+            format!(
+                "its path is {:?}, but latchkey receives callbacks at /oauth2/callback",
+                url.path()
+            ),
+            format!(
+                "use {}://{}/oauth2/callback, and register that at the provider",
+                url.scheme(),
+                url.host_str().unwrap_or("HOST")
+            ),
+        ));
+    }
+    Ok(url)
+}
+
+fn upstream(value: Option<String>) -> Result<Option<url::Url>, ConfigError> {
+    let Some(text) = value.filter(|u| !u.trim().is_empty()) else {
+        return Ok(None);
+    };
+    url::Url::parse(&text)
+        .ok()
+        .filter(|u| u.scheme() == "http" && u.host().is_some())
+        .map(Some)
+        .ok_or_else(|| {
+            error(
+                "upstream",
+                format!("{text:?} is not an http:// URL"),
+                "write it as http://HOST:PORT (TLS to the upstream is not supported; \
+                 run latchkey next to the app)",
+            )
+        })
+}
+
+fn cookie_secret(
+    inline: Option<CookieSecret>,
+    file: Option<PathBuf>,
+) -> Result<KeyMaterial, ConfigError> {
+    let text = match (inline, file) {
+        (Some(_), Some(_)) => {
+            return Err(error(
+                "cookie_secret",
+                "both cookie_secret and cookie_secret_file are set",
+                "keep one of them (cookie_secret_file keeps the secret out of `ps` and the config)",
+            ));
+        }
+        (Some(secret), None) => Some(secret.into_secret()),
+        (None, Some(path)) => Some(std::fs::read_to_string(&path).map_err(|e| {
+            error(
+                "cookie_secret_file",
+                format!("cannot read {}: {e}", path.display()),
+                "point it at a readable file that holds only the secret",
+            )
+        })?),
+        (None, None) => None,
+    };
+    let text = text.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+        error(
+            "cookie_secret",
+            "missing (it encrypts the session cookies)",
+            "generate one with `openssl rand -base64 32` and set it as cookie_secret_file, \
+             cookie_secret, --cookie-secret or LATCHKEY_COOKIE_SECRET; every replica needs the same one",
+        )
+    })?;
+    cookie_key_material(&text, "cookie_secret")
+}
+
+fn cookie_name(value: Option<String>) -> Result<String, ConfigError> {
+    let name = value.unwrap_or_else(|| "_latchkey".into());
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    if valid {
+        Ok(name)
+    } else {
+        Err(error(
+            "cookie_name",
+            format!("{name:?} is not a valid cookie name"),
+            "use letters, digits, _, - and . only",
+        ))
+    }
+}
+
+/// `serve` admits nobody by accident: one of the lists must be set.
+fn allowlist(domains: &[String], emails: &[String], groups: &[String]) -> Result<(), ConfigError> {
+    if domains.is_empty() && emails.is_empty() && groups.is_empty() {
+        return Err(error(
+            "email_domains",
+            "no allowlist is set: with no email_domains, allowed_emails or allowed_groups, \
+             every account at the provider would be admitted",
+            "name who may sign in (email_domains = [\"example.com\"], allowed_emails or \
+             allowed_groups), or set email_domains = [\"*\"] to admit every account the \
+             provider signs in",
+        ));
+    }
+    Ok(())
+}
+
+fn log_format(value: Option<&str>) -> Result<LogFormat, ConfigError> {
+    match value.unwrap_or("text") {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        other => Err(error(
+            "log_format",
+            format!("unknown format {other:?}"),
+            "use text or json",
+        )),
+    }
+}
+
 /// One `extra_jwt_issuers` entry: `ISSUER=AUDIENCE`, the issuer an http(s)
 /// URL (discovered at startup), the audience the client id its tokens name.
 fn jwt_issuer(entry: &str) -> Result<JwtIssuer, ConfigError> {
@@ -573,189 +795,109 @@ fn skip_route(entry: &str) -> Result<SkipRoute, ConfigError> {
 }
 
 impl RawSettings {
-    /// Validates and applies defaults. `need_cookie_secret`: `serve` requires
-    /// one; `demo` generates its own.
+    /// Validates and applies defaults. Every problem is reported at once:
+    /// the error names the first, and [`ConfigError::also`] holds the rest.
     pub fn validate(self) -> Result<Settings, ConfigError> {
-        let listener = self.listener_limits()?;
-        let listen_text = self.listen.unwrap_or_else(|| "127.0.0.1:4180".into());
-        let listen = listen_text.parse().map_err(|_| {
-            error(
-                "listen",
-                format!("{listen_text:?} is not an address"),
-                "write it as IP:PORT, e.g. 127.0.0.1:4180 or 0.0.0.0:4180",
-            )
-        })?;
-        let issuer = required(
-            self.issuer,
-            "issuer",
-            "\"https://idp.example.com/realms/main\"",
-        )?;
-        url::Url::parse(&issuer).map_err(|e| {
-            error(
-                "issuer",
-                format!("{issuer:?} is not a URL ({e})"),
-                "use the provider's issuer URL",
-            )
-        })?;
-        let client_id = required(self.client_id, "client_id", "\"latchkey\"")?;
-        let client_secret = match (self.client_secret, self.client_secret_file) {
-            (Some(_), Some(_)) => {
-                return Err(error(
-                    "client_secret",
-                    "both client_secret and client_secret_file are set",
-                    "keep one of them (client_secret_file keeps the secret out of the config)",
-                ));
-            }
-            (Some(secret), None) => Some(secret),
-            (None, Some(path)) => Some(
-                std::fs::read_to_string(&path)
-                    .map_err(|e| {
-                        error(
-                            "client_secret_file",
-                            format!("cannot read {}: {e}", path.display()),
-                            "point it at a readable file that holds only the secret",
-                        )
-                    })?
-                    .trim()
-                    .to_owned()
-                    .into(),
-            ),
-            (None, None) => None,
-        };
-        let redirect_text = required(
-            self.redirect_url,
-            "redirect_url",
-            "\"https://app.example.com/oauth2/callback\"",
-        )?;
-        let redirect_url = url::Url::parse(&redirect_text)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-            .ok_or_else(|| {
-                error(
-                    "redirect_url",
-                    format!("{redirect_text:?} is not an absolute http(s) URL"),
-                    "write the full callback URL, e.g. https://app.example.com/oauth2/callback",
-                )
-            })?;
-        if redirect_url.path() != "/oauth2/callback" {
-            return Err(error(
-                "redirect_url",
-                format!(
-                    "its path is {:?}, but latchkey receives callbacks at /oauth2/callback",
-                    redirect_url.path()
-                ),
-                format!(
-                    "use {}://{}/oauth2/callback, and register that at the provider",
-                    redirect_url.scheme(),
-                    redirect_url.host_str().unwrap_or("HOST")
-                ),
-            ));
-        }
-        let upstream = match self.upstream.filter(|u| !u.trim().is_empty()) {
-            None => None,
-            Some(text) => Some(
-                url::Url::parse(&text)
-                    .ok()
-                    .filter(|u| u.scheme() == "http" && u.host().is_some())
-                    .ok_or_else(|| {
-                        error(
-                            "upstream",
-                            format!("{text:?} is not an http:// URL"),
-                            "write it as http://HOST:PORT (TLS to the upstream is not supported; \
-                             run latchkey next to the app)",
-                        )
-                    })?,
-            ),
-        };
-        let secret_text = match (self.cookie_secret, self.cookie_secret_file) {
-            (Some(_), Some(_)) => {
-                return Err(error(
-                    "cookie_secret",
-                    "both cookie_secret and cookie_secret_file are set",
-                    "keep one of them (cookie_secret_file keeps the secret out of `ps` and the config)",
-                ));
-            }
-            (Some(secret), None) => Some(secret.into_secret()),
-            (None, Some(path)) => Some(std::fs::read_to_string(&path).map_err(|e| {
-                error(
-                    "cookie_secret_file",
-                    format!("cannot read {}: {e}", path.display()),
-                    "point it at a readable file that holds only the secret",
-                )
-            })?),
-            (None, None) => None,
-        };
-        let secret_text = secret_text
-            .filter(|s| !s.trim().is_empty())
-            .ok_or_else(|| {
-                error(
-                    "cookie_secret",
-                    "missing (it encrypts the session cookies)",
-                    "generate one with `openssl rand -base64 32` and set it as cookie_secret_file, \
-                 cookie_secret, --cookie-secret or LATCHKEY_COOKIE_SECRET; every replica needs the same one",
-                )
-            })?;
-        let cookie_secret = cookie_key_material(&secret_text, "cookie_secret")?;
-        let previous_cookie_secrets = self
-            .previous_cookie_secrets
-            .unwrap_or_default()
-            .iter()
-            .map(|text| cookie_key_material(text.secret(), "previous_cookie_secrets"))
-            .collect::<Result<Vec<_>, _>>()?;
-        let cookie_name = self.cookie_name.unwrap_or_else(|| "_latchkey".into());
-        if cookie_name.is_empty()
-            || !cookie_name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-        {
-            return Err(error(
-                "cookie_name",
-                format!("{cookie_name:?} is not a valid cookie name"),
-                "use letters, digits, _, - and . only",
-            ));
-        }
+        let mut problems = Problems::default();
+        let listener = problems.check(self.listener_limits());
+        let listen = problems.check(address(
+            Some(self.listen.as_deref().unwrap_or("127.0.0.1:4180")),
+            "listen",
+            "write it as IP:PORT, e.g. 127.0.0.1:4180 or 0.0.0.0:4180",
+        ));
+        let issuer = problems.check(issuer(self.issuer));
+        let client_id = problems.check(required(self.client_id, "client_id", "\"latchkey\""));
+        let client_secret =
+            problems.check(client_secret(self.client_secret, self.client_secret_file));
+        let redirect_url = problems.check(redirect_url(self.redirect_url));
+        let upstream = problems.check(upstream(self.upstream));
+        let cookie_secret =
+            problems.check(cookie_secret(self.cookie_secret, self.cookie_secret_file));
+        let previous_cookie_secrets = problems.check(
+            (self.previous_cookie_secrets.unwrap_or_default().iter())
+                .map(|text| cookie_key_material(text.secret(), "previous_cookie_secrets"))
+                .collect::<Result<Vec<_>, _>>(),
+        );
+        let cookie_name = problems.check(cookie_name(self.cookie_name));
         let email_domains = list(self.email_domains, &[]);
         let allowed_emails = list(self.allowed_emails, &[]);
         let allowed_groups = list(self.allowed_groups, &[]);
-        if email_domains.is_empty() && allowed_emails.is_empty() && allowed_groups.is_empty() {
-            return Err(error(
-                "email_domains",
-                "no allowlist is set: with no email_domains, allowed_emails or allowed_groups, \
-                 every account at the provider would be admitted",
-                "name who may sign in (email_domains = [\"example.com\"], allowed_emails or \
-                 allowed_groups), or set email_domains = [\"*\"] to admit every account the \
-                 provider signs in",
-            ));
-        }
-        let skip_auth_routes = list(self.skip_auth_routes, &[])
-            .iter()
-            .map(|e| skip_route(e))
-            .collect::<Result<_, _>>()?;
-        let log_format = match self.log_format.as_deref().unwrap_or("text") {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            other => {
-                return Err(error(
-                    "log_format",
-                    format!("unknown format {other:?}"),
-                    "use text or json",
-                ));
-            }
+        problems.check(allowlist(&email_domains, &allowed_emails, &allowed_groups));
+        let skip_auth_routes = problems.check(
+            (list(self.skip_auth_routes, &[]).iter())
+                .map(|e| skip_route(e))
+                .collect::<Result<Vec<_>, _>>(),
+        );
+        let log_format = problems.check(log_format(self.log_format.as_deref()));
+        let metrics_address = problems.check(
+            self.metrics_address
+                .filter(|a| !a.trim().is_empty())
+                .map(|text| {
+                    address(
+                        Some(text.trim()),
+                        "metrics_address",
+                        "write it as IP:PORT, e.g. 127.0.0.1:9180",
+                    )
+                })
+                .transpose(),
+        );
+        let extra_jwt_issuers = problems.check(
+            (list(self.extra_jwt_issuers, &[]).iter())
+                .map(|pair| jwt_issuer(pair))
+                .collect::<Result<Vec<_>, _>>(),
+        );
+        let session_ttl = problems.check(duration(self.session_ttl, "session_ttl", "7d"));
+        let login_ttl = problems.check(duration(self.login_ttl, "login_ttl", "10m"));
+        let exchange_lease = problems.check(duration(self.exchange_lease, "exchange_lease", "30s"));
+        let refresh_before_expiry = problems.check(duration(
+            self.refresh_before_expiry,
+            "refresh_before_expiry",
+            "60s",
+        ));
+        let clock_skew = problems.check(duration(self.clock_skew, "clock_skew", "60s"));
+        // Every value is there exactly when no problem was found.
+        let (
+            Some(listener),
+            Some(listen),
+            Some(issuer),
+            Some(client_id),
+            Some(client_secret),
+            Some(redirect_url),
+            Some(upstream),
+            Some(cookie_secret),
+            Some(previous_cookie_secrets),
+            Some(cookie_name),
+            Some(skip_auth_routes),
+            Some(log_format),
+            Some(metrics_address),
+            Some(extra_jwt_issuers),
+            Some((session_ttl, login_ttl, exchange_lease, refresh_before_expiry, clock_skew)),
+        ) = (
+            listener,
+            listen,
+            issuer,
+            client_id,
+            client_secret,
+            redirect_url,
+            upstream,
+            cookie_secret,
+            previous_cookie_secrets,
+            cookie_name,
+            skip_auth_routes,
+            log_format,
+            metrics_address,
+            extra_jwt_issuers,
+            session_ttl
+                .zip(login_ttl)
+                .zip(exchange_lease)
+                .zip(refresh_before_expiry)
+                .zip(clock_skew)
+                .map(|((((a, b), c), d), e)| (a, b, c, d, e)),
+        )
+        else {
+            return Err(problems.into_error());
         };
-        let metrics_address = match self.metrics_address.filter(|a| !a.trim().is_empty()) {
-            None => None,
-            Some(text) => Some(text.trim().parse().map_err(|_| {
-                error(
-                    "metrics_address",
-                    format!("{text:?} is not an address"),
-                    "write it as IP:PORT, e.g. 127.0.0.1:9180",
-                )
-            })?),
-        };
-        let extra_jwt_issuers = list(self.extra_jwt_issuers, &[])
-            .iter()
-            .map(|pair| jwt_issuer(pair))
-            .collect::<Result<_, _>>()?;
+        problems.into_result()?;
         Ok(Settings {
             listen,
             issuer,
@@ -774,17 +916,13 @@ impl RawSettings {
             groups_claim: self.groups_claim.unwrap_or_else(|| "groups".into()),
             skip_auth_routes,
             pass_access_token: self.pass_access_token.unwrap_or(false),
-            session_ttl: duration(self.session_ttl, "session_ttl", "7d")?,
-            login_ttl: duration(self.login_ttl, "login_ttl", "10m")?,
-            exchange_lease: duration(self.exchange_lease, "exchange_lease", "30s")?,
-            refresh_before_expiry: duration(
-                self.refresh_before_expiry,
-                "refresh_before_expiry",
-                "60s",
-            )?,
+            session_ttl,
+            login_ttl,
+            exchange_lease,
+            refresh_before_expiry,
             post_logout_redirect_url: self.post_logout_redirect_url,
             allowed_algs: list(self.allowed_algs, &["RS256", "ES256"]),
-            clock_skew: duration(self.clock_skew, "clock_skew", "60s")?,
+            clock_skew,
             log_format,
             pass_routing_headers: self.pass_routing_headers.unwrap_or(false),
             listener,
@@ -986,6 +1124,41 @@ mod tests {
             assert_eq!(err.setting, setting, "{err}");
             assert!(!err.fix.is_empty());
         }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = RawSettings {
+            listen: Some("localhost".into()),
+            session_ttl: Some("forever".into()),
+            cookie_name: Some("a b".into()),
+            email_domains: None,
+            allowed_emails: None,
+            allowed_groups: None,
+            ..minimal()
+        }
+        .validate()
+        .unwrap_err();
+        let named: Vec<&str> = std::iter::once(&err)
+            .chain(&err.also)
+            .map(|e| e.setting.as_str())
+            .collect();
+        assert_eq!(
+            named,
+            ["listen", "cookie_name", "email_domains", "session_ttl"]
+        );
+        let shown = err.to_string();
+        for setting in named {
+            assert!(shown.contains(&format!("setting `{setting}`")), "{shown}");
+        }
+        // One problem alone is reported alone.
+        let one = RawSettings {
+            log_format: Some("xml".into()),
+            ..minimal()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!((one.setting.as_str(), one.also.len()), ("log_format", 0));
     }
 
     #[test]

@@ -58,6 +58,7 @@ pub mod demo;
 #[cfg(feature = "dev-tools")]
 pub mod dev_idp;
 pub mod idp;
+pub mod keys;
 pub mod login;
 pub mod oidc;
 pub mod proxy;

@@ -1,4 +1,4 @@
-//! The login state machine (DESIGN §2).
+//! The login state machine (`docs/DESIGN.md` §2).
 //!
 //! ```text
 //! begin:     nothing stored; nonce, PKCE verifier, binding and destination
@@ -32,12 +32,14 @@ use tokio::time::Instant;
 
 use crate::clock::{Clock, UnixMillis, duration_ms};
 use crate::idp::{AuthorizationRequest, CodeExchange, IdentityProvider, IdpError};
+pub use crate::keys::login_key;
+use crate::keys::{login_tag, session_key};
 use crate::seal::RecordSeal;
 use crate::secret::{
     AuthorizationCode, BrowserBinding, LoginNonce, LoginState, PkceVerifier, Redacted, SessionId,
     hash_token, random_token, redacted_option, token_matches_hash,
 };
-use crate::session::{SessionRecord, login_tag, session_key};
+use crate::session::SessionRecord;
 use crate::store::{LoginCommit, Store, StoreError};
 
 /// Timing of the login state machine.
@@ -294,11 +296,6 @@ pub fn idp_error_code(error: &str) -> String {
     } else {
         "invalid_error_code".to_owned()
     }
-}
-
-/// The store key of the login named by `state`.
-pub fn login_key(state: &str) -> String {
-    format!("login:{{{}}}:{}", login_tag(state), hash_token(state))
 }
 
 /// The session id of a completed login; see the module documentation.

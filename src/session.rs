@@ -1,4 +1,4 @@
-//! Session records and single-flight token refresh (DESIGN §3).
+//! Session records and single-flight token refresh (`docs/DESIGN.md` §3).
 //!
 //! A session lives under `session:<sha256(id)>` as a versioned record. When its
 //! access token is within `refresh_before_expiry` of expiry, the first request
@@ -18,8 +18,10 @@ use tokio::time::Instant;
 
 use crate::clock::{Clock, UnixMillis, duration_ms};
 use crate::idp::{Identity, IdentityProvider, IdpError, TokenSet};
+pub use crate::keys::session_key;
+use crate::keys::signed_out_key_of;
 use crate::seal::RecordSeal;
-use crate::secret::{SessionId, hash_token, random_token};
+use crate::secret::{SessionId, random_token};
 use crate::store::{Store, StoreError, Versioned};
 
 use crate::cache::BoundedCache;
@@ -59,35 +61,13 @@ impl From<SessionRecord> for Loaded {
     }
 }
 
-/// The store key of the session with this id (the id itself is never stored).
-///
-/// A session id made by a login starts with its login's tag (`TAG.rest`), and
-/// the key carries it as a Redis Cluster hash tag, so that the login record and
-/// the session record that the login commit writes together hash to one slot.
-pub fn session_key(session_id: &str) -> String {
-    let tag = match session_id.split_once('.') {
-        Some((tag, _)) => tag.to_owned(),
-        None => login_tag(session_id),
-    };
-    format!("session:{{{tag}}}:{}", hash_token(session_id))
-}
-
 /// The store key of the sign-out marker of `identity`'s user.
 fn signed_out_key(identity: &Identity) -> String {
     signed_out_key_of(&identity.issuer, &identity.subject)
 }
 
-fn signed_out_key_of(issuer: &str, subject: &str) -> String {
-    format!("signed-out:{}", hash_token(&format!("{issuer}\n{subject}")))
-}
-
 fn parse_ms(bytes: &[u8]) -> Option<UnixMillis> {
     std::str::from_utf8(bytes).ok()?.parse().ok()
-}
-
-/// The hash tag of the login named by `state` (8 characters of its hash).
-pub(crate) fn login_tag(state: &str) -> String {
-    hash_token(state)[..8].to_owned()
 }
 
 /// A refresh in progress: who holds it and until when.
@@ -377,8 +357,10 @@ impl Sessions {
                     // would otherwise be part of every request's future.
                     let refresh =
                         Box::pin(self.try_refresh(session_id, &key, current, record, now));
-                    if let Some(outcome) = refresh.await? {
-                        return outcome;
+                    match refresh.await? {
+                        RefreshAttempt::Done(session) => return Ok(session),
+                        RefreshAttempt::Ended(error) => return Err(error),
+                        RefreshAttempt::Superseded => {}
                     }
                 }
             }
@@ -454,8 +436,8 @@ impl Sessions {
                 <= now.saturating_add(duration_ms(self.settings.refresh_before_expiry))
     }
 
-    /// Takes the refresh lease and refreshes. `Ok(None)`: the lease went to
-    /// someone else first; re-read and decide again.
+    /// Takes the refresh lease and refreshes; see [`RefreshAttempt`] for
+    /// what can come of it. `Err` only when the store failed.
     async fn try_refresh(
         &self,
         session_id: &str,
@@ -463,9 +445,9 @@ impl Sessions {
         current: Versioned,
         record: SessionRecord,
         now: UnixMillis,
-    ) -> Result<Option<Result<ActiveSession, SessionError>>, SessionError> {
+    ) -> Result<RefreshAttempt, SessionError> {
         let Some(refresh_token) = record.tokens.refresh_token.clone() else {
-            return Ok(Some(Ok(active(record))));
+            return Ok(RefreshAttempt::Done(active(record)));
         };
         let leased = SessionRecord {
             refresh_lease: Some(RefreshLease {
@@ -484,7 +466,7 @@ impl Sessions {
             )
             .await?
         {
-            return Ok(None);
+            return Ok(RefreshAttempt::Superseded);
         }
         let lease_version = current.version + 1;
         // The network call, with no lock and no transaction held.
@@ -497,9 +479,9 @@ impl Sessions {
                         || identity.subject != record.identity.subject)
                 {
                     self.store.delete(key).await?;
-                    return Ok(Some(Err(SessionError::Ended(
+                    return Ok(RefreshAttempt::Ended(SessionError::Ended(
                         "the refreshed ID token names a different user".into(),
-                    ))));
+                    )));
                 }
                 let tokens = TokenSet {
                     refresh_token: grant.tokens.refresh_token.clone().or(Some(refresh_token)),
@@ -541,13 +523,13 @@ impl Sessions {
                 if !stored {
                     // Signed out meanwhile, or our lease ran out and was taken over:
                     // a fenced write never overwrites newer state.
-                    return Ok(None);
+                    return Ok(RefreshAttempt::Superseded);
                 }
-                Ok(Some(Ok(active(updated))))
+                Ok(RefreshAttempt::Done(active(updated)))
             }
             Err(IdpError::InvalidGrant(reason)) => {
                 self.store.delete(key).await?;
-                Ok(Some(Err(SessionError::Ended(reason))))
+                Ok(RefreshAttempt::Ended(SessionError::Ended(reason)))
             }
             Err(error) => {
                 // Transient or invalid response: free the lease, keep the session.
@@ -564,15 +546,28 @@ impl Sessions {
                     )
                     .await?;
                 if record.tokens.access_expires_at > now {
-                    Ok(Some(Ok(active(record))))
+                    Ok(RefreshAttempt::Done(active(record)))
                 } else {
-                    Ok(Some(Err(SessionError::RefreshUnavailable(
+                    Ok(RefreshAttempt::Ended(SessionError::RefreshUnavailable(
                         error.to_string(),
-                    ))))
+                    )))
                 }
             }
         }
     }
+}
+
+/// What one attempt at refreshing a session came to.
+enum RefreshAttempt {
+    /// The session to serve: refreshed, or (no refresh token; a transient
+    /// provider failure while the old token still lasts) as it was.
+    Done(ActiveSession),
+    /// The request ends with this error: the session ended (the grant was
+    /// revoked, another user), or its token expired with the provider down.
+    Ended(SessionError),
+    /// Someone else took the lease first, or the record changed under ours
+    /// (signed out, taken over): read it again and decide again.
+    Superseded,
 }
 
 fn active(record: SessionRecord) -> ActiveSession {

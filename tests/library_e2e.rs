@@ -15,12 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use base64::Engine;
 use latchkey::clock::ManualClock;
 use latchkey::dev_idp::{DevClient, DevIdp, DevIdpConfig};
 use latchkey::store::Store;
-use latchkey::web::{AccessPolicy, Latchkey, SignedIn};
+use latchkey::web::{AccessPolicy, IdTokenClaims, Latchkey, LatchkeyBuilder, SignedIn};
 use reqwest::header::{ACCEPT, LOCATION, SET_COOKIE};
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -47,6 +48,13 @@ struct Apps {
 
 impl Apps {
     async fn start(store: Arc<dyn Store>) -> Self {
+        Self::start_with(store, |builder| builder).await
+    }
+
+    async fn start_with(
+        store: Arc<dyn Store>,
+        customize: impl Fn(LatchkeyBuilder) -> LatchkeyBuilder,
+    ) -> Self {
         let listeners = [
             TcpListener::bind("127.0.0.1:0").await.unwrap(),
             TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -70,20 +78,18 @@ impl Apps {
         let store = ObservedStore::new(store);
         let mut latchkeys = Vec::new();
         for listener in listeners {
-            let latchkey = Latchkey::builder(idp.issuer(), "app", &callback)
+            let builder = Latchkey::builder(idp.issuer(), "app", &callback)
                 .client_secret(SECRET)
                 .cookie_secret(base64::engine::general_purpose::STANDARD.encode(COOKIE_KEY))
                 .policy(AccessPolicy::email_domains(["example.com"]))
                 .store(store.clone())
-                .clock(clock.clone())
-                .build()
-                .await
-                .unwrap();
+                .clock(clock.clone());
+            let latchkey = customize(builder).build().await.unwrap();
             let api = axum_app::Api {
                 url: format!("{}/userinfo", idp.issuer()),
                 client: reqwest::Client::new(),
             };
-            let app = axum_app::app(&latchkey, api).merge(naive_routes(&latchkey));
+            let app = axum_app::app(&latchkey, api).merge(test_routes(&latchkey));
             let service = app.into_make_service_with_connect_info::<SocketAddr>();
             tokio::spawn(async move { axum::serve(listener, service).await.unwrap() });
             latchkeys.push(latchkey);
@@ -124,11 +130,42 @@ impl Apps {
     }
 }
 
-/// What `axum-oidc` does, for the negative control: refresh inline in the
-/// handler, with no coordination between requests.
-fn naive_routes(latchkey: &Latchkey) -> Router {
+/// The groups claim, as an app's own claims type.
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+struct Groups {
+    groups: Vec<String>,
+}
+impl latchkey::web::AdditionalClaims for Groups {}
+
+/// A claim the development IdP never sends.
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+struct Badge {
+    badge: String,
+}
+impl latchkey::web::AdditionalClaims for Badge {}
+
+/// Routes of this test only: the claims extractors, and, for the negative
+/// control, what `axum-oidc` does: refresh inline in the handler, with no
+/// coordination between requests.
+fn test_routes(latchkey: &Latchkey) -> Router {
     let provider = latchkey.provider().clone();
     Router::new()
+        .route(
+            "/claims/groups",
+            get(|IdTokenClaims(claims): IdTokenClaims<Groups>| async move {
+                format!(
+                    "{} {}",
+                    claims.subject().as_str(),
+                    claims.additional_claims().groups.join(",")
+                )
+            }),
+        )
+        .route(
+            "/claims/badge",
+            get(|IdTokenClaims(claims): IdTokenClaims<Badge>| async move {
+                claims.additional_claims().badge.clone()
+            }),
+        )
         .route(
             "/naive/token",
             get(move |who: SignedIn| {
@@ -267,6 +304,42 @@ async fn pages_for_everyone_members_and_admins() {
         let me = alice.get(apps.url(i, "/me")).send().await.unwrap();
         assert_eq!(me.status(), 401);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latchkey_needs_a_policy_and_may_bring_its_own_pages() {
+    let err = Latchkey::builder(
+        "http://127.0.0.1:9",
+        "app",
+        "http://127.0.0.1:9/oauth2/callback",
+    )
+    .cookie_secret(base64::engine::general_purpose::STANDARD.encode(COOKIE_KEY))
+    .build()
+    .await
+    .unwrap_err();
+    let shown = err.to_string();
+    assert!(shown.contains("setting `policy`"), "{shown}");
+    assert!(shown.contains("AccessPolicy::everyone()"), "{shown}");
+
+    // The app's own page for a refusal, with latchkey's reason to go on.
+    let apps = Apps::start_with(Arc::new(latchkey::store::memory::MemoryStore::new()), |b| {
+        b.error_page(|rejection| {
+            let page = format!("our page: {} ({})", rejection.code(), rejection.message());
+            Some((axum::http::StatusCode::UNAUTHORIZED, page).into_response())
+        })
+    })
+    .await;
+    let anonymous = reqwest::Client::new();
+    let api = anonymous
+        .get(apps.url(1, "/api/profile"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 401);
+    assert_eq!(
+        api.text().await.unwrap(),
+        "our page: not_signed_in (Sign in first.)"
+    );
 }
 
 /// One callback fired 8× at once, spread over both apps: one code exchange,

@@ -1,5 +1,5 @@
 //! The proxy product, `latchkey serve`: the reverse proxy and forward-auth
-//! (DESIGN §5), the probes and metrics, and the server they run on (its own
+//! (`docs/DESIGN.md` §5), the probes and metrics, and the server they run on (its own
 //! accept loop, connection limits and request edge).
 //!
 //! It is the first user of [`crate::web`]: the sign-in endpoints are

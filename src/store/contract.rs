@@ -1,5 +1,5 @@
 //! The store contract as executable checks, written once and run against every
-//! backend: by the test suite (each check is a test per backend) and, later, by
+//! backend: by the test suite (each check is a test per backend) and by
 //! `latchkey check-store` against a user's own deployment.
 //!
 //! Each check works under a key prefix of its caller's choosing, so that checks

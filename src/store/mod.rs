@@ -72,7 +72,7 @@ pub enum StoreError {
 /// Shorthand for results of store operations.
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// The store contract (DESIGN §4). Every method is atomic on its own.
+/// The store contract (`docs/DESIGN.md` §4). Every method is atomic on its own.
 ///
 /// Keys are logical (`login:…`, `session:…`); a backend may prefix them with its
 /// namespace. TTLs are relative to the backend's own notion of now.

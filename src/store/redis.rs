@@ -9,8 +9,9 @@
 //! Every write also publishes the changed key on `<namespace>changes`, and
 //! each store subscribes, so waiters in every replica wake at once.
 //!
-//! Redis Cluster: the login commit touches the login key and the session key,
-//! which today hash to different slots; single-node Redis (and Sentinel) only.
+//! Redis Cluster: the keys of one login and its session share a hash tag
+//! (`{…}`; see `crate::keys`), so the login commit's script
+//! touches one slot; only single-node Redis is tested so far.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -136,3 +136,55 @@ impl<S: Send + Sync> FromRequestParts<S> for FreshAccessToken {
         }
     }
 }
+
+/// The signed-in caller's ID token claims, read into the app's own type `T`
+/// for the claims beyond the standard ones (implement
+/// [`AdditionalClaims`](super::AdditionalClaims) for it, an empty marker trait):
+///
+/// ```
+/// use latchkey::web::{AdditionalClaims, IdTokenClaims};
+///
+/// #[derive(Debug, serde::Deserialize, serde::Serialize)]
+/// struct Employee {
+///     department: Option<String>,
+/// }
+/// impl AdditionalClaims for Employee {}
+///
+/// async fn page(IdTokenClaims(claims): IdTokenClaims<Employee>) -> String {
+///     let department = claims.additional_claims().department.clone();
+///     format!("{} of {department:?}", claims.subject().as_str())
+/// }
+/// ```
+///
+/// The token is the session's latest (validated at sign-in or at its last
+/// refresh) or the bearer token validated for this request. A token whose
+/// claims do not fit `T` is refused (`403`): the provider does not say what
+/// this route needs.
+#[derive(Debug, Clone)]
+pub struct IdTokenClaims<T: openidconnect::AdditionalClaims>(
+    pub openidconnect::IdTokenClaims<T, openidconnect::core::CoreGenderClaim>,
+);
+
+impl<S, T> FromRequestParts<S> for IdTokenClaims<T>
+where
+    S: Send + Sync,
+    T: openidconnect::AdditionalClaims + Send,
+{
+    type Rejection = Rejection;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Rejection> {
+        let signed_in = <SignedIn as FromRequestParts<S>>::from_request_parts(parts, state).await?;
+        let refuse = |reason: &str| {
+            tracing::info!(%reason, "ID token claims unavailable");
+            Rejection::new(
+                Reason::ClaimsUnavailable,
+                &parts.headers,
+                "Your identity provider did not say what this page needs to know about you.",
+            )
+        };
+        let raw = signed_in.id_token().ok_or_else(|| refuse("no ID token"))?;
+        crate::oidc::id_token::claims_of_validated::<T>(raw)
+            .map(Self)
+            .map_err(|reason| refuse(&reason))
+    }
+}

@@ -63,7 +63,7 @@ use axum_extra::extract::cookie::Key;
 
 pub use self::caller::Authentication;
 use self::cookies::Cookies;
-pub use self::extract::{FreshAccessToken, SignedIn};
+pub use self::extract::{FreshAccessToken, IdTokenClaims, SignedIn};
 pub use self::layer::{RequireLogin, RequireLoginLayer, ResponseFuture};
 use self::metrics::{MeteredIdp, MeteredStore, Metrics};
 pub use self::policy::AccessPolicy;
@@ -76,6 +76,8 @@ use crate::seal::RecordSeal;
 use crate::secret::ClientSecret;
 use crate::session::{SessionSettings, Sessions};
 use crate::store::{self, Store};
+/// The marker trait of an app's own claims type for [`IdTokenClaims`].
+pub use openidconnect::AdditionalClaims;
 
 /// A hook that renders the app's own page for a [`Rejection`]; `None` keeps
 /// latchkey's page.
@@ -235,16 +237,12 @@ impl LatchkeyBuilder {
     /// Checks the settings, opens the store and discovers the provider.
     pub async fn build(self) -> Result<Latchkey, SetupError> {
         let Some(policy) = self.policy else {
-            return Err(ConfigError {
-                setting: "policy".into(),
-                problem: "no access policy is set: every account at the provider would be \
-                          admitted"
-                    .into(),
-                fix: "call .policy(AccessPolicy::email_domains([\"example.com\"])), or \
-                      .policy(AccessPolicy::everyone()) to admit every account"
-                    .into(),
-            }
-            .into());
+            return Err(SetupError::Config(ConfigError::new(
+                "policy",
+                "no access policy is set: every account at the provider would be admitted",
+                "call .policy(AccessPolicy::email_domains([\"example.com\"])), or \
+                 .policy(AccessPolicy::everyone()) to admit every account",
+            )));
         };
         let mut raw = self.raw;
         // The policy is given in code; the settings' allowlist check is met by it.

@@ -23,6 +23,9 @@ pub enum Reason {
     /// Signed in with a bearer token, where a session's access token is
     /// needed ([`FreshAccessToken`](super::FreshAccessToken); `401`).
     NoAccessToken,
+    /// The caller's ID token lacks what the route's claims type needs
+    /// ([`IdTokenClaims`](super::IdTokenClaims); `403`).
+    ClaimsUnavailable,
     /// The store could not be reached (`503`).
     StoreUnavailable,
     /// The session's token was due and the provider did not answer (`503`).
@@ -124,7 +127,7 @@ impl Rejection {
             Reason::NotSignedIn | Reason::BearerRefused | Reason::NoAccessToken => {
                 ErrorCode::NotSignedIn
             }
-            Reason::AccessDenied => ErrorCode::AccessDenied,
+            Reason::AccessDenied | Reason::ClaimsUnavailable => ErrorCode::AccessDenied,
             Reason::StoreUnavailable => ErrorCode::StoreUnavailable,
             Reason::IdpUnavailable => ErrorCode::IdpUnavailable,
         }

@@ -200,73 +200,80 @@ pub(crate) async fn callback(
         );
     };
     let login_cookie = app.inner.cookies.login(&jar, &headers, state);
-    let binding = login_cookie.as_ref().map(|l| l.binding.secret());
-    let pending = login_cookie.as_ref().map(|l| &l.pending);
-    let return_to = pending
-        .map(|p| p.return_to.clone())
-        .unwrap_or_else(|| "/".into());
-    let start_again = start_url(&return_to);
-    let again = || {
-        Some(Link {
-            href: &start_again,
-            text: "Start again",
-        })
+    let callback = |code| Callback {
+        state,
+        code,
+        binding: login_cookie.as_ref().map(|l| l.binding.secret()),
+        pending: login_cookie.as_ref().map(|l| &l.pending),
     };
-
-    // An error response, or one from another issuer (RFC 9207), ends the
-    // login. Nothing of the response's text is shown or kept but a checked
-    // error code: the rest is whatever the sender of the link wrote.
-    let refusal = match (
-        &query.error,
-        app.inner
-            .provider
-            .check_response_issuer(query.iss.as_deref()),
-    ) {
-        (Some(error), _) => Some(FailureReason::Refused {
-            error: idp_error_code(error),
-        }),
-        (None, Err(_)) => Some(FailureReason::WrongIssuer),
-        (None, Ok(())) => None,
+    let start_again = start_url(
+        login_cookie
+            .as_ref()
+            .map_or("/", |l| l.pending.return_to.as_str()),
+    );
+    let again = Link {
+        href: &start_again,
+        text: "Start again",
     };
-    if let Some(reason) = refusal {
+    if let Some(reason) = refusal(&app, &query) {
+        let Callback {
+            binding, pending, ..
+        } = callback("");
         let error = match app.inner.login.abort(state, binding, pending, reason).await {
             Ok(reason) => LoginError::Failed(reason),
             Err(error) => error,
         };
-        return login_failure(&app, &headers, &error, again());
+        return login_failure(&app, &headers, &error, Some(again));
     }
     let Some(code) = query.code.as_deref().filter(|c| !c.is_empty()) else {
         return pages::error(
             &headers,
             ErrorCode::BadRequest,
             "The sign-in response has no code parameter.",
-            again(),
+            Some(again),
         );
     };
-    match app
-        .inner
-        .login
-        .complete(Callback {
-            state,
-            code,
-            binding,
-            pending,
-        })
-        .await
-    {
-        Ok(done) => {
-            if done.exchanged_here {
-                app.inner.metrics.logins_completed.inc();
-            } else {
-                app.inner.metrics.duplicate_callbacks.inc();
-            }
-            let jar = app.inner.cookies.set_session(jar, &done.session_id);
-            // This login's cookie has done its job.
-            let jar = app.inner.cookies.clear_login(jar, state);
-            (jar, found(&redirect::local_path(Some(&done.return_to)))).into_response()
-        }
-        Err(error) => login_failure(&app, &headers, &error, again()),
+    match app.inner.login.complete(callback(code)).await {
+        Ok(done) => signed_in(&app, jar, state, &done),
+        Err(error) => login_failure(&app, &headers, &error, Some(again)),
     }
+}
+
+/// Whether the authorization response ends the login without an exchange:
+/// an error response, or one from another issuer (RFC 9207). Nothing of the
+/// response's text is shown or kept but a checked error code: the rest is
+/// whatever the sender of the link wrote.
+fn refusal(app: &Latchkey, query: &CallbackQuery) -> Option<FailureReason> {
+    let issuer = app
+        .inner
+        .provider
+        .check_response_issuer(query.iss.as_deref());
+    match (&query.error, issuer) {
+        (Some(error), _) => Some(FailureReason::Refused {
+            error: idp_error_code(error),
+        }),
+        (None, Err(_)) => Some(FailureReason::WrongIssuer),
+        (None, Ok(())) => None,
+    }
+}
+
+/// The answer to a callback that signed the browser in: the session
+/// cookie, this login's cookie removed, and the way back.
+fn signed_in(
+    app: &Latchkey,
+    jar: PrivateCookieJar,
+    state: &str,
+    done: &crate::login::CompletedLogin,
+) -> Response {
+    if done.exchanged_here {
+        app.inner.metrics.logins_completed.inc();
+    } else {
+        app.inner.metrics.duplicate_callbacks.inc();
+    }
+    let jar = app.inner.cookies.set_session(jar, &done.session_id);
+    // This login's cookie has done its job.
+    let jar = app.inner.cookies.clear_login(jar, state);
+    (jar, found(&redirect::local_path(Some(&done.return_to)))).into_response()
 }
 
 /// What a browser is told when a callback produced no session: the code and
