@@ -2,22 +2,14 @@
 //! prints, sign in as alice through it, see the sample app's page.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 mod common;
 
 use common::browser::{browser, sign_in_at_idp};
+use common::process::KillOnDrop;
 use reqwest::header::{ACCEPT, LOCATION};
 use url::Url;
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_starts_and_alice_signs_in() {
@@ -36,7 +28,7 @@ async fn the_demo_starts_and_alice_signs_in() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let mut running = Running(child);
+    let mut running = KillOnDrop(child);
     let mut lines = BufReader::new(stdout).lines();
     let open = loop {
         let line = lines.next().expect("the demo printed its URL").unwrap();

@@ -9,10 +9,13 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
+use common::process::KillOnDrop;
 use latchkey::clock::SystemClock;
 use latchkey::idp::{IdentityProvider, IdpError};
 use latchkey::login::{Callback, LoginFlow, LoginSettings};
@@ -27,15 +30,8 @@ const AFTER_LOGOUT: &str = "http://127.0.0.1:9/signed-out";
 
 /// The provider process, killed when dropped.
 struct NodeProvider {
-    child: Child,
+    _child: KillOnDrop,
     issuer: String,
-}
-
-impl Drop for NodeProvider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn start_provider() -> Option<NodeProvider> {
@@ -71,7 +67,10 @@ fn start_provider() -> Option<NodeProvider> {
         .strip_prefix("listening ")
         .unwrap_or_else(|| panic!("unexpected output from the provider: {line:?}"))
         .to_owned();
-    Some(NodeProvider { child, issuer })
+    Some(NodeProvider {
+        _child: KillOnDrop(child),
+        issuer,
+    })
 }
 
 /// A browser with a cookie jar that does not follow redirects by itself.

@@ -84,6 +84,11 @@ impl Apps {
                 .policy(AccessPolicy::email_domains(["example.com"]))
                 .store(store.clone())
                 .clock(clock.clone());
+            // The second shares the first's provider, discovered once.
+            let builder = match latchkeys.first() {
+                Some(first) => builder.provider(Latchkey::provider(first).clone()),
+                None => builder,
+            };
             let latchkey = customize(builder).build().await.unwrap();
             let api = axum_app::Api {
                 url: format!("{}/userinfo", idp.issuer()),
@@ -238,6 +243,9 @@ async fn pages_for_everyone_members_and_admins() {
     assert_eq!(api.status(), 401);
     let body: Value = api.json().await.unwrap();
     assert_eq!(body["error"], "not_signed_in");
+
+    // Two Latchkeys, one provider: discovered once.
+    assert_eq!(apps.idp.knobs().discovery_requests(), 1);
 
     // alice (in admins) sees every page, on either app.
     let alice = browser();

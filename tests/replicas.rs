@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
@@ -14,6 +14,7 @@ mod common;
 use axum_extra::extract::cookie::Key;
 use base64::Engine;
 use common::browser::{browser, sign_in_at_idp};
+use common::process::KillOnDrop;
 use latchkey::dev_idp::{DevClient, DevIdp, DevIdpConfig};
 use latchkey::secret::random_token;
 use reqwest::header::{ACCEPT, LOCATION, SET_COOKIE};
@@ -25,15 +26,8 @@ const COOKIE_KEY: [u8; 32] = [42; 32];
 
 /// One `latchkey serve` process, killed when dropped.
 struct Replica {
-    child: Child,
+    child: KillOnDrop,
     addr: SocketAddr,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Replica {
@@ -72,7 +66,10 @@ impl Replica {
             }
         };
         std::thread::spawn(move || for _ in lines {});
-        Replica { child, addr }
+        Replica {
+            child: KillOnDrop(child),
+            addr,
+        }
     }
 
     fn url(&self, path_and_query: &str) -> String {
@@ -80,16 +77,7 @@ impl Replica {
     }
 
     async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::get(self.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        common::process::scrape(&self.url("/metrics"), name).await
     }
 }
 
@@ -168,7 +156,8 @@ async fn same_callback_on_both_replicas(store: String) {
         let query = login_until_callback(&browser, &a).await;
         idp.knobs().hold_token_calls(true);
         let waits = || async {
-            a.metric("latchkey_login_waits").await + b.metric("latchkey_login_waits").await
+            a.metric("latchkey_login_waits_total").await
+                + b.metric("latchkey_login_waits_total").await
         };
         let waits_before = waits().await;
         let to_a = browser

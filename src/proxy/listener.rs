@@ -332,9 +332,6 @@ async fn serve_connection<S>(
         let in_flight = InFlight(per_request.clone());
         let mut request = request.map(Body::new);
         request.extensions_mut().insert(ConnectInfo(peer.clone()));
-        // What the sign-in routes (the public web surface) key their rate
-        // limit by, as under `axum::serve` with connect info.
-        request.extensions_mut().insert(ConnectInfo(peer.addr));
         // The router is always ready (axum's `Router::poll_ready` is), so it
         // is called without the `poll_ready` round of `oneshot`.
         let called = service.clone().call(request);

@@ -15,6 +15,7 @@ mod edge;
 mod listener;
 mod observe;
 pub mod path;
+mod protected;
 pub mod readiness;
 mod routes;
 pub mod upstream;
@@ -24,13 +25,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::handler::Handler;
 use axum::response::Response;
 use axum::routing::get;
 use tokio::net::TcpListener;
-use tower::util::BoxCloneSyncService;
-use tower::{Layer, ServiceExt};
+use tower::Layer;
 
 use self::observe::ObserveLayer;
 use self::upstream::Upstream;
@@ -77,10 +77,7 @@ pub(crate) struct Proxy(Arc<ProxyInner>);
 
 pub(crate) struct ProxyInner {
     pub(crate) latchkey: Latchkey,
-    pub(crate) upstream: Option<Upstream>,
     pub(crate) readiness: Arc<readiness::Readiness>,
-    /// The protected app behind the layer (boxed once, here only).
-    pub(crate) guarded: BoxCloneSyncService<Request, Response, Infallible>,
 }
 
 impl std::ops::Deref for Proxy {
@@ -91,11 +88,21 @@ impl std::ops::Deref for Proxy {
     }
 }
 
-/// What the guarded handler needs: no reference back to the router.
+/// What the forwarding handlers need (cloned per request: one `Arc`).
 #[derive(Clone)]
-pub(crate) struct Forwarder {
+pub(crate) struct Forwarder(Arc<ForwarderInner>);
+
+pub(crate) struct ForwarderInner {
     pub(crate) latchkey: Latchkey,
     pub(crate) upstream: Option<Upstream>,
+}
+
+impl std::ops::Deref for Forwarder {
+    type Target = ForwarderInner;
+
+    fn deref(&self) -> &ForwarderInner {
+        &self.0
+    }
 }
 
 impl App {
@@ -139,21 +146,46 @@ impl App {
     }
 
     fn state(&self) -> Proxy {
-        let forwarder = Forwarder {
+        Proxy(Arc::new(ProxyInner {
+            latchkey: self.latchkey.clone(),
+            readiness: self.readiness.clone(),
+        }))
+    }
+
+    /// The protected app: skip routes forwarded as they are, the rest behind
+    /// the public layer, as an embedder would guard its routes.
+    fn protected(&self) -> protected::Protected<impl ForwardService, impl ForwardService> {
+        let forwarder = Forwarder(Arc::new(ForwarderInner {
             latchkey: self.latchkey.clone(),
             upstream: self.upstream.clone(),
-        };
+        }));
+        let open = routes::open.with_state(forwarder.clone());
         let guarded = self
             .latchkey
             .require_login()
+            .with_upstream_cookies()
             .layer(routes::signed_in.with_state(forwarder));
-        Proxy(Arc::new(ProxyInner {
-            latchkey: self.latchkey.clone(),
-            upstream: self.upstream.clone(),
-            readiness: self.readiness.clone(),
-            guarded: BoxCloneSyncService::new(guarded),
-        }))
+        protected::Protected::new(&self.settings().skip_auth_routes, open, guarded)
     }
+}
+
+/// What the protected app is made of: a service that answers every request.
+trait ForwardService:
+    tower::Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> ForwardService for T where
+    T: tower::Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
 }
 
 /// The router for `app`'s client listener: the sign-in routes, forward-auth,
@@ -170,9 +202,22 @@ pub fn router(app: &App) -> Router {
         routes
     };
     hardened(routes)
-        .fallback(routes::everything_else)
         .with_state(app.state())
-        .merge(app.latchkey.login_routes())
+        .merge(app.latchkey.login_routes().layer(
+            // The sign-in rate limit is keyed by the client's address, which
+            // the listener records as its own `Peer`.
+            axum::middleware::map_request(|mut request: Request| async move {
+                let addr = request
+                    .extensions()
+                    .get::<ConnectInfo<upstream::Peer>>()
+                    .map(|ConnectInfo(peer)| peer.addr);
+                if let Some(addr) = addr {
+                    request.extensions_mut().insert(ConnectInfo(addr));
+                }
+                request
+            }),
+        ))
+        .fallback_service(app.protected())
 }
 
 /// The router of the `metrics_address` listener: metrics and the probes.
@@ -191,13 +236,6 @@ fn hardened(routes: Router<Proxy>) -> Router<Proxy> {
     routes.route_layer(axum::middleware::map_response(
         |response: axum::response::Response| async move { pages::hardened(response) },
     ))
-}
-
-impl Proxy {
-    /// Runs `request` through the guarded service.
-    async fn call_guarded(&self, request: Request) -> Result<Response, Infallible> {
-        self.guarded.clone().oneshot(request).await
-    }
 }
 
 /// A running server: the client listener, and the metrics listener when

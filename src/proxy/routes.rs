@@ -12,6 +12,7 @@ use axum::response::{Html, IntoResponse, Response};
 
 use super::upstream::{Forwarded, IdentityHeaders, Peer, Upstream};
 use super::{Forwarder, Proxy};
+use crate::web::cookies::UpstreamCookies;
 use crate::web::pages::{self, ErrorCode, escape_html};
 use crate::web::{Latchkey, SignedIn, SignedInUser, request_log_enabled};
 
@@ -102,32 +103,37 @@ fn with_user(mut response: Response, subject: &str) -> Response {
     response
 }
 
-/// Everything that is not latchkey's own: the protected app, or a
-/// `skip_auth_routes` match, which is forwarded without anyone signed in.
-pub(super) async fn everything_else(State(proxy): ProxyState, request: Request) -> Response {
-    let settings = proxy.latchkey.settings();
-    let skip = settings
-        .skip_auth_routes
-        .iter()
-        .any(|r| r.matches(request.method().as_str(), request.uri().path()));
-    if skip {
-        return forward(&proxy.latchkey, proxy.upstream.as_ref(), request, None).await;
-    }
-    // The guarded service cannot fail (its error is `Infallible`).
-    match proxy.call_guarded(request).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    }
+/// A `skip_auth_routes` match: forwarded with nobody signed in.
+pub(super) async fn open(State(forwarder): State<Forwarder>, request: Request) -> Response {
+    let upstream = forwarder.upstream.as_ref();
+    forward(&forwarder.latchkey, upstream, request, None, None).await
 }
 
 /// Behind the layer: the signed-in caller's request, to the upstream.
 pub(super) async fn signed_in(
     State(forwarder): State<Forwarder>,
-    signed_in: SignedIn,
-    request: Request,
+    mut request: Request,
 ) -> Response {
+    // Taken rather than cloned: the handler is its last reader.
+    let Some(mut signed_in) = request.extensions_mut().remove::<SignedIn>() else {
+        // The layer in front puts it there; without it nobody is signed in.
+        return pages::error_for(
+            pages::wants_html(request.headers()),
+            ErrorCode::NotSignedIn,
+            "Sign in first.",
+            None,
+        );
+    };
+    let cookies = signed_in.take_upstream_cookies();
     let upstream = forwarder.upstream.as_ref();
-    forward(&forwarder.latchkey, upstream, request, Some(&signed_in)).await
+    forward(
+        &forwarder.latchkey,
+        upstream,
+        request,
+        Some(&signed_in),
+        cookies,
+    )
+    .await
 }
 
 async fn forward(
@@ -135,6 +141,7 @@ async fn forward(
     upstream: Option<&Upstream>,
     request: Request,
     signed_in: Option<&SignedIn>,
+    cookies: Option<UpstreamCookies>,
 ) -> Response {
     let html = pages::wants_html(request.headers());
     let Some(upstream) = upstream else {
@@ -181,12 +188,15 @@ async fn forward(
             .and_then(SignedIn::access_token)
             .map(|token| token.secret()),
     };
-    // latchkey's own cookies never reach the upstream.
-    let cookies = latchkey
-        .inner
-        .cookies
-        .sent(request.headers())
-        .into_upstream();
+    // latchkey's own cookies never reach the upstream (the layer read them
+    // already; a skip route reads them here).
+    let cookies = cookies.unwrap_or_else(|| {
+        latchkey
+            .inner
+            .cookies
+            .sent(request.headers())
+            .into_upstream()
+    });
     match upstream
         .forward(request.map(Body::new), who, &peer, proto, cookies)
         .await

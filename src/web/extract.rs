@@ -6,6 +6,7 @@ use std::sync::Arc;
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::http::request::Parts;
 
+use super::cookies::UpstreamCookies;
 use super::{Reason, Rejection};
 use crate::idp::Identity;
 use crate::secret::AccessToken;
@@ -20,7 +21,12 @@ use crate::session::ActiveSession;
 /// `Option<SignedIn>`); without it, `SignedIn` refuses every request as not
 /// signed in (it fails closed) and `Option<SignedIn>` is always `None`.
 #[derive(Clone, Debug)]
-pub struct SignedIn(Caller);
+pub struct SignedIn {
+    caller: Caller,
+    /// The request's cookies without latchkey's, when the layer was asked
+    /// for them ([`RequireLoginLayer::with_upstream_cookies`](super::RequireLoginLayer::with_upstream_cookies)).
+    upstream_cookies: Option<UpstreamCookies>,
+}
 
 #[derive(Clone, Debug)]
 enum Caller {
@@ -37,16 +43,34 @@ struct Bearer {
 
 impl SignedIn {
     pub(crate) fn session(session: ActiveSession) -> Self {
-        Self(Caller::Session(session))
+        Self {
+            caller: Caller::Session(session),
+            upstream_cookies: None,
+        }
     }
 
     pub(crate) fn bearer(identity: Identity, token: Arc<str>) -> Self {
-        Self(Caller::Bearer(Arc::new(Bearer { identity, token })))
+        Self {
+            caller: Caller::Bearer(Arc::new(Bearer { identity, token })),
+            upstream_cookies: None,
+        }
+    }
+
+    pub(crate) fn with_upstream_cookies(mut self, cookies: Option<UpstreamCookies>) -> Self {
+        self.upstream_cookies = cookies;
+        self
+    }
+
+    /// The request's `Cookie` header without latchkey's own cookies, when
+    /// the layer was asked for it with
+    /// [`RequireLoginLayer::with_upstream_cookies`](super::RequireLoginLayer::with_upstream_cookies).
+    pub fn take_upstream_cookies(&mut self) -> Option<UpstreamCookies> {
+        self.upstream_cookies.take()
     }
 
     /// Who it is: issuer, subject, verified email, groups.
     pub fn identity(&self) -> &Identity {
-        match &self.0 {
+        match &self.caller {
             Caller::Session(session) => session.identity(),
             Caller::Bearer(bearer) => &bearer.identity,
         }
@@ -54,7 +78,7 @@ impl SignedIn {
 
     /// The session, for a browser (none for a bearer token).
     pub fn active_session(&self) -> Option<&ActiveSession> {
-        match &self.0 {
+        match &self.caller {
             Caller::Session(session) => Some(session),
             Caller::Bearer(_) => None,
         }
@@ -70,7 +94,7 @@ impl SignedIn {
 
     /// The raw ID token: the session's latest, or the bearer token itself.
     pub fn id_token(&self) -> Option<&str> {
-        match &self.0 {
+        match &self.caller {
             Caller::Session(session) => session.tokens().id_token.as_ref().map(|t| t.secret()),
             Caller::Bearer(bearer) => Some(&bearer.token),
         }
@@ -78,7 +102,7 @@ impl SignedIn {
 
     /// Whether the caller presented a bearer token rather than a session cookie.
     pub fn is_bearer(&self) -> bool {
-        matches!(self.0, Caller::Bearer(_))
+        matches!(self.caller, Caller::Bearer(_))
     }
 }
 

@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::extract::Request;
@@ -25,34 +26,60 @@ use super::{AccessPolicy, Latchkey, Rejection};
 /// [`Latchkey::optional_login`].
 #[derive(Clone, Debug)]
 pub struct RequireLoginLayer {
+    /// Shared by every service the layer makes (cloned per request).
+    config: Arc<LayerConfig>,
+}
+
+#[derive(Clone, Debug)]
+struct LayerConfig {
     latchkey: Latchkey,
     /// `None`: the Latchkey's own policy.
     policy: Option<AccessPolicy>,
     /// Let anonymous callers through too (no [`SignedIn`] for them).
     optional: bool,
+    /// Keep the request's cookies without latchkey's in the [`SignedIn`]
+    /// (for a proxy, which must not pass latchkey's on).
+    upstream_cookies: bool,
 }
 
 impl RequireLoginLayer {
     /// Requires sign-in under `latchkey`'s policy.
     pub fn new(latchkey: Latchkey) -> Self {
         Self {
-            latchkey,
-            policy: None,
-            optional: false,
+            config: Arc::new(LayerConfig {
+                latchkey,
+                policy: None,
+                optional: false,
+                upstream_cookies: false,
+            }),
+        }
+    }
+
+    fn changed(self, change: impl FnOnce(&mut LayerConfig)) -> Self {
+        let mut config = Arc::unwrap_or_clone(self.config);
+        change(&mut config);
+        Self {
+            config: Arc::new(config),
         }
     }
 
     /// Applies `policy` instead of the Latchkey's own.
-    pub fn with_policy(mut self, policy: AccessPolicy) -> Self {
-        self.policy = Some(policy);
-        self
+    pub fn with_policy(self, policy: AccessPolicy) -> Self {
+        self.changed(|c| c.policy = Some(policy))
     }
 
     /// Lets every caller through, with a [`SignedIn`] for those who are
     /// (and pass the policy).
-    pub fn optional(mut self) -> Self {
-        self.optional = true;
-        self
+    pub fn optional(self) -> Self {
+        self.changed(|c| c.optional = true)
+    }
+
+    /// Also hands the inner service the request's `Cookie` header without
+    /// latchkey's own cookies, in the [`SignedIn`]
+    /// ([`SignedIn::take_upstream_cookies`]; read in the same pass as the
+    /// session cookie): what a proxy forwards.
+    pub fn with_upstream_cookies(self) -> Self {
+        self.changed(|c| c.upstream_cookies = true)
     }
 }
 
@@ -116,8 +143,12 @@ where
         let layer = self.layer.clone();
         ResponseFuture {
             inner: Box::pin(async move {
+                let layer = &layer.config;
                 let latchkey = &layer.latchkey;
-                let found = match caller::authenticate(latchkey, request.headers()).await {
+                let sent = latchkey.inner.cookies.sent(request.headers());
+                let found = caller::authenticate_with(latchkey, request.headers(), &sent).await;
+                let upstream_cookies = layer.upstream_cookies.then(|| sent.into_upstream());
+                let found = match found {
                     Ok(found) => found,
                     Err(rejection) => return Ok(rejection.into_response()),
                 };
@@ -148,11 +179,22 @@ where
                         return Ok(rejection.into_response());
                     }
                 };
-                let user = signed_in.as_ref().map(|s| s.identity().subject.clone());
+                // Named on the response for the request log, when it is on.
+                let user = signed_in
+                    .as_ref()
+                    .filter(|_| super::request_log_enabled())
+                    .map(|s| s.identity().subject.clone());
                 if let Some(signed_in) = signed_in {
-                    request.extensions_mut().insert(signed_in);
+                    // One extension: the caller, and the cookies if asked for.
+                    request
+                        .extensions_mut()
+                        .insert(signed_in.with_upstream_cookies(upstream_cookies));
                 }
-                request.extensions_mut().insert(latchkey.clone());
+                if layer.optional {
+                    // For an extractor that finds no one signed in here: the
+                    // app's error page.
+                    request.extensions_mut().insert(latchkey.clone());
+                }
                 let mut response = inner.call(request).await?.into_response();
                 for cookie in set_cookies {
                     response.headers_mut().append(header::SET_COOKIE, cookie);

@@ -148,6 +148,7 @@ pub struct LatchkeyBuilder {
     store: Option<Arc<dyn Store>>,
     clock: Option<Arc<dyn Clock>>,
     http_client: Option<reqwest::Client>,
+    provider: Option<Arc<OidcProvider>>,
     policy: Option<AccessPolicy>,
     error_page: Option<ErrorPage>,
 }
@@ -218,6 +219,15 @@ impl LatchkeyBuilder {
         self
     }
 
+    /// A provider discovered already ([`OidcProvider::discover`] with
+    /// settings of your own, or one shared by several Latchkeys): no
+    /// discovery at build, and the builder's HTTP client and clock do not
+    /// apply to it.
+    pub fn provider(mut self, provider: Arc<OidcProvider>) -> Self {
+        self.provider = Some(provider);
+        self
+    }
+
     /// The app's own pages for refusals: return `Some(response)` to replace
     /// latchkey's page or JSON.
     pub fn error_page(
@@ -253,6 +263,7 @@ impl LatchkeyBuilder {
             store: self.store,
             clock: self.clock,
             http_client: self.http_client,
+            provider: self.provider,
             policy,
             error_page: self.error_page,
         };
@@ -265,6 +276,7 @@ struct Parts {
     store: Option<Arc<dyn Store>>,
     clock: Option<Arc<dyn Clock>>,
     http_client: Option<reqwest::Client>,
+    provider: Option<Arc<OidcProvider>>,
     policy: AccessPolicy,
     error_page: Option<ErrorPage>,
 }
@@ -284,6 +296,7 @@ impl Latchkey {
             store: None,
             clock: None,
             http_client: None,
+            provider: None,
             policy: None,
             error_page: None,
         }
@@ -299,6 +312,7 @@ impl Latchkey {
             store: None,
             clock: None,
             http_client: None,
+            provider: None,
             policy,
             error_page: None,
         };
@@ -318,11 +332,14 @@ impl Latchkey {
         };
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(raw_store, metrics.clone()));
         let clock = parts.clock.unwrap_or_else(|| Arc::new(SystemClock));
-        let provider = Arc::new(
-            OidcProvider::discover(&oidc_settings(&settings, parts.http_client))
-                .await?
-                .with_clock(clock.clone()),
-        );
+        let provider = match parts.provider {
+            Some(provider) => provider,
+            None => Arc::new(
+                OidcProvider::discover(&oidc_settings(&settings, parts.http_client))
+                    .await?
+                    .with_clock(clock.clone()),
+            ),
+        };
         if settings.insecure_allow_unverified_email {
             tracing::warn!(
                 "insecure_allow_unverified_email is set: emails the provider has not verified \

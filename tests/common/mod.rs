@@ -8,6 +8,7 @@ pub mod browser;
 pub mod idp_double;
 pub mod naive;
 pub mod observed_store;
+pub mod process;
 pub mod proxy;
 pub mod recorder;
 
