@@ -182,7 +182,6 @@ fn test_routes(latchkey: &Latchkey) -> Router {
                         .refresh_token
                         .clone()
                         .expect("a refresh token");
-                    use latchkey::idp::IdentityProvider;
                     match provider.refresh(&token).await {
                         Ok(_) => "refreshed",
                         Err(_) => "refused",
@@ -467,7 +466,115 @@ async fn a_hundred_due_requests_make_one_refresh(backend: TestBackend) {
     assert_eq!(knobs.token_calls(), calls_before + 1);
 }
 
+/// The provider injected into the builder (here the gated test double, as
+/// an app would inject one set up its own way): the sign-in runs through
+/// it, and eight callbacks of one login on two apps make one exchange.
+async fn an_injected_provider_signs_in_through_the_layer(backend: TestBackend) {
+    use common::idp_double::{ControlledIdp, ISSUER};
+    let clock = Arc::new(ManualClock::starting_now());
+    let idp = ControlledIdp::new(clock.clone(), Duration::from_secs(300));
+    let store = ObservedStore::new(backend.store.clone());
+    let listeners = [
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    ];
+    let urls: Vec<String> = (listeners.iter())
+        .map(|l| format!("http://{}", l.local_addr().unwrap()))
+        .collect();
+    let callback = format!("{}/oauth2/callback", urls[0]);
+    for listener in listeners {
+        let latchkey = Latchkey::builder(ISSUER, "app", &callback)
+            .cookie_secret(base64::engine::general_purpose::STANDARD.encode(COOKIE_KEY))
+            .policy(AccessPolicy::everyone())
+            .provider(idp.clone())
+            .store(store.clone())
+            .clock(clock.clone())
+            .build()
+            .await
+            .unwrap();
+        let api = axum_app::Api {
+            url: "http://127.0.0.1:9/unused".into(),
+            client: reqwest::Client::new(),
+        };
+        let service =
+            axum_app::app(&latchkey, api).into_make_service_with_connect_info::<SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, service).await.unwrap() });
+    }
+    let browser = browser();
+    let start = browser
+        .get(format!("{}/oauth2/start?rd=/me", urls[0]))
+        .send()
+        .await
+        .unwrap();
+    let authorize = Url::parse(start.headers()[LOCATION].to_str().unwrap()).unwrap();
+    assert!(authorize.as_str().starts_with(ISSUER), "{authorize}");
+    let state = authorize
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    idp.exchange_gate.close();
+    let callbacks: Vec<_> = (0..8)
+        .map(|i| {
+            let url = format!("{}/oauth2/callback?state={state}&code=alice", urls[i % 2]);
+            let request = browser.get(url);
+            tokio::spawn(async move { request.send().await.unwrap() })
+        })
+        .collect();
+    let mut arrivals = idp.exchange_gate.subscribe_arrivals();
+    within("the exchange", arrivals.wait_for(|n| *n >= 1))
+        .await
+        .unwrap();
+    store.wait_for_waiters(7).await;
+    idp.exchange_gate.open();
+    let mut sessions = Vec::new();
+    for callback in callbacks {
+        let response = within("callback", callback).await.unwrap();
+        assert_eq!(response.status(), 302, "{}", backend.name);
+        sessions.push(session_id(&response));
+    }
+    sessions.dedup();
+    assert_eq!(sessions.len(), 1, "{}", backend.name);
+    assert_eq!(idp.exchanges(), 1, "{}", backend.name);
+    let me: Value = browser
+        .get(format!("{}/me", urls[1]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["user"], "user-of-alice");
+    // An authorization response from another issuer (RFC 9207) is refused
+    // without an exchange, by the trait's own check.
+    let again = browser
+        .get(format!("{}/oauth2/start?rd=/me", urls[0]))
+        .send()
+        .await
+        .unwrap();
+    let authorize = Url::parse(again.headers()[LOCATION].to_str().unwrap()).unwrap();
+    let state = authorize
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let forged = browser
+        .get(format!(
+            "{}/oauth2/callback?state={state}&code=bob&iss=https%3A%2F%2Fevil.test",
+            urls[0]
+        ))
+        .header(ACCEPT, "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 400);
+    assert_eq!(idp.exchanges(), 1, "{}", backend.name);
+}
+
 backend_tests!(
+    an_injected_provider_signs_in_through_the_layer,
     one_callback_eight_times_through_the_layer,
     a_hundred_due_requests_make_one_refresh,
 );

@@ -5,16 +5,12 @@
 //! shared servers themselves are never touched.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use base64::Engine;
 use common::browser::{browser, sign_in_at_idp};
-use latchkey::config::RawSettings;
-use latchkey::dev_idp::{DevClient, DevIdp, DevIdpConfig};
-use latchkey::proxy::{App, Server};
+use common::proxy::Harness;
 use latchkey::secret::random_token;
 use reqwest::header::{ACCEPT, LOCATION};
 use tokio::net::{TcpListener, TcpStream};
@@ -86,38 +82,9 @@ fn target_of(url: &str) -> SocketAddr {
 async fn outage_and_recovery(server_url: String) {
     let relay = Relay::start(target_of(&server_url)).await;
     let store = through(&server_url, relay.addr);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = listener.local_addr().unwrap();
-    let idp = DevIdp::start(DevIdpConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        clients: vec![DevClient {
-            client_id: "latchkey".into(),
-            client_secret: "s".into(),
-            redirect_uris: vec![format!("http://{proxy}/oauth2/callback")],
-            post_logout_redirect_uris: vec![],
-        }],
-        ..DevIdpConfig::default()
-    })
-    .await
-    .unwrap();
-    let settings = RawSettings {
-        issuer: Some(idp.issuer().into()),
-        client_id: Some("latchkey".into()),
-        client_secret: Some("s".into()),
-        redirect_url: Some(format!("http://{proxy}/oauth2/callback")),
-        store: Some(store.clone()),
-        cookie_secret: Some(
-            base64::engine::general_purpose::STANDARD
-                .encode([3u8; 32])
-                .into(),
-        ),
-        email_domains: Some(vec!["*".into()]),
-        ..RawSettings::default()
-    }
-    .validate()
-    .unwrap();
-    let app: Arc<App> = App::new(settings).await.unwrap();
-    let _server = Server::start(listener, app).unwrap();
+    // Forward-auth only (no upstream), the store through the relay.
+    let h = Harness::start_with(false, |raw| raw.store = Some(store.clone())).await;
+    let proxy = h.proxy;
     let url = |path: &str| format!("http://{proxy}{path}");
     let browser = browser();
 

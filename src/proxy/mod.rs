@@ -270,7 +270,7 @@ impl Server {
         }
         // The observe layer wraps the router once rather than each route (a
         // per-route layer costs every request another boxed service).
-        let edge = edge::Edge::new(app.latchkey.inner.cookies.clone());
+        let edge = edge::Edge::new(app.latchkey.cookies().clone());
         let observed = ObserveLayer::new(app.metrics().clone(), edge).layer(router(&app));
         listeners.push(listener::Running::spawn(
             listener,

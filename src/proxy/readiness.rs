@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::oidc::OidcProvider;
 use crate::store::Store;
+use crate::web::SignInProvider;
 
 /// How long one probe's result is served.
 pub const PROBE_TTL: Duration = Duration::from_secs(5);
@@ -35,7 +35,7 @@ impl Report {
 /// The probe and its last result.
 pub struct Readiness {
     store: Arc<dyn Store>,
-    provider: Arc<OidcProvider>,
+    provider: Arc<dyn SignInProvider>,
     last: Mutex<Option<(Instant, Report)>>,
 }
 
@@ -44,7 +44,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Readiness {
     /// Probes `store` and `provider` (its discovery document).
-    pub fn new(store: Arc<dyn Store>, provider: Arc<OidcProvider>) -> Self {
+    pub fn new(store: Arc<dyn Store>, provider: Arc<dyn SignInProvider>) -> Self {
         Self {
             store,
             provider,

@@ -190,13 +190,8 @@ async fn forward(
     };
     // latchkey's own cookies never reach the upstream (the layer read them
     // already; a skip route reads them here).
-    let cookies = cookies.unwrap_or_else(|| {
-        latchkey
-            .inner
-            .cookies
-            .sent(request.headers())
-            .into_upstream()
-    });
+    let cookies =
+        cookies.unwrap_or_else(|| latchkey.cookies().sent(request.headers()).into_upstream());
     match upstream
         .forward(request.map(Body::new), who, &peer, proto, cookies)
         .await

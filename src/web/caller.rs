@@ -138,10 +138,10 @@ async fn bearer_caller(
     latchkey: &Latchkey,
     headers: &HeaderMap,
     token: &str,
-    validated: crate::oidc::id_token::ValidatedIdToken,
+    validated: super::BearerToken,
 ) -> Result<SignedIn, Rejection> {
     let identity: Identity = validated.identity;
-    let issued = u64::try_from(validated.claims.issue_time().timestamp_millis()).unwrap_or(0);
+    let issued = validated.issued_at;
     match latchkey
         .inner
         .sessions

@@ -49,6 +49,7 @@ mod layer;
 pub mod metrics;
 pub mod pages;
 mod policy;
+mod provider;
 pub mod rate_limit;
 pub mod redirect;
 mod rejection;
@@ -67,6 +68,7 @@ pub use self::extract::{FreshAccessToken, IdTokenClaims, SignedIn};
 pub use self::layer::{RequireLogin, RequireLoginLayer, ResponseFuture};
 use self::metrics::{MeteredIdp, MeteredStore, Metrics};
 pub use self::policy::AccessPolicy;
+pub use self::provider::{BearerToken, SignInProvider};
 pub use self::rejection::{Reason, Rejection};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, RawSettings, Settings};
@@ -125,7 +127,7 @@ pub(crate) struct Inner {
     pub(crate) settings: Settings,
     pub(crate) login: LoginFlow,
     pub(crate) sessions: Sessions,
-    pub(crate) provider: Arc<OidcProvider>,
+    pub(crate) provider: Arc<dyn SignInProvider>,
     pub(crate) cookies: Cookies,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) login_limiter: Option<rate_limit::RateLimiter>,
@@ -148,7 +150,7 @@ pub struct LatchkeyBuilder {
     store: Option<Arc<dyn Store>>,
     clock: Option<Arc<dyn Clock>>,
     http_client: Option<reqwest::Client>,
-    provider: Option<Arc<OidcProvider>>,
+    provider: Option<Arc<dyn SignInProvider>>,
     policy: Option<AccessPolicy>,
     error_page: Option<ErrorPage>,
 }
@@ -219,11 +221,11 @@ impl LatchkeyBuilder {
         self
     }
 
-    /// A provider discovered already ([`OidcProvider::discover`] with
-    /// settings of your own, or one shared by several Latchkeys): no
-    /// discovery at build, and the builder's HTTP client and clock do not
-    /// apply to it.
-    pub fn provider(mut self, provider: Arc<OidcProvider>) -> Self {
+    /// The identity provider, ready: an [`OidcProvider`] discovered with
+    /// settings of your own (or shared by several Latchkeys), or any other
+    /// [`SignInProvider`]. No discovery at build then, and the builder's
+    /// HTTP client and clock do not apply to it.
+    pub fn provider(mut self, provider: Arc<dyn SignInProvider>) -> Self {
         self.provider = Some(provider);
         self
     }
@@ -276,7 +278,7 @@ struct Parts {
     store: Option<Arc<dyn Store>>,
     clock: Option<Arc<dyn Clock>>,
     http_client: Option<reqwest::Client>,
-    provider: Option<Arc<OidcProvider>>,
+    provider: Option<Arc<dyn SignInProvider>>,
     policy: AccessPolicy,
     error_page: Option<ErrorPage>,
 }
@@ -332,7 +334,7 @@ impl Latchkey {
         };
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(raw_store, metrics.clone()));
         let clock = parts.clock.unwrap_or_else(|| Arc::new(SystemClock));
-        let provider = match parts.provider {
+        let provider: Arc<dyn SignInProvider> = match parts.provider {
             Some(provider) => provider,
             None => Arc::new(
                 OidcProvider::discover(&oidc_settings(&settings, parts.http_client))
@@ -485,8 +487,14 @@ impl Latchkey {
     }
 
     /// The provider it signs in with.
-    pub fn provider(&self) -> &Arc<OidcProvider> {
+    pub fn provider(&self) -> &Arc<dyn SignInProvider> {
         &self.inner.provider
+    }
+
+    /// Its cookies: names, keys and attributes (to read the request's
+    /// cookies the way the layer does, e.g. the ones an upstream may see).
+    pub fn cookies(&self) -> &Cookies {
+        &self.inner.cookies
     }
 
     /// Its policy.

@@ -229,3 +229,11 @@ impl IdentityProvider for ControlledIdp {
         })
     }
 }
+
+/// The double as the web surface's provider: no logout, revocation or
+/// bearer tokens, `iss` checked against [`ISSUER`].
+impl latchkey::web::SignInProvider for ControlledIdp {
+    fn issuer(&self) -> &str {
+        ISSUER
+    }
+}
