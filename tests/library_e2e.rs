@@ -165,6 +165,30 @@ fn test_routes(latchkey: &Latchkey) -> Router {
                 )
             }),
         )
+        .merge(
+            Router::new()
+                .route("/claims/mfa-only", get(|| async { "mfa" }))
+                .route_layer(
+                    latchkey.require(
+                        AccessPolicy::everyone()
+                            .and_claim("this page needs a multi-factor sign-in", |claims| {
+                                claims.get("acr").and_then(Value::as_str) == Some("mfa")
+                            }),
+                    ),
+                ),
+        )
+        .merge(
+            Router::new()
+                .route("/claims/verified-only", get(|| async { "verified" }))
+                .route_layer(
+                    latchkey.require(
+                        AccessPolicy::everyone()
+                            .and_claim("this page needs a verified email", |claims| {
+                                claims.get("email_verified") == Some(&Value::Bool(true))
+                            }),
+                    ),
+                ),
+        )
         .route(
             "/claims/badge",
             get(|IdTokenClaims(claims): IdTokenClaims<Badge>| async move {

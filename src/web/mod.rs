@@ -67,7 +67,7 @@ use self::cookies::Cookies;
 pub use self::extract::{FreshAccessToken, IdTokenClaims, SignedIn};
 pub use self::layer::{RequireLogin, RequireLoginLayer, ResponseFuture};
 use self::metrics::{MeteredIdp, MeteredStore, Metrics};
-pub use self::policy::AccessPolicy;
+pub use self::policy::{AccessPolicy, Claims};
 pub use self::provider::{BearerToken, SignInProvider};
 pub use self::rejection::{Reason, Rejection};
 use crate::clock::{Clock, SystemClock};
@@ -459,7 +459,7 @@ impl Latchkey {
     ) -> Result<(), Rejection> {
         let policy = policy.unwrap_or(&self.inner.policy);
         let identity = signed_in.identity();
-        policy.check(identity).map_err(|reason| {
+        policy.check_signed_in(signed_in).map_err(|reason| {
             let who = identity.email.as_deref().unwrap_or(&identity.subject);
             Rejection::new(
                 Reason::AccessDenied,

@@ -16,6 +16,12 @@ use crate::idp::Identity;
 /// reason is shown to the user on the "access denied" page).
 type Rule = Arc<dyn Fn(&Identity) -> Result<(), String> + Send + Sync>;
 
+/// A rule over the caller's ID token claims (all of them, standard and not).
+type ClaimRule = Arc<dyn Fn(&Claims) -> bool + Send + Sync>;
+
+/// An ID token's claims, by name.
+pub type Claims = serde_json::Map<String, serde_json::Value>;
+
 /// Which signed-in identities may pass. Cheap to clone.
 ///
 /// ```
@@ -36,6 +42,8 @@ pub struct AccessPolicy {
     groups: Vec<String>,
     /// Further rules, all of which must pass.
     rules: Vec<Rule>,
+    /// Rules over the ID token's claims, with the reason shown when one fails.
+    claim_rules: Vec<(String, ClaimRule)>,
 }
 
 impl fmt::Debug for AccessPolicy {
@@ -45,6 +53,7 @@ impl fmt::Debug for AccessPolicy {
             .field("emails", &self.emails)
             .field("groups", &self.groups)
             .field("rules", &self.rules.len())
+            .field("claim_rules", &self.claim_rules.len())
             .finish()
     }
 }
@@ -121,6 +130,43 @@ impl AccessPolicy {
         self
     }
 
+    /// Also requires `rule` to hold of the caller's ID token claims (every
+    /// claim, by name, as the provider sent it): `acr`, `amr`, a department…
+    /// A caller without a readable ID token fails it. `reason` is shown as
+    /// for [`and_require`](Self::and_require).
+    pub fn and_claim(
+        mut self,
+        reason: impl Into<String>,
+        rule: impl Fn(&Claims) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.claim_rules.push((reason.into(), Arc::new(rule)));
+        self
+    }
+
+    /// Whether `signed_in` may pass: [`check`](Self::check) on its identity,
+    /// then the claim rules on its ID token.
+    pub fn check_signed_in(&self, signed_in: &super::SignedIn) -> Result<(), String> {
+        self.check(signed_in.identity())?;
+        if self.claim_rules.is_empty() {
+            return Ok(());
+        }
+        let claims = signed_in.id_token().and_then(|raw| {
+            let claims = crate::oidc::id_token::claims_of_validated::<
+                crate::oidc::id_token::ExtraClaims,
+            >(raw)
+            .ok()?;
+            match serde_json::to_value(&claims).ok()? {
+                serde_json::Value::Object(all) => Some(all),
+                _ => None,
+            }
+        });
+        let claims = claims.unwrap_or_default();
+        match self.claim_rules.iter().find(|(_, rule)| !rule(&claims)) {
+            Some((reason, _)) => Err(reason.clone()),
+            None => Ok(()),
+        }
+    }
+
     /// Whether the policy names no one at all (no emails, domains, groups or
     /// rules): `serve` refuses to start with such a policy.
     pub fn is_empty(&self) -> bool {
@@ -128,6 +174,7 @@ impl AccessPolicy {
             && self.emails.is_empty()
             && self.groups.is_empty()
             && self.rules.is_empty()
+            && self.claim_rules.is_empty()
     }
 
     /// `Ok` if `identity` may pass; `Err` says why not, in words for the user.
