@@ -42,7 +42,7 @@ pub struct RawSettings {
     pub upstream: Option<String>,
     /// The store URL [default: sqlite://latchkey.db].
     #[arg(long, env = "LATCHKEY_STORE")]
-    pub store: Option<String>,
+    pub store: Option<StoreUrl>,
     /// Base64 of 32 random bytes that encrypt cookies (openssl rand -base64 32;
     /// 16 or 24 bytes, URL-safe base64 or raw text as oauth2-proxy takes them
     /// also work). Prefer cookie_secret_file.
@@ -267,6 +267,30 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// A store URL as configured: it may hold a password, so `Debug` prints it
+/// with the password (and secret query parameters) redacted.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct StoreUrl(pub String);
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", crate::store::redact_url(&self.0))
+    }
+}
+
+impl From<String> for StoreUrl {
+    fn from(url: String) -> Self {
+        Self(url)
+    }
+}
+
+impl From<&str> for StoreUrl {
+    fn from(url: &str) -> Self {
+        Self(url.to_owned())
+    }
 }
 
 /// Validated settings.
@@ -905,7 +929,9 @@ impl RawSettings {
             client_secret,
             redirect_url,
             upstream,
-            store: self.store.unwrap_or_else(|| "sqlite://latchkey.db".into()),
+            store: self
+                .store
+                .map_or_else(|| "sqlite://latchkey.db".into(), |url| url.0),
             cookie_secret,
             previous_cookie_secrets,
             cookie_name,
@@ -1164,13 +1190,19 @@ mod tests {
     #[test]
     fn settings_print_no_secret() {
         let raw = RawSettings {
+            store: Some("postgres://app:db-s3cr3t@db/latchkey".into()),
             client_secret: Some("client-s3cr3t".into()),
             previous_cookie_secrets: Some(vec!["0123456789abcdef".into()]),
             ..minimal()
         };
         let cookie = raw.cookie_secret.clone().unwrap();
         let printed = format!("{raw:?} {:?}", raw.clone().validate().unwrap());
-        for secret in ["client-s3cr3t", "0123456789abcdef", cookie.secret()] {
+        for secret in [
+            "client-s3cr3t",
+            "0123456789abcdef",
+            "db-s3cr3t",
+            cookie.secret(),
+        ] {
             assert!(!printed.contains(secret), "{printed}");
         }
         assert!(printed.contains("ClientSecret([redacted])"), "{printed}");

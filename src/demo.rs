@@ -90,7 +90,7 @@ impl Demo {
             client_secret: Some(secret.into()),
             redirect_url: Some(format!("http://{proxy}/oauth2/callback")),
             upstream: Some(format!("http://{upstream_addr}")),
-            store: Some(store),
+            store: Some(store.into()),
             cookie_secret: Some(base64::engine::general_purpose::STANDARD.encode(key).into()),
             post_logout_redirect_url: Some(format!("http://{proxy}/")),
             // The development IdP's users, all of them.

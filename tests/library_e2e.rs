@@ -22,13 +22,13 @@ use latchkey::clock::ManualClock;
 use latchkey::dev_idp::{DevClient, DevIdp, DevIdpConfig};
 use latchkey::store::Store;
 use latchkey::web::{AccessPolicy, IdTokenClaims, Latchkey, LatchkeyBuilder, SignedIn};
-use reqwest::header::{ACCEPT, LOCATION, SET_COOKIE};
+use reqwest::header::{ACCEPT, LOCATION};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use url::Url;
 
 use common::backends::TestBackend;
-use common::browser::{browser, sign_in_at_idp};
+use common::browser::{browser, query_param, sign_in_at_idp};
 use common::observed_store::ObservedStore;
 use common::within;
 
@@ -218,21 +218,7 @@ fn test_routes(latchkey: &Latchkey) -> Router {
 
 /// The session id inside a response's session cookie.
 fn session_id(response: &reqwest::Response) -> String {
-    let key = cookie::Key::derive_from(&COOKIE_KEY);
-    let set = response
-        .headers()
-        .get_all(SET_COOKIE)
-        .iter()
-        .map(|v| cookie::Cookie::parse_encoded(v.to_str().unwrap().to_owned()).unwrap())
-        .find(|c| c.name() == "_latchkey")
-        .expect("a session cookie");
-    let mut jar = cookie::CookieJar::new();
-    jar.add_original(set);
-    jar.private(&key)
-        .get("_latchkey")
-        .expect("it decrypts")
-        .value()
-        .to_owned()
+    common::browser::session_id_set_by(response, &COOKIE_KEY)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -532,12 +518,7 @@ async fn an_injected_provider_signs_in_through_the_layer(backend: TestBackend) {
         .unwrap();
     let authorize = Url::parse(start.headers()[LOCATION].to_str().unwrap()).unwrap();
     assert!(authorize.as_str().starts_with(ISSUER), "{authorize}");
-    let state = authorize
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .unwrap()
-        .1
-        .into_owned();
+    let state = query_param(&authorize, "state").unwrap();
     idp.exchange_gate.close();
     let callbacks: Vec<_> = (0..8)
         .map(|i| {
@@ -578,12 +559,7 @@ async fn an_injected_provider_signs_in_through_the_layer(backend: TestBackend) {
         .await
         .unwrap();
     let authorize = Url::parse(again.headers()[LOCATION].to_str().unwrap()).unwrap();
-    let state = authorize
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .unwrap()
-        .1
-        .into_owned();
+    let state = query_param(&authorize, "state").unwrap();
     let forged = browser
         .get(format!(
             "{}/oauth2/callback?state={state}&code=bob&iss=https%3A%2F%2Fevil.test",

@@ -11,13 +11,12 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use axum_extra::extract::cookie::Key;
 use base64::Engine;
 use common::browser::{browser, sign_in_at_idp};
 use common::process::KillOnDrop;
 use latchkey::dev_idp::{DevClient, DevIdp, DevIdpConfig};
 use latchkey::secret::random_token;
-use reqwest::header::{ACCEPT, LOCATION, SET_COOKIE};
+use reqwest::header::{ACCEPT, LOCATION};
 use url::Url;
 
 const CALLBACK: &str = "http://lb.test/oauth2/callback";
@@ -130,21 +129,7 @@ async fn login_until_callback(browser: &reqwest::Client, replica: &Replica) -> S
 
 /// The session id inside a response's session cookie.
 fn session_id(response: &reqwest::Response) -> String {
-    let key = Key::derive_from(&COOKIE_KEY);
-    let set = response
-        .headers()
-        .get_all(SET_COOKIE)
-        .iter()
-        .map(|v| cookie::Cookie::parse_encoded(v.to_str().unwrap().to_owned()).unwrap())
-        .find(|c| c.name() == "_latchkey")
-        .expect("a session cookie");
-    let mut jar = cookie::CookieJar::new();
-    jar.add_original(set);
-    jar.private(&key)
-        .get("_latchkey")
-        .unwrap()
-        .value()
-        .to_owned()
+    common::browser::session_id_set_by(response, &COOKIE_KEY)
 }
 
 async fn same_callback_on_both_replicas(store: String) {

@@ -83,7 +83,7 @@ async fn outage_and_recovery(server_url: String) {
     let relay = Relay::start(target_of(&server_url)).await;
     let store = through(&server_url, relay.addr);
     // Forward-auth only (no upstream), the store through the relay.
-    let h = Harness::start_with(false, |raw| raw.store = Some(store.clone())).await;
+    let h = Harness::start_with(false, |raw| raw.store = Some(store.clone().into())).await;
     let proxy = h.proxy;
     let url = |path: &str| format!("http://{proxy}{path}");
     let browser = browser();

@@ -71,7 +71,7 @@ pub use self::policy::{AccessPolicy, Claims};
 pub use self::provider::{BearerToken, SignInProvider};
 pub use self::rejection::{Reason, Rejection};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{ConfigError, RawSettings, Settings};
+use crate::config::{ConfigError, RawSettings, Settings, StoreUrl};
 use crate::login::{LoginFlow, LoginSettings};
 use crate::oidc::{OidcProvider, OidcSettings};
 use crate::seal::RecordSeal;
@@ -203,7 +203,7 @@ impl LatchkeyBuilder {
 
     /// The store by URL, as `serve`'s `store` setting.
     pub fn store_url(mut self, url: impl Into<String>) -> Self {
-        self.raw.store = Some(url.into());
+        self.raw.store = Some(StoreUrl(url.into()));
         self
     }
 

@@ -50,3 +50,30 @@ pub fn location(response: &reqwest::Response, base: &Url) -> Url {
     base.join(response.headers()[LOCATION].to_str().unwrap())
         .unwrap()
 }
+
+/// The value of query parameter `name` in `url`.
+pub fn query_param(url: &Url, name: &str) -> Option<String> {
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// The session id inside the `_latchkey` session cookie that `response`
+/// sets, decrypted with the cookie secret `key` (as the proxy does).
+pub fn session_id_set_by(response: &reqwest::Response, key: &[u8; 32]) -> String {
+    let key = cookie::Key::derive_from(key);
+    let set = response
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .map(|v| cookie::Cookie::parse_encoded(v.to_str().unwrap().to_owned()).unwrap())
+        .find(|c| c.name() == "_latchkey")
+        .expect("a session cookie");
+    let mut jar = cookie::CookieJar::new();
+    jar.add_original(set);
+    jar.private(&key)
+        .get("_latchkey")
+        .expect("it decrypts")
+        .value()
+        .to_owned()
+}

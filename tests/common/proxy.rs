@@ -86,7 +86,7 @@ impl Harness {
             client_secret: Some(SECRET.into()),
             redirect_url: Some(format!("http://{proxy}/oauth2/callback")),
             upstream: upstream.map(|u| format!("http://{u}")),
-            store: Some(format!("sqlite://{}", store.path().join("s.db").display())),
+            store: Some(format!("sqlite://{}", store.path().join("s.db").display()).into()),
             cookie_secret: Some(
                 base64::engine::general_purpose::STANDARD
                     .encode(COOKIE_SECRET)
