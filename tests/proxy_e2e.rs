@@ -74,6 +74,88 @@ async fn api_clients_without_a_session_get_401_json() {
     );
 }
 
+/// nginx locations with their own rules (`auth_request
+/// /oauth2/auth?allowed_groups=admins;`): they narrow the global policy and
+/// never widen it, and a rule latchkey does not know is not taken as none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_query_parameters_narrow_the_policy() {
+    // Globally: staff only (alice is in admins and staff, bob in staff).
+    let h = Harness::start_with(false, |raw| {
+        raw.email_domains = None;
+        raw.allowed_groups = Some(vec!["staff".into()]);
+    })
+    .await;
+    let alice = browser();
+    sign_in(&h, &alice, "/", "alice").await;
+    let bob = browser();
+    sign_in(&h, &bob, "/", "bob").await;
+    let status = |b: &reqwest::Client, query: &str| {
+        let request = b.get(h.url(&format!("/oauth2/auth?{query}"))).send();
+        async move { request.await.unwrap().status().as_u16() }
+    };
+    // Groups: one match of the location's list, on top of the global one.
+    assert_eq!(status(&alice, "allowed_groups=admins").await, 202);
+    assert_eq!(status(&bob, "allowed_groups=admins").await, 403);
+    assert_eq!(status(&bob, "allowed_groups=ops,admins").await, 403);
+    assert_eq!(
+        status(&bob, "allowed_groups=ops&allowed_groups=staff").await,
+        202
+    );
+    // Emails and domains (verified emails only, one `@`).
+    assert_eq!(
+        status(&alice, "allowed_emails=alice%40example.com").await,
+        202
+    );
+    assert_eq!(
+        status(&bob, "allowed_emails=alice%40example.com").await,
+        403
+    );
+    assert_eq!(status(&bob, "allowed_email_domains=example.com").await, 202);
+    assert_eq!(status(&bob, "allowed_email_domains=example.org").await, 403);
+    assert_eq!(
+        status(
+            &bob,
+            "allowed_email_domains=example.org&allowed_emails=bob%40example.com"
+        )
+        .await,
+        202
+    );
+    // Never wider than the global policy: a group the global rule does not
+    // admit stays out, whatever the location lists.
+    let outsider = Harness::start_with_idp(
+        None,
+        |idp| {
+            idp.users.push(latchkey::dev_idp::DevUser {
+                username: "eve".into(),
+                password: "eve".into(),
+                email: "eve@example.com".into(),
+                email_verified: true,
+                groups: vec!["admins".into()],
+            })
+        },
+        |raw| {
+            raw.email_domains = None;
+            raw.allowed_groups = Some(vec!["staff".into()]);
+        },
+    )
+    .await;
+    let eve = browser();
+    sign_in(&outsider, &eve, "/", "eve").await;
+    let eve_status = eve
+        .get(outsider.url("/oauth2/auth?allowed_groups=admins"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(eve_status, 403);
+    // An unknown parameter restricts nothing (and is logged); empty lists
+    // and a misspelt name leave the global policy as it is.
+    assert_eq!(status(&bob, "allowed_group=admins").await, 202);
+    assert_eq!(status(&bob, "allowed_groups=").await, 202);
+    // Not signed in: 401 whatever the rules.
+    assert_eq!(status(&browser(), "allowed_groups=admins").await, 401);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forward_auth_answers_202_with_headers_or_401() {
     let h = Harness::start_with(false, |_| {}).await;

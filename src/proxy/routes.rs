@@ -7,21 +7,66 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
 
 use super::upstream::{Forwarded, IdentityHeaders, Peer, Upstream};
 use super::{Forwarder, Proxy};
 use crate::web::cookies::UpstreamCookies;
 use crate::web::pages::{self, ErrorCode, escape_html};
-use crate::web::{Latchkey, SignedIn, SignedInUser, request_log_enabled};
+use crate::web::{AccessPolicy, Latchkey, SignedIn, SignedInUser, request_log_enabled};
 
 type ProxyState = State<Proxy>;
 
+/// The per-location rules of a forward-auth request, oauth2-proxy's query
+/// parameters: `allowed_groups`, `allowed_emails`, `allowed_email_domains`
+/// (comma-separated, each may repeat). They narrow the global policy and
+/// never widen it; `None` when the query names none.
+fn location_policy(uri: &Uri) -> Option<AccessPolicy> {
+    let query = uri.query()?;
+    let (mut groups, mut emails, mut domains) = (Vec::new(), Vec::new(), Vec::new());
+    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        let list = match name.as_ref() {
+            "allowed_groups" => &mut groups,
+            "allowed_emails" => &mut emails,
+            "allowed_email_domains" => &mut domains,
+            other => {
+                // Not a restriction latchkey knows: say so rather than let
+                // a misspelt one vanish without a word.
+                tracing::warn!(
+                    parameter = %other.escape_debug(),
+                    "forward-auth query parameter ignored: latchkey knows allowed_groups, \
+                     allowed_emails and allowed_email_domains"
+                );
+                continue;
+            }
+        };
+        list.extend(
+            (value.split(','))
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned),
+        );
+    }
+    if groups.is_empty() && emails.is_empty() && domains.is_empty() {
+        return None;
+    }
+    Some(
+        AccessPolicy::email_domains(domains)
+            .or_emails(emails)
+            .and_groups(groups),
+    )
+}
+
 /// Forward-auth for nginx `auth_request`, Traefik `forwardAuth`, Caddy
 /// `forward_auth`: `202` with the identity headers, `401` (never a
-/// redirect: the front proxy sends the browser to sign in), `403`.
-pub(super) async fn forward_auth(State(proxy): ProxyState, headers: HeaderMap) -> Response {
+/// redirect: the front proxy sends the browser to sign in), `403` when the
+/// global policy or the location's own rules (query parameters) refuse.
+pub(super) async fn forward_auth(
+    State(proxy): ProxyState,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     let latchkey = &proxy.latchkey;
     let found = match latchkey.authenticate(&headers).await {
         Ok(found) => found,
@@ -37,6 +82,11 @@ pub(super) async fn forward_auth(State(proxy): ProxyState, headers: HeaderMap) -
         return response;
     };
     if let Err(rejection) = latchkey.authorize(&headers, &signed_in, None) {
+        return rejection.into_response();
+    }
+    if let Some(location) = location_policy(&uri)
+        && let Err(rejection) = latchkey.authorize(&headers, &signed_in, Some(&location))
+    {
         return rejection.into_response();
     }
     let identity = signed_in.identity();
