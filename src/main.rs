@@ -54,6 +54,11 @@ struct ServeArgs {
     /// A TOML file with the settings below (keys in snake_case).
     #[arg(long, env = "LATCHKEY_CONFIG")]
     config: Option<PathBuf>,
+    /// Check the settings, discover the provider and open the store, print
+    /// what would run, and exit (0: ready; 2: bad settings; 1: the store or
+    /// the provider cannot be reached), without listening.
+    #[arg(long)]
+    check_config: bool,
     #[command(flatten)]
     settings: RawSettings,
 }
@@ -224,6 +229,38 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// What `serve --check-config` prints: the settings that decide what runs,
+/// with no secret (the store URL's password redacted).
+fn what_would_run(settings: &latchkey::config::Settings) -> String {
+    let list = |items: &[String]| {
+        if items.is_empty() {
+            "-".to_owned()
+        } else {
+            items.join(", ")
+        }
+    };
+    let mode = match &settings.upstream {
+        Some(url) => format!("reverse proxy to {url}"),
+        None => "forward-auth only (no upstream)".to_owned(),
+    };
+    format!(
+        "configuration ok: the provider answered and the store opened\n         listen           {}\n         mode             {mode}\n         issuer           {}\n         client_id        {}\n         redirect_url     {}\n         store            {}\n         email_domains    {}\n         allowed_emails   {}\n         allowed_groups   {}\n         session_ttl      {}\n         metrics          {}\n",
+        settings.listen,
+        settings.issuer,
+        settings.client_id,
+        settings.redirect_url,
+        latchkey::store::redact_url(&settings.store),
+        list(&settings.email_domains),
+        list(&settings.allowed_emails),
+        list(&settings.allowed_groups),
+        humantime::format_duration(settings.session_ttl),
+        settings.metrics_address.map_or_else(
+            || format!("{} (/metrics)", settings.listen),
+            |a| a.to_string()
+        ),
+    )
+}
+
 async fn serve(args: ServeArgs) -> ExitCode {
     let file = match &args.config {
         Some(path) => match RawSettings::from_file(path) {
@@ -254,6 +291,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if args.check_config {
+        print!("{}", what_would_run(app.settings()));
+        return ExitCode::SUCCESS;
+    }
     let server = match Server::bind(app).await {
         Ok(server) => server,
         Err(error) => {

@@ -184,3 +184,94 @@ fn demo_names_a_taken_port_and_the_flag_to_change_it() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_reports_all_problems_then_checks_the_provider_and_store() {
+    // Bad settings: every problem at once, exit 2, nothing listens.
+    let (code, stdout, stderr) = latchkey(&[
+        "serve",
+        "--check-config",
+        "--issuer",
+        "http://127.0.0.1:9",
+        "--client-id",
+        "app",
+        "--redirect-url",
+        "http://127.0.0.1:4180/wrong",
+        "--session-ttl",
+        "soon",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    for setting in [
+        "redirect_url",
+        "cookie_secret",
+        "email_domains",
+        "session_ttl",
+    ] {
+        assert!(
+            stderr.contains(&format!("setting `{setting}`")),
+            "{setting}: {stderr}"
+        );
+    }
+    assert!(stdout.is_empty(), "{stdout}");
+    // Good settings, no provider: exit 1, naming the discovery URL.
+    let good = |issuer: &str, store: &str| {
+        vec![
+            "serve".to_owned(),
+            "--check-config".into(),
+            "--issuer".into(),
+            issuer.into(),
+            "--client-id".into(),
+            "latchkey".into(),
+            "--client-secret".into(),
+            "s".into(),
+            "--redirect-url".into(),
+            "http://127.0.0.1:4180/oauth2/callback".into(),
+            "--cookie-secret".into(),
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
+            "--email-domains".into(),
+            "example.com".into(),
+            "--store".into(),
+            store.into(),
+        ]
+    };
+    let run = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        latchkey(&args)
+    };
+    let (code, _, stderr) = run(good("http://127.0.0.1:9", "memory://"));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("http://127.0.0.1:9/.well-known/openid-configuration"),
+        "{stderr}"
+    );
+    // A provider that answers: exit 0, what would run, no secret.
+    let idp = latchkey::dev_idp::DevIdp::start(latchkey::dev_idp::DevIdpConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..latchkey::dev_idp::DevIdpConfig::default()
+    })
+    .await
+    .unwrap();
+    let issuer = idp.issuer().to_owned();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        run(good(&issuer, "postgres://app:hunter2@127.0.0.1:9/x"))
+    })
+    .await
+    .unwrap();
+    // The store does not answer: exit 1, its password never shown.
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        !stderr.contains("hunter2") && !stdout.contains("hunter2"),
+        "{stderr}"
+    );
+    let issuer = idp.issuer().to_owned();
+    let (code, stdout, stderr) =
+        tokio::task::spawn_blocking(move || run(good(&issuer, "memory://")))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("configuration ok"), "{stdout}");
+    assert!(stdout.contains(idp.issuer()), "{stdout}");
+    assert!(stdout.contains("forward-auth only"), "{stdout}");
+    assert!(stdout.contains("example.com"), "{stdout}");
+    assert!(!stdout.contains("AAAAAAAA"), "{stdout}");
+}
