@@ -152,6 +152,17 @@ pub struct RawSettings {
     /// ISSUER=AUDIENCE pairs (oauth2-proxy's format; with skip_jwt_bearer_tokens).
     #[arg(long, env = "LATCHKEY_EXTRA_JWT_ISSUERS", value_delimiter = ',')]
     pub extra_jwt_issuers: Option<Vec<String>>,
+    /// Parameters added to every authorization request, as NAME=VALUE
+    /// (e.g. audience=api, access_type=offline); never a protocol parameter.
+    #[arg(long, env = "LATCHKEY_EXTRA_AUTH_PARAMS", value_delimiter = ',')]
+    pub extra_auth_params: Option<Vec<String>>,
+    /// The acr_values to request (e.g. "mfa") [default: none].
+    #[arg(long, env = "LATCHKEY_ACR_VALUES")]
+    pub acr_values: Option<String>,
+    /// Parameters of /oauth2/start passed on to the provider: any of
+    /// login_hint, domain_hint, prompt, ui_locales [default: none].
+    #[arg(long, env = "LATCHKEY_PASS_AUTH_PARAMS", value_delimiter = ',')]
+    pub pass_auth_params: Option<Vec<String>>,
     /// Requests per minute one client address may make to /oauth2/start and
     /// /oauth2/callback (bursts of as many); 0: no limit [default: 120].
     #[arg(long, env = "LATCHKEY_LOGIN_RATE_PER_MINUTE")]
@@ -207,6 +218,9 @@ impl RawSettings {
             skip_jwt_bearer_tokens,
             extra_jwt_audiences,
             extra_jwt_issuers,
+            extra_auth_params,
+            acr_values,
+            pass_auth_params,
             login_rate_per_minute,
         )
     }
@@ -360,6 +374,10 @@ pub struct Settings {
     pub extra_jwt_audiences: Vec<String>,
     /// Other providers whose ID tokens are accepted as bearer tokens.
     pub extra_jwt_issuers: Vec<JwtIssuer>,
+    /// Added to every authorization request (with `acr_values` among them).
+    pub extra_auth_params: Vec<(String, String)>,
+    /// `/oauth2/start` parameters passed on to the provider.
+    pub pass_auth_params: Vec<String>,
     /// Sign-in requests per minute per client address (0: no limit).
     pub login_rate_per_minute: u32,
 }
@@ -771,6 +789,56 @@ fn log_format(value: Option<&str>) -> Result<LogFormat, ConfigError> {
     }
 }
 
+/// The `/oauth2/start` parameters that may be passed on to the provider.
+pub const PASSABLE_AUTH_PARAMS: &[&str] = &["login_hint", "domain_hint", "prompt", "ui_locales"];
+
+/// `extra_auth_params` as NAME=VALUE pairs, and `acr_values`; a protocol
+/// parameter latchkey sets itself is refused.
+fn auth_params(
+    entries: Option<Vec<String>>,
+    acr_values: Option<String>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut params = Vec::new();
+    for entry in entries.unwrap_or_default() {
+        let Some((name, value)) = entry.split_once('=').filter(|(n, _)| !n.trim().is_empty())
+        else {
+            return Err(error(
+                "extra_auth_params",
+                format!("{entry:?} is not NAME=VALUE"),
+                "write entries as NAME=VALUE, e.g. audience=https://api.example.com",
+            ));
+        };
+        let name = name.trim();
+        if crate::oidc::PROTOCOL_PARAMETERS.contains(&name) {
+            return Err(error(
+                "extra_auth_params",
+                format!("{name} is set by latchkey itself and cannot be overridden"),
+                "remove it (scopes are set with `scopes`)",
+            ));
+        }
+        params.push((name.to_owned(), value.to_owned()));
+    }
+    if let Some(acr) = acr_values.filter(|a| !a.trim().is_empty()) {
+        params.push(("acr_values".into(), acr.trim().to_owned()));
+    }
+    Ok(params)
+}
+
+fn passable(names: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
+    let names = list(names, &[]);
+    match names
+        .iter()
+        .find(|n| !PASSABLE_AUTH_PARAMS.contains(&n.as_str()))
+    {
+        Some(name) => Err(error(
+            "pass_auth_params",
+            format!("{name:?} cannot be passed on"),
+            format!("choose from {}", PASSABLE_AUTH_PARAMS.join(", ")),
+        )),
+        None => Ok(names),
+    }
+}
+
 /// One `extra_jwt_issuers` entry: `ISSUER=AUDIENCE`, the issuer an http(s)
 /// URL (discovered at startup), the audience the client id its tokens name.
 fn jwt_issuer(entry: &str) -> Result<JwtIssuer, ConfigError> {
@@ -870,6 +938,9 @@ impl RawSettings {
                 .map(|pair| jwt_issuer(pair))
                 .collect::<Result<Vec<_>, _>>(),
         );
+        let extra_auth_params =
+            problems.check(auth_params(self.extra_auth_params, self.acr_values));
+        let pass_auth_params = problems.check(passable(self.pass_auth_params));
         let session_ttl = problems.check(duration(self.session_ttl, "session_ttl", "7d"));
         let login_ttl = problems.check(duration(self.login_ttl, "login_ttl", "10m"));
         let exchange_lease = problems.check(duration(self.exchange_lease, "exchange_lease", "30s"));
@@ -895,6 +966,7 @@ impl RawSettings {
             Some(log_format),
             Some(metrics_address),
             Some(extra_jwt_issuers),
+            Some((extra_auth_params, pass_auth_params)),
             Some((session_ttl, login_ttl, exchange_lease, refresh_before_expiry, clock_skew)),
         ) = (
             listener,
@@ -911,6 +983,7 @@ impl RawSettings {
             log_format,
             metrics_address,
             extra_jwt_issuers,
+            extra_auth_params.zip(pass_auth_params),
             session_ttl
                 .zip(login_ttl)
                 .zip(exchange_lease)
@@ -957,6 +1030,8 @@ impl RawSettings {
             skip_jwt_bearer_tokens: self.skip_jwt_bearer_tokens.unwrap_or(false),
             extra_jwt_audiences: list(self.extra_jwt_audiences, &[]),
             extra_jwt_issuers,
+            extra_auth_params,
+            pass_auth_params,
             login_rate_per_minute: self.login_rate_per_minute.unwrap_or(120),
         })
     }
@@ -1150,6 +1225,58 @@ mod tests {
             assert_eq!(err.setting, setting, "{err}");
             assert!(!err.fix.is_empty());
         }
+    }
+
+    #[test]
+    fn authorization_parameters_never_override_the_protocol() {
+        for (raw, setting) in [
+            (
+                RawSettings {
+                    extra_auth_params: Some(vec!["state=fixed".into()]),
+                    ..minimal()
+                },
+                "extra_auth_params",
+            ),
+            (
+                RawSettings {
+                    extra_auth_params: Some(vec!["redirect_uri=https://evil.test".into()]),
+                    ..minimal()
+                },
+                "extra_auth_params",
+            ),
+            (
+                RawSettings {
+                    extra_auth_params: Some(vec!["novalue".into()]),
+                    ..minimal()
+                },
+                "extra_auth_params",
+            ),
+            (
+                RawSettings {
+                    pass_auth_params: Some(vec!["client_id".into()]),
+                    ..minimal()
+                },
+                "pass_auth_params",
+            ),
+        ] {
+            let err = raw.validate().unwrap_err();
+            assert_eq!(err.setting, setting, "{err}");
+        }
+        let ok = RawSettings {
+            extra_auth_params: Some(vec!["access_type=offline".into()]),
+            acr_values: Some("mfa".into()),
+            pass_auth_params: Some(vec!["login_hint".into()]),
+            ..minimal()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(
+            ok.extra_auth_params,
+            [
+                ("access_type".to_owned(), "offline".to_owned()),
+                ("acr_values".to_owned(), "mfa".to_owned())
+            ]
+        );
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub struct AuthorizationRequest {
     pub nonce: LoginNonce,
     /// The PKCE code verifier; the provider gets its S256 challenge.
     pub pkce_verifier: PkceVerifier,
+    /// Parameters this sign-in passes on from `/oauth2/start` (`login_hint`,
+    /// `prompt`, …, as the settings allow), in order.
+    #[serde(default)]
+    pub passed: Vec<(String, String)>,
 }
 
 /// The code from a callback, with what is needed to redeem and validate it.

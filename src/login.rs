@@ -335,10 +335,21 @@ impl LoginFlow {
     /// cannot fail today; the `Result` keeps room for providers that need a
     /// call here, such as pushed authorization requests.)
     pub async fn begin(&self, return_to: &str) -> Result<StartedLogin, LoginError> {
+        self.begin_with(return_to, Vec::new()).await
+    }
+
+    /// [`begin`](Self::begin), passing `passed` on to the authorization
+    /// request (parameters the caller has checked, such as `login_hint`).
+    pub async fn begin_with(
+        &self,
+        return_to: &str,
+        passed: Vec<(String, String)>,
+    ) -> Result<StartedLogin, LoginError> {
         let request = AuthorizationRequest {
             state: LoginState::new(random_token()),
             nonce: LoginNonce::new(random_token()),
             pkce_verifier: PkceVerifier::new(random_token()),
+            passed,
         };
         let binding = BrowserBinding::new(random_token());
         let pending = PendingLogin {

@@ -74,6 +74,77 @@ async fn api_clients_without_a_session_get_401_json() {
     );
 }
 
+/// `extra_auth_params`, `acr_values` and `pass_auth_params`: what the
+/// provider is asked for, and what an attacker's start link cannot change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_requests_carry_configured_and_allowed_parameters() {
+    let h = Harness::start(|raw| {
+        raw.extra_auth_params = Some(vec!["audience=https://api.example.test".into()]);
+        raw.acr_values = Some("mfa".into());
+        raw.pass_auth_params = Some(vec!["login_hint".into(), "prompt".into()]);
+    })
+    .await;
+    let b = browser();
+    let start = b
+        .get(h.url(
+            "/oauth2/start?rd=/app&login_hint=bob%40example.com&prompt=login&domain_hint=evil.test\
+             &state=forged&redirect_uri=https%3A%2F%2Fevil.test%2Fcb&client_id=other",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), 302);
+    let authorize = Url::parse(start.headers()[LOCATION].to_str().unwrap()).unwrap();
+    let all: Vec<(String, String)> = authorize.query_pairs().into_owned().collect();
+    let values = |name: &str| -> Vec<&str> {
+        all.iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    assert_eq!(values("login_hint"), ["bob@example.com"]);
+    assert_eq!(values("prompt"), ["login"]);
+    assert_eq!(values("audience"), ["https://api.example.test"]);
+    assert_eq!(values("acr_values"), ["mfa"]);
+    assert!(values("domain_hint").is_empty(), "not allowed: {all:?}");
+    // The protocol's own parameters are latchkey's, once each.
+    assert_eq!(values("client_id"), ["latchkey"]);
+    assert_eq!(values("redirect_uri"), [h.url("/oauth2/callback").as_str()]);
+    let state = values("state");
+    assert_eq!(state.len(), 1);
+    assert_ne!(state[0], "forged");
+    // The sign-in completes with them.
+    let callback = common::browser::sign_in_at_idp(&b, &authorize, "bob").await;
+    assert_eq!(b.get(callback).send().await.unwrap().status(), 302);
+    // Oversized or control characters: refused, nothing started.
+    for bad in [
+        format!("login_hint={}", "a".repeat(300)),
+        "prompt=login%0Aevil".to_owned(),
+    ] {
+        let response = b
+            .get(h.url(&format!("/oauth2/start?rd=/&{bad}")))
+            .header(ACCEPT, "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{bad}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "bad_request");
+    }
+    // Not allowed by default.
+    let plain = Harness::start(|_| {}).await;
+    let start = browser()
+        .get(plain.url("/oauth2/start?rd=/&login_hint=bob%40example.com"))
+        .send()
+        .await
+        .unwrap();
+    let authorize = Url::parse(start.headers()[LOCATION].to_str().unwrap()).unwrap();
+    assert!(
+        !authorize.query_pairs().any(|(k, _)| k == "login_hint"),
+        "{authorize}"
+    );
+}
+
 /// nginx locations with their own rules (`auth_request
 /// /oauth2/auth?allowed_groups=admins;`): they narrow the global policy and
 /// never widen it, and a rule latchkey does not know is not taken as none.

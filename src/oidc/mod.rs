@@ -68,6 +68,10 @@ pub struct OidcSettings {
     /// Other providers whose ID tokens API clients may present as bearer
     /// tokens, each for its own audience (discovered with this one).
     pub extra_jwt_issuers: Vec<JwtIssuer>,
+    /// Parameters added to every authorization request (`audience`,
+    /// `acr_values`, `access_type`, …); never a protocol parameter (see
+    /// [`PROTOCOL_PARAMETERS`]).
+    pub extra_auth_params: Vec<(String, String)>,
     /// The HTTP client for provider calls (a private CA, a proxy); `None`:
     /// latchkey's own (web roots, no redirects). Every call is bounded by
     /// `request_timeout` either way.
@@ -103,6 +107,7 @@ impl OidcSettings {
             allow_unverified_email: false,
             extra_jwt_audiences: Vec::new(),
             extra_jwt_issuers: Vec::new(),
+            extra_auth_params: Vec::new(),
             http_client: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
@@ -111,6 +116,22 @@ impl OidcSettings {
         }
     }
 }
+
+/// The authorization request's own parameters, which latchkey sets and no
+/// setting or passed-on parameter may set instead.
+pub const PROTOCOL_PARAMETERS: &[&str] = &[
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+    "response_mode",
+    "request",
+    "request_uri",
+];
 
 /// Another provider whose ID tokens are accepted as bearer tokens
 /// (oauth2-proxy's `extra_jwt_issuers` entry `ISSUER=AUDIENCE`).
@@ -208,6 +229,8 @@ pub struct OidcProvider {
     other_audiences: Vec<IdTokenValidator>,
     /// Validators for `extra_jwt_issuers` (bearer tokens only).
     other_issuers: Vec<IdTokenValidator>,
+    /// Added to every authorization request.
+    extra_auth_params: Vec<(String, String)>,
     issuer: String,
     scopes: Vec<Scope>,
     end_session: Option<EndSessionUrl>,
@@ -378,6 +401,7 @@ impl OidcProvider {
             validator,
             other_audiences,
             other_issuers,
+            extra_auth_params: settings.extra_auth_params.clone(),
             issuer: settings.issuer.clone(),
             scopes,
             end_session,
@@ -714,6 +738,17 @@ fn serde_plain_alg(name: &str) -> Option<CoreJwsSigningAlgorithm> {
     }
 }
 
+/// A `prompt` value as the crate's type.
+fn prompt_of(word: &str) -> CoreAuthPrompt {
+    match word {
+        "none" => CoreAuthPrompt::None,
+        "login" => CoreAuthPrompt::Login,
+        "consent" => CoreAuthPrompt::Consent,
+        "select_account" => CoreAuthPrompt::SelectAccount,
+        other => CoreAuthPrompt::Extension(other.to_owned()),
+    }
+}
+
 #[async_trait]
 impl IdentityProvider for OidcProvider {
     fn authorization_url(&self, request: &AuthorizationRequest) -> String {
@@ -729,7 +764,22 @@ impl IdentityProvider for OidcProvider {
             )
             .add_scopes(self.scopes.iter().cloned())
             .set_pkce_challenge(PkceCodeChallenge::from_code_verifier_sha256(&verifier));
-        if self.scopes.iter().any(|s| s.as_str() == "offline_access") {
+        let mut prompted = false;
+        for (name, value) in self.extra_auth_params.iter().chain(&request.passed) {
+            if PROTOCOL_PARAMETERS.contains(&name.as_str()) {
+                continue; // checked before; never let one through
+            }
+            if name == "prompt" {
+                // One `prompt`, space-separated, as the crate writes it.
+                for word in value.split_whitespace() {
+                    builder = builder.add_prompt(prompt_of(word));
+                }
+                prompted = true;
+            } else {
+                builder = builder.add_extra_param(name.clone(), value.clone());
+            }
+        }
+        if !prompted && self.scopes.iter().any(|s| s.as_str() == "offline_access") {
             // OIDC Core 11: offline_access is granted only after consent
             // (panva's oidc-provider enforces it).
             builder = builder.add_prompt(CoreAuthPrompt::Consent);

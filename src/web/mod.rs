@@ -538,6 +538,7 @@ fn oidc_settings(settings: &Settings, http_client: Option<reqwest::Client>) -> O
     oidc.allow_unverified_email = settings.insecure_allow_unverified_email;
     oidc.extra_jwt_audiences = settings.extra_jwt_audiences.clone();
     oidc.extra_jwt_issuers = settings.extra_jwt_issuers.clone();
+    oidc.extra_auth_params = settings.extra_auth_params.clone();
     oidc.http_client = http_client;
     oidc
 }

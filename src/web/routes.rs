@@ -93,6 +93,37 @@ fn parameters<T>(
 #[derive(Debug, Deserialize)]
 pub(crate) struct StartQuery {
     rd: Option<String>,
+    login_hint: Option<String>,
+    domain_hint: Option<String>,
+    prompt: Option<String>,
+    ui_locales: Option<String>,
+}
+
+/// The longest value of a parameter passed on to the provider.
+const MAX_PASSED_PARAM: usize = 256;
+
+impl StartQuery {
+    /// The parameters `pass_auth_params` lets through, in a fixed order;
+    /// `Err` names one that is too long or holds a control character.
+    fn passed(&self, allowed: &[String]) -> Result<Vec<(String, String)>, &'static str> {
+        let present = [
+            ("login_hint", &self.login_hint),
+            ("domain_hint", &self.domain_hint),
+            ("prompt", &self.prompt),
+            ("ui_locales", &self.ui_locales),
+        ];
+        let mut passed = Vec::new();
+        for (name, value) in present {
+            let Some(value) = value.as_ref().filter(|_| allowed.iter().any(|a| a == name)) else {
+                continue;
+            };
+            if value.len() > MAX_PASSED_PARAM || value.chars().any(char::is_control) {
+                return Err(name);
+            }
+            passed.push((name.to_owned(), value.clone()));
+        }
+        Ok(passed)
+    }
 }
 
 /// `Some` 429 when `peer` has used up its sign-in requests for now.
@@ -144,7 +175,19 @@ pub(crate) async fn start(
         );
     }
     let return_to = redirect::local_path(query.rd.as_deref());
-    match app.inner.login.begin(&return_to).await {
+    let passed = match query.passed(&app.inner.settings.pass_auth_params) {
+        Ok(passed) => passed,
+        Err(name) => {
+            tracing::info!(parameter = name, "refused a sign-in parameter");
+            return pages::error(
+                &headers,
+                ErrorCode::BadRequest,
+                "A sign-in parameter is too long or malformed.",
+                None,
+            );
+        }
+    };
+    match app.inner.login.begin_with(&return_to, passed).await {
         Ok(started) => {
             app.inner.metrics.logins_started.inc();
             let login = LoginCookie {
