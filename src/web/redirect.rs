@@ -28,6 +28,13 @@ fn is_local_path(rd: &str) -> bool {
         })
 }
 
+/// The sign-in URL that comes back to `rd` (made a local path first).
+pub fn start_url(rd: &str) -> String {
+    let mut url = url::form_urlencoded::Serializer::new(String::new());
+    url.append_pair("rd", &local_path(Some(rd)));
+    format!("/oauth2/start?{}", url.finish())
+}
+
 #[cfg(test)]
 mod tests {
     use super::{MAX_RD, local_path};

@@ -73,10 +73,8 @@ impl Rejection {
 
     /// Not signed in; a browser signs in and comes back to `rd`.
     pub(crate) fn not_signed_in(headers: &HeaderMap, rd: &str) -> Self {
-        let mut url = url::form_urlencoded::Serializer::new(String::new());
-        url.append_pair("rd", &redirect::local_path(Some(rd)));
         Self {
-            sign_in: Some(format!("/oauth2/start?{}", url.finish())),
+            sign_in: Some(redirect::start_url(rd)),
             ..Self::new(Reason::NotSignedIn, headers, "Sign in first.")
         }
     }

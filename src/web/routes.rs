@@ -35,12 +35,6 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
     }
 }
 
-fn start_url(rd: &str) -> String {
-    let mut url = url::form_urlencoded::Serializer::new(String::new());
-    url.append_pair("rd", rd);
-    format!("/oauth2/start?{}", url.finish())
-}
-
 /// A `302 Found` to `location`.
 fn found(location: &str) -> Response {
     match HeaderValue::from_str(location) {
@@ -249,7 +243,7 @@ pub(crate) async fn callback(
         binding: login_cookie.as_ref().map(|l| l.binding.secret()),
         pending: login_cookie.as_ref().map(|l| &l.pending),
     };
-    let start_again = start_url(
+    let start_again = redirect::start_url(
         login_cookie
             .as_ref()
             .map_or("/", |l| l.pending.return_to.as_str()),
