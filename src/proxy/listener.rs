@@ -39,6 +39,33 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::upstream::Peer;
+
+/// A service that answers every request of a connection (what the listener
+/// serves, and what the router's fallback is made of): never fails, ready
+/// at once, its futures sent between worker threads.
+pub(crate) trait AppService:
+    tower::Service<
+        axum::extract::Request,
+        Response = axum::response::Response,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<T> AppService for T where
+    T: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
 use crate::config::ListenerLimits;
 use crate::web::metrics::Metrics;
 
@@ -246,14 +273,7 @@ pub(super) async fn serve<S>(
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()>
 where
-    S: tower::Service<
-            axum::extract::Request,
-            Response = axum::response::Response,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: AppService,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     // Bumped when the cap is reached: idle connections then close.
@@ -312,14 +332,7 @@ async fn serve_connection<S>(
     stop: watch::Receiver<bool>,
     shed: watch::Receiver<u64>,
 ) where
-    S: tower::Service<
-            axum::extract::Request,
-            Response = axum::response::Response,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: AppService,
 {
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched {
@@ -456,14 +469,7 @@ impl Running {
         metrics: Arc<Metrics>,
     ) -> Self
     where
-        S: tower::Service<
-                axum::extract::Request,
-                Response = axum::response::Response,
-                Error = Infallible,
-            > + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
+        S: AppService,
     {
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(serve(listener, service, limits, metrics, stopped));

@@ -20,14 +20,12 @@ pub mod readiness;
 mod routes;
 pub mod upstream;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request};
 use axum::handler::Handler;
-use axum::response::Response;
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tower::Layer;
@@ -154,7 +152,10 @@ impl App {
 
     /// The protected app: skip routes forwarded as they are, the rest behind
     /// the public layer, as an embedder would guard its routes.
-    fn protected(&self) -> protected::Protected<impl ForwardService, impl ForwardService> {
+    fn protected(
+        &self,
+    ) -> protected::Protected<impl listener::AppService + Sync, impl listener::AppService + Sync>
+    {
         let forwarder = Forwarder(Arc::new(ForwarderInner {
             latchkey: self.latchkey.clone(),
             upstream: self.upstream.clone(),
@@ -167,25 +168,6 @@ impl App {
             .layer(routes::signed_in.with_state(forwarder));
         protected::Protected::new(&self.settings().skip_auth_routes, open, guarded)
     }
-}
-
-/// What the protected app is made of: a service that answers every request.
-trait ForwardService:
-    tower::Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
-    + Clone
-    + Send
-    + Sync
-    + 'static
-{
-}
-
-impl<T> ForwardService for T where
-    T: tower::Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
-        + Clone
-        + Send
-        + Sync
-        + 'static
-{
 }
 
 /// The router for `app`'s client listener: the sign-in routes, forward-auth,
