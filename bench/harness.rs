@@ -400,6 +400,8 @@ async fn session_memory(n: usize) -> f64 {
                 subject: format!("user-{i}"),
                 email: Some(format!("user-{i}@example.com")),
                 groups: vec!["staff".into(), "engineering".into()],
+                sid: Some(latchkey::secret::random_token()),
+                issued_at: Some(1_700_000_000_000),
             },
             TokenSet {
                 access_token: latchkey::secret::random_token().into(),

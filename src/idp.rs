@@ -53,6 +53,14 @@ pub struct Identity {
     pub email: Option<String>,
     /// Group names from the configured groups claim.
     pub groups: Vec<String>,
+    /// The provider's session (`sid` claim), when the ID token names one:
+    /// a back-channel logout for it ends this sign-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    /// When the ID token was issued (`iat`, by the provider's clock): a
+    /// logout the provider issued at or after it covers this sign-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<UnixMillis>,
 }
 
 /// Tokens from the token endpoint.

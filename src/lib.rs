@@ -60,6 +60,7 @@ pub mod dev_idp;
 pub mod idp;
 pub mod keys;
 pub mod login;
+pub mod logout;
 pub mod oidc;
 pub mod proxy;
 pub mod seal;

@@ -34,6 +34,7 @@ use crate::clock::{Clock, UnixMillis, duration_ms};
 use crate::idp::{AuthorizationRequest, CodeExchange, IdentityProvider, IdpError};
 pub use crate::keys::login_key;
 use crate::keys::{login_tag, session_key};
+use crate::logout::{Registration, SessionIndex};
 use crate::seal::RecordSeal;
 use crate::secret::{
     AuthorizationCode, BrowserBinding, LoginNonce, LoginState, PkceVerifier, Redacted, SessionId,
@@ -183,6 +184,10 @@ pub enum FailureReason {
     /// The exchanging request was cancelled (client went away, shutdown).
     #[error("the token exchange was cancelled")]
     Cancelled,
+    /// The provider logged the user (or their provider session) out while
+    /// this login was exchanging its code: the session was not written (I8).
+    #[error("the identity provider ended this sign-in while it was being completed")]
+    LoggedOut,
 }
 
 /// Why a callback did not produce a session.
@@ -309,6 +314,7 @@ pub struct LoginFlow {
     store: Arc<dyn Store>,
     idp: Arc<dyn IdentityProvider>,
     clock: Arc<dyn Clock>,
+    index: SessionIndex,
     settings: LoginSettings,
 }
 
@@ -321,6 +327,7 @@ impl LoginFlow {
         settings: LoginSettings,
     ) -> Self {
         Self {
+            index: SessionIndex::new(store.clone(), clock.clone()),
             store,
             idp,
             clock,
@@ -609,7 +616,7 @@ impl LoginFlow {
             nonce,
             pkce_verifier,
             lease_id,
-            ..
+            lease_until,
         } = &claim.record.phase
         else {
             unreachable!("a claim is always in the Exchanging phase");
@@ -638,22 +645,18 @@ impl LoginFlow {
                     IdpError::Invalid(detail) => FailureReason::Invalid(detail),
                     IdpError::Transient(detail) => FailureReason::Unavailable(detail),
                 };
-                let failed = claim.record.with_phase(Phase::Failed {
-                    reason: reason.clone(),
-                });
-                // Fenced: if the lease was taken over, the record already says so.
-                self.store
-                    .compare_and_swap(
-                        &claim.key,
-                        claim.version,
-                        &failed.encode(),
-                        self.settings.login_ttl,
-                    )
-                    .await?;
+                self.fail_claim(&claim, reason.clone()).await?;
                 guard.disarm();
                 return Err(LoginError::Failed(reason));
             }
         };
+        // No commit after the lease: a logout's tombstone outlives every
+        // lease that was running when it came, and no longer.
+        if self.clock.now_ms() >= *lease_until {
+            self.fail_claim(&claim, FailureReason::LeaseExpired).await?;
+            guard.disarm();
+            return Err(LoginError::LeaseLost);
+        }
         let session_id = derive_session_id(&self.settings.seal, callback.state, lease_id);
         let session = SessionRecord::new(
             identity,
@@ -664,6 +667,18 @@ impl LoginFlow {
         let completed = claim.record.with_phase(Phase::Completed {
             lease_id: lease_id.clone(),
         });
+        let session_key = session_key(session_id.secret());
+        // Indexed before it exists, so that a logout from now on finds it.
+        if self
+            .index
+            .register(&session_key, &session.identity, session.expires_at)
+            .await?
+            == Registration::LoggedOut
+        {
+            self.fail_claim(&claim, FailureReason::LoggedOut).await?;
+            guard.disarm();
+            return Err(LoginError::Failed(FailureReason::LoggedOut));
+        }
         let committed = self
             .store
             .commit_login(LoginCommit {
@@ -671,20 +686,50 @@ impl LoginFlow {
                 login_version: claim.version,
                 login_value: &completed.encode(),
                 login_ttl: self.settings.login_ttl,
-                session_key: &session_key(session_id.secret()),
+                session_key: &session_key,
                 session_value: &session.seal(&self.settings.seal, session_id.secret()),
                 session_ttl: self.settings.session_ttl,
             })
             .await?;
-        guard.disarm();
         if !committed {
+            // Still this claim's record: then the session key was taken, by
+            // a logout that revoked it after the registration.
+            let ours = self
+                .store
+                .get(&claim.key)
+                .await?
+                .is_some_and(|current| current.version == claim.version);
+            if ours {
+                self.fail_claim(&claim, FailureReason::LoggedOut).await?;
+                guard.disarm();
+                return Err(LoginError::Failed(FailureReason::LoggedOut));
+            }
+            guard.disarm();
             return Err(LoginError::LeaseLost);
         }
+        guard.disarm();
         Ok(CompletedLogin {
             session_id,
             return_to: claim.record.return_to.clone(),
             exchanged_here: true,
         })
+    }
+}
+
+impl LoginFlow {
+    /// Ends a claimed login `Failed{reason}`, fenced by the claim's version
+    /// (if the lease was taken over, the record already says so).
+    async fn fail_claim(&self, claim: &Claim, reason: FailureReason) -> Result<(), LoginError> {
+        let failed = claim.record.with_phase(Phase::Failed { reason });
+        self.store
+            .compare_and_swap(
+                &claim.key,
+                claim.version,
+                &failed.encode(),
+                self.settings.login_ttl,
+            )
+            .await?;
+        Ok(())
     }
 }
 

@@ -20,6 +20,7 @@ use crate::clock::{Clock, UnixMillis, duration_ms};
 use crate::idp::{Identity, IdentityProvider, IdpError, TokenSet};
 pub use crate::keys::session_key;
 use crate::keys::signed_out_key_of;
+use crate::logout::REVOKED_MARKER;
 use crate::seal::RecordSeal;
 use crate::secret::{SessionId, random_token};
 use crate::store::{Store, StoreError, Versioned};
@@ -59,11 +60,6 @@ impl From<SessionRecord> for Loaded {
             derived: OnceLock::new(),
         }
     }
-}
-
-/// The store key of the sign-out marker of `identity`'s user.
-fn signed_out_key(identity: &Identity) -> String {
-    signed_out_key_of(&identity.issuer, &identity.subject)
 }
 
 fn parse_ms(bytes: &[u8]) -> Option<UnixMillis> {
@@ -277,7 +273,13 @@ impl Sessions {
         key: &Arc<str>,
         cached: &mut Option<CachedRecord>,
     ) -> Result<Option<(Versioned, Arc<Loaded>)>, SessionError> {
-        let Some(current) = self.store.get(key).await? else {
+        let current = self
+            .store
+            .get(key)
+            .await?
+            // A revoked session is no session (see `crate::logout`).
+            .filter(|current| current.value.as_ref() != REVOKED_MARKER);
+        let Some(current) = current else {
             self.cache.remove(session_id);
             *cached = None;
             return Ok(None);
@@ -391,7 +393,19 @@ impl Sessions {
 
     /// Records that `identity` signed out now (the latest time wins).
     async fn remember_sign_out(&self, identity: &Identity) -> Result<(), SessionError> {
-        let key = signed_out_key(identity);
+        self.remember_sign_out_of(&identity.issuer, &identity.subject)
+            .await
+    }
+
+    /// Records that the user `subject` at `issuer` signed out now, as a
+    /// logout from the provider does: bearer ID tokens issued until now are
+    /// refused from here on (see [`Sessions::signed_out_at`]).
+    pub async fn remember_sign_out_of(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> Result<(), SessionError> {
+        let key = signed_out_key_of(issuer, subject);
         let now = self.clock.now_ms();
         let value = now.to_string().into_bytes();
         let ttl = self.settings.sign_out_memory;

@@ -39,5 +39,6 @@ contract_checks!(
     commit_all_or_nothing,
     concurrent_commit_one_winner,
     wait_for_change_wakes,
+    logout_ends_indexed_sessions,
     purge_stays_in_prefix,
 );

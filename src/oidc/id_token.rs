@@ -259,6 +259,14 @@ impl IdTokenValidator {
                     rules.allow_unverified_email,
                 ),
                 groups: claims.additional_claims().strings(&rules.groups_claim),
+                sid: claims
+                    .additional_claims()
+                    .claims
+                    .get("sid")
+                    .and_then(|v| v.as_str())
+                    .filter(|sid| !sid.is_empty() && sid.len() <= 256)
+                    .map(str::to_owned),
+                issued_at: u64::try_from(claims.issue_time().timestamp_millis()).ok(),
             },
             claims: claims.clone(),
         })

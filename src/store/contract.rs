@@ -65,6 +65,10 @@ pub const CHECKS: &[Check] = &[
         guarantee: "a waiter is woken by a write and honours its timeout",
     },
     Check {
+        name: "logout_ends_indexed_sessions",
+        guarantee: "a logout takes its user's indexed sessions and tombstones them: no commit of theirs lands after it, a later sign-in does",
+    },
+    Check {
         name: "purge_stays_in_prefix",
         guarantee: "purge removes every record under its prefix and nothing else",
     },
@@ -83,6 +87,7 @@ pub async fn run(name: &str, store: Arc<dyn Store>, prefix: &str) -> CheckResult
         "commit_all_or_nothing" => commit_all_or_nothing(&store, p).await,
         "concurrent_commit_one_winner" => concurrent_commit_one_winner(&store, p).await,
         "wait_for_change_wakes" => wait_for_change_wakes(&store, p).await,
+        "logout_ends_indexed_sessions" => logout_ends_indexed_sessions(&store, p).await,
         "purge_stays_in_prefix" => purge_stays_in_prefix(&store, p).await,
         other => return Err(format!("no such check: {other}")),
     };
@@ -380,6 +385,72 @@ async fn commit_all_or_nothing(store: &Arc<dyn Store>, p: &str) -> StoreResult<C
             || "the commit did not insert the session".into(),
         )?;
         Ok("stale version and taken session key wrote nothing; the good commit wrote both".into())
+    })())
+}
+
+/// The session index (`crate::logout`) on this store: what back-channel
+/// logout relies on. Its records live under `logout:` (hashed, for a
+/// made-up user) and expire within seconds.
+async fn logout_ends_indexed_sessions(store: &Arc<dyn Store>, p: &str) -> StoreResult<CheckResult> {
+    use crate::clock::{Clock, SystemClock};
+    use crate::idp::Identity;
+    use crate::logout::{Handle, Registration, SessionIndex};
+
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let index = SessionIndex::new(store.clone(), clock.clone());
+    let now = clock.now_ms();
+    let subject = format!("{p}user-{}", crate::secret::random_token());
+    let signed_in_at = |issued_at: u64| Identity {
+        issuer: "https://check-store.invalid".into(),
+        subject: subject.clone(),
+        email: None,
+        groups: Vec::new(),
+        sid: None,
+        issued_at: Some(issued_at),
+    };
+    let (login, in_flight, before, after) = (
+        format!("{p}login"),
+        format!("{p}session-in-flight"),
+        format!("{p}session-before"),
+        format!("{p}session-after"),
+    );
+    let Some(v) = pending_login(store, &login).await? else {
+        return Ok(Err("an inserted record was not readable".into()));
+    };
+    let until = now + 5_000;
+    let registered = index
+        .register(&in_flight, &signed_in_at(now - 1_000), until)
+        .await?;
+    let ended = index
+        .end(Handle::Subject(&subject), now, Duration::from_secs(5))
+        .await?;
+    let late_commit = store.commit_login(commit(&login, v, &in_flight)).await?;
+    let covered = index
+        .register(&before, &signed_in_at(now - 500), until)
+        .await?;
+    let later = index
+        .register(&after, &signed_in_at(now + 1_000), until)
+        .await?;
+    Ok((|| {
+        ensure(registered == Registration::Registered, || {
+            "a session could not be indexed".into()
+        })?;
+        ensure(ended.sessions_revoked == 1, || {
+            format!("the logout took {} sessions, not 1", ended.sessions_revoked)
+        })?;
+        ensure(!late_commit, || {
+            "a commit of a revoked session landed after the logout".into()
+        })?;
+        ensure(covered == Registration::LoggedOut, || {
+            "a sign-in from before the logout was indexed after it".into()
+        })?;
+        ensure(later == Registration::Registered, || {
+            "a sign-in after the logout was refused".into()
+        })?;
+        Ok(
+            "the logout revoked the in-flight session; covered sign-ins refused, later ones not"
+                .into(),
+        )
     })())
 }
 

@@ -220,6 +220,8 @@ mod tests {
             subject: "u".into(),
             email: email.map(str::to_owned),
             groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            sid: None,
+            issued_at: None,
         }
     }
 

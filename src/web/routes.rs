@@ -338,6 +338,10 @@ fn login_problem(error: &LoginError) -> (ErrorCode, &'static str) {
             ErrorCode::LoginRefused,
             "The identity provider did not sign you in.",
         ),
+        LoginError::Failed(Why::LoggedOut) => (
+            ErrorCode::LoginRefused,
+            "The identity provider signed you out while this sign-in was completing. Start again.",
+        ),
         LoginError::Failed(Why::WrongIssuer) => (
             ErrorCode::BadRequest,
             "The sign-in response names another identity provider than this app's.",

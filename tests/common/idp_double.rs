@@ -35,7 +35,7 @@ impl Gate {
     }
 
     /// Called by the double: count the arrival, then wait until open.
-    async fn pass(&self) {
+    pub async fn pass(&self) {
         self.arrived.send_modify(|n| *n += 1);
         let mut open = self.open.subscribe();
         open.wait_for(|o| *o).await.expect("gate dropped");
@@ -77,6 +77,8 @@ pub fn identity(subject: &str) -> Identity {
         subject: subject.into(),
         email: Some(format!("{subject}@example.test")),
         groups: vec!["staff".into()],
+        sid: None,
+        issued_at: None,
     }
 }
 
@@ -93,6 +95,7 @@ pub struct ControlledIdp {
     exchange_failures: Mutex<VecDeque<IdpError>>,
     refresh_failures: Mutex<VecDeque<IdpError>>,
     refresh_subject: Mutex<Option<String>>,
+    exchange_subject: Mutex<Option<String>>,
     /// Refreshed identities carry no email and no groups; `Some(true)`: and
     /// say so (`partial_identity`), as when userinfo could not be read.
     refresh_without_claims: Mutex<Option<bool>>,
@@ -115,6 +118,7 @@ impl ControlledIdp {
             exchange_failures: Mutex::new(VecDeque::new()),
             refresh_failures: Mutex::new(VecDeque::new()),
             refresh_subject: Mutex::new(None),
+            exchange_subject: Mutex::new(None),
             refresh_without_claims: Mutex::new(None),
             presented_refresh_tokens: Mutex::new(Vec::new()),
             used_refresh_tokens: Mutex::new(HashSet::new()),
@@ -157,6 +161,12 @@ impl ControlledIdp {
         *self.refresh_without_claims.lock().unwrap() = Some(partial);
     }
 
+    /// Code exchanges sign in `subject` (default: `user-of-CODE`); each
+    /// code still gets its own provider session, `sid-of-CODE`.
+    pub fn exchange_as_subject(&self, subject: &str) {
+        *self.exchange_subject.lock().unwrap() = Some(subject.to_owned());
+    }
+
     /// Fresh tokens, with a refresh token the double will accept once.
     pub fn issue_tokens(&self) -> TokenSet {
         let n = self.issued.fetch_add(1, Ordering::SeqCst);
@@ -177,12 +187,22 @@ impl IdentityProvider for ControlledIdp {
 
     async fn exchange_code(&self, exchange: CodeExchange) -> Result<Grant, IdpError> {
         self.exchanges.fetch_add(1, Ordering::SeqCst);
+        // The ID token is issued when the request arrives; the gate holds
+        // the answer on its way back.
+        let issued_at = self.clock.now_ms();
         self.exchange_gate.pass().await;
         if let Some(error) = self.exchange_failures.lock().unwrap().pop_front() {
             return Err(error);
         }
+        let code = exchange.code.secret();
+        let subject = (self.exchange_subject.lock().unwrap().clone())
+            .unwrap_or_else(|| format!("user-of-{code}"));
         Ok(Grant {
-            identity: Some(identity(&format!("user-of-{}", exchange.code.secret()))),
+            identity: Some(Identity {
+                sid: Some(format!("sid-of-{code}")),
+                issued_at: Some(issued_at),
+                ..identity(&subject)
+            }),
             tokens: self.issue_tokens(),
             partial_identity: false,
         })

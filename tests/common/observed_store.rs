@@ -2,7 +2,8 @@
 //! - `hold_reads(prefix, n)`: the next `n` reads of keys under `prefix` each
 //!   return only once all `n` have read, so `n` callers are forced to observe
 //!   the same state before any of them acts on it;
-//! - it records which tasks are parked in `wait_for_change`.
+//! - it records which tasks are parked in `wait_for_change`;
+//! - `commit_gate` holds login commits until the test opens it.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,7 @@ use async_trait::async_trait;
 use latchkey::store::{LoginCommit, Store, StoreResult, Versioned};
 use tokio::sync::{Barrier, watch};
 
+use super::idp_double::Gate;
 use super::within;
 
 struct ReadHold {
@@ -25,6 +27,8 @@ pub struct ObservedStore {
     hold: Mutex<Option<ReadHold>>,
     waiting_tasks: Mutex<HashSet<tokio::task::Id>>,
     waiters: watch::Sender<usize>,
+    /// Every `commit_login` passes it first (open unless a test closes it).
+    pub commit_gate: Gate,
 }
 
 impl ObservedStore {
@@ -34,6 +38,7 @@ impl ObservedStore {
             hold: Mutex::new(None),
             waiting_tasks: Mutex::new(HashSet::new()),
             waiters: watch::Sender::new(0),
+            commit_gate: Gate::new(true),
         })
     }
 
@@ -106,6 +111,7 @@ impl Store for ObservedStore {
     }
 
     async fn commit_login(&self, commit: LoginCommit<'_>) -> StoreResult<bool> {
+        self.commit_gate.pass().await;
         self.inner.commit_login(commit).await
     }
 
