@@ -120,6 +120,27 @@ impl IndexRecord {
     }
 }
 
+/// What an indexed session's key holds now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    /// A session record: signed in.
+    Live,
+    /// Revoked by a logout.
+    Revoked,
+    /// Nothing: signed out, expired, or never committed.
+    Gone,
+}
+
+impl std::fmt::Display for SessionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SessionState::Live => "live",
+            SessionState::Revoked => "revoked",
+            SessionState::Gone => "gone",
+        })
+    }
+}
+
 /// Whether a registration may go on to commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Registration {
@@ -243,6 +264,15 @@ impl SessionIndex {
         };
         sessions.retain(|s| s.until > now);
         Ok(sessions)
+    }
+
+    /// What the key of an indexed session holds now.
+    pub async fn state(&self, session_key: &str) -> Result<SessionState, StoreError> {
+        Ok(match self.store.get(session_key).await? {
+            None => SessionState::Gone,
+            Some(current) if current.value.as_ref() == REVOKED_MARKER => SessionState::Revoked,
+            Some(_) => SessionState::Live,
+        })
     }
 
     /// Replaces whatever is under `session_key` with the revoked marker, for

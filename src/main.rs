@@ -43,10 +43,52 @@ enum Command {
         #[arg(long, env = "LATCHKEY_STORE")]
         store: String,
     },
+    /// List or end the sessions in a store, without the identity provider
+    /// (the store holds no user name in the clear: name the user).
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
     /// Run the development OpenID Provider alone (for local development of
     /// other apps and for tests; never for production).
     #[cfg(feature = "dev-tools")]
     DevIdp(DevIdpArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionsCommand {
+    /// The sessions of a user (--sub) or a provider session (--sid), with
+    /// their state; without either, how many session records there are.
+    List {
+        /// The store URL, as for `serve`.
+        #[arg(long, env = "LATCHKEY_STORE")]
+        store: String,
+        /// The user: the ID token's `sub`.
+        #[arg(long, conflicts_with = "sid")]
+        sub: Option<String>,
+        /// The provider session: the ID token's `sid`.
+        #[arg(long)]
+        sid: Option<String>,
+    },
+    /// End every session of a user (--sub) or of a provider session (--sid),
+    /// including those of sign-ins still completing, as a back-channel
+    /// logout does; or delete every session record (--all).
+    Revoke {
+        /// The store URL, as for `serve`.
+        #[arg(long, env = "LATCHKEY_STORE")]
+        store: String,
+        /// The user: the ID token's `sub`.
+        #[arg(long, group = "whom")]
+        sub: Option<String>,
+        /// The provider session: the ID token's `sid`.
+        #[arg(long, group = "whom")]
+        sid: Option<String>,
+        /// Every session (sign-ins completing meanwhile are not covered).
+        #[arg(long, group = "whom")]
+        all: bool,
+        /// How long sign-ins from before now are refused: at least
+        /// `exchange_lease` plus `clock_skew` of the deployment.
+        #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+        hold: std::time::Duration,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -109,6 +151,7 @@ async fn main() -> ExitCode {
         #[cfg(feature = "dev-tools")]
         Command::Demo(args) => demo(args).await,
         Command::CheckStore { store } => check_store(&store).await,
+        Command::Sessions(command) => sessions(command).await,
         #[cfg(feature = "dev-tools")]
         Command::DevIdp(args) => dev_idp(args).await,
     }
@@ -383,4 +426,107 @@ async fn check_store(url: &str) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// `latchkey sessions …`: exits 0 when done, 2 for an unusable store URL or
+/// missing arguments, 1 when the store fails.
+async fn sessions(command: SessionsCommand) -> ExitCode {
+    let (SessionsCommand::List { store: url, .. } | SessionsCommand::Revoke { store: url, .. }) =
+        &command;
+    let shown = store::redact_url(url);
+    let store = match store::connect(url).await {
+        Ok(store) => store,
+        Err(error) => {
+            eprintln!("latchkey sessions: cannot use {shown}: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let done = match &command {
+        SessionsCommand::List { sub, sid, .. } => list_sessions(&store, &shown, sub, sid).await,
+        SessionsCommand::Revoke {
+            sub,
+            sid,
+            all,
+            hold,
+            ..
+        } => revoke_sessions(&store, sub, sid, *all, *hold).await,
+    };
+    done.unwrap_or_else(|error| {
+        eprintln!("latchkey sessions: {shown}: {error}");
+        ExitCode::FAILURE
+    })
+}
+
+/// The handle `--sub` or `--sid` names.
+fn handle_of<'a>(
+    sub: &'a Option<String>,
+    sid: &'a Option<String>,
+) -> Option<latchkey::logout::Handle<'a>> {
+    use latchkey::logout::Handle;
+    match (sub, sid) {
+        (Some(sub), _) => Some(Handle::Subject(sub)),
+        (None, Some(sid)) => Some(Handle::ProviderSession(sid)),
+        (None, None) => None,
+    }
+}
+
+fn session_index(store: &std::sync::Arc<dyn store::Store>) -> latchkey::logout::SessionIndex {
+    latchkey::logout::SessionIndex::new(
+        store.clone(),
+        std::sync::Arc::new(latchkey::clock::SystemClock),
+    )
+}
+
+async fn list_sessions(
+    store: &std::sync::Arc<dyn store::Store>,
+    shown: &str,
+    sub: &Option<String>,
+    sid: &Option<String>,
+) -> Result<ExitCode, store::StoreError> {
+    let Some(handle) = handle_of(sub, sid) else {
+        let n = store.count_live("session:").await?;
+        println!("{n} session records in {shown} (name a user with --sub to list theirs)");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let index = session_index(store);
+    let listed = index.list(handle).await?;
+    println!("{:<16}  {:<8}  ends", "session", "state");
+    for session in &listed {
+        let state = index.state(&session.key).await?;
+        let ends = std::time::UNIX_EPOCH + std::time::Duration::from_millis(session.until);
+        // The key's hash names the session; the session id is never stored.
+        let name = session.key.rsplit(':').next().unwrap_or_default();
+        println!(
+            "{:<16}  {:<8}  {}",
+            &name[..name.len().min(16)],
+            state.to_string(),
+            humantime::format_rfc3339_seconds(ends)
+        );
+    }
+    println!("{} sessions indexed", listed.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn revoke_sessions(
+    store: &std::sync::Arc<dyn store::Store>,
+    sub: &Option<String>,
+    sid: &Option<String>,
+    all: bool,
+    hold: std::time::Duration,
+) -> Result<ExitCode, store::StoreError> {
+    use latchkey::clock::{Clock, SystemClock};
+    if all {
+        let n = store.purge("session:").await?;
+        println!("deleted {n} session records");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(handle) = handle_of(sub, sid) else {
+        eprintln!("latchkey sessions revoke: name whose sessions end: --sub, --sid or --all");
+        return Ok(ExitCode::from(2));
+    };
+    let ended = session_index(store)
+        .end(handle, SystemClock.now_ms(), hold)
+        .await?;
+    println!("revoked {} sessions", ended.sessions_revoked);
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,9 @@
 //! The `latchkey` binary's commands, run as a user would run them.
 
+mod common;
+
 use std::process::Command;
+use std::time::Duration;
 
 fn latchkey(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_latchkey"))
@@ -274,4 +277,70 @@ async fn check_config_reports_all_problems_then_checks_the_provider_and_store() 
     assert!(stdout.contains("forward-auth only"), "{stdout}");
     assert!(stdout.contains("example.com"), "{stdout}");
     assert!(!stdout.contains("AAAAAAAA"), "{stdout}");
+}
+
+/// `sessions list` and `sessions revoke` on a store that a login flow wrote:
+/// the operator ends one user's sessions (without the provider) and no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_revoke_ends_every_session_of_that_user_and_no_other() {
+    use latchkey::clock::ManualClock;
+    use latchkey::login::{LoginFlow, LoginSettings};
+    use latchkey::secret::SessionId;
+    use latchkey::session::{SessionError, SessionSettings, Sessions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("sessions.db").display());
+    let store = latchkey::store::connect(&url).await.unwrap();
+    let clock = std::sync::Arc::new(ManualClock::starting_now());
+    let idp = common::idp_double::ControlledIdp::new(clock.clone(), Duration::from_secs(3600));
+    let flow = LoginFlow::new(
+        store.clone(),
+        idp.clone(),
+        clock.clone(),
+        LoginSettings::default(),
+    );
+    let sessions = Sessions::new(
+        store.clone(),
+        idp.clone(),
+        clock,
+        SessionSettings::default(),
+    );
+    let sign_in = async |subject: &str, code: &str| {
+        idp.exchange_as_subject(subject);
+        common::naive::sign_in(&flow, code).await
+    };
+    let alice = [sign_in("alice", "a1").await, sign_in("alice", "a2").await];
+    let bob = sign_in("bob", "b1").await;
+    let usable = async |id: &SessionId| match sessions.load(id).await {
+        Ok(_) => true,
+        Err(SessionError::NotFound) => false,
+        Err(other) => panic!("{other}"),
+    };
+
+    let run = |args: &[&str]| latchkey(&[&["sessions"], args].concat());
+    let (code, stdout, stderr) = run(&["list", "--store", &url, "--sub", "alice"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.matches(" live ").count(), 2, "{stdout}");
+    assert!(stdout.contains("2 sessions indexed"), "{stdout}");
+    let (code, stdout, _) = run(&["list", "--store", &url]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("3 session records"), "{stdout}");
+
+    let (code, stdout, stderr) = run(&["revoke", "--store", &url, "--sub", "alice"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("revoked 2 sessions"), "{stdout}");
+    for id in &alice {
+        assert!(!usable(id).await, "alice is still signed in");
+    }
+    assert!(usable(&bob).await, "bob was signed out too");
+    let (_, stdout, _) = run(&["list", "--store", &url, "--sub", "alice"]);
+    assert!(stdout.contains("0 sessions indexed"), "{stdout}");
+
+    // Asked for nobody, or with a broken URL: a usage error, no secret shown.
+    let (code, _, stderr) = run(&["revoke", "--store", &url]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--sub, --sid or --all"), "{stderr}");
+    let (code, _, stderr) = run(&["list", "--store", "mysql://u:hunter2@db/x", "--sub", "a"]);
+    assert_eq!(code, 2);
+    assert!(!stderr.contains("hunter2"), "{stderr}");
 }

@@ -18,7 +18,7 @@ use common::naive::{Begun, LoginDriver};
 use common::observed_store::ObservedStore;
 use common::within;
 use latchkey::clock::{Clock, ManualClock};
-use latchkey::login::{Callback, FailureReason, LoginError, LoginFlow, LoginSettings};
+use latchkey::login::{FailureReason, LoginError, LoginFlow, LoginSettings};
 use latchkey::logout::{Handle, SessionIndex};
 use latchkey::secret::SessionId;
 use latchkey::session::{SessionError, SessionSettings, Sessions};
@@ -133,17 +133,8 @@ impl Rig {
 
     /// A login as `subject` with its own code (so its own `sid`).
     async fn sign_in(&self, code: &str) -> String {
-        let begun = self.begin().await;
-        self.flow
-            .complete(Callback {
-                state: &begun.state,
-                code,
-                binding: Some(&begun.binding),
-                pending: begun.pending.as_ref(),
-            })
+        common::naive::sign_in(&self.flow, code)
             .await
-            .expect("sign in")
-            .session_id
             .secret()
             .to_owned()
     }

@@ -59,6 +59,21 @@ impl LoginDriver for LoginFlow {
     }
 }
 
+/// A whole login through `flow` with the authorization code `code`; the
+/// session id it made.
+pub async fn sign_in(flow: &LoginFlow, code: &str) -> SessionId {
+    let started = flow.begin("/").await.expect("begin login");
+    flow.complete(Callback {
+        state: started.state.secret(),
+        code,
+        binding: Some(started.binding.secret()),
+        pending: Some(&started.pending),
+    })
+    .await
+    .expect("sign in")
+    .session_id
+}
+
 const TTL: Duration = Duration::from_secs(600);
 
 #[derive(Serialize, Deserialize)]
