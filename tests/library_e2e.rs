@@ -573,7 +573,49 @@ async fn an_injected_provider_signs_in_through_the_layer(backend: TestBackend) {
     assert_eq!(idp.exchanges(), 1, "{}", backend.name);
 }
 
+/// `Latchkey::end_sessions` ("sign out everywhere"): both of alice's
+/// sessions end at once on both apps sharing the store.
+async fn ending_a_users_sessions_signs_them_out_on_every_app(backend: TestBackend) {
+    use latchkey::logout::Handle;
+    let apps = Apps::start(backend.store.clone()).await;
+    let (laptop, phone) = (browser(), browser());
+    apps.sign_in(&laptop).await;
+    apps.sign_in(&phone).await;
+    let me: Value = (laptop.get(apps.url(1, "/me")).send().await.unwrap())
+        .json()
+        .await
+        .unwrap();
+    let subject = me["user"].as_str().unwrap().to_owned();
+    let status = async |browser: &reqwest::Client, app: usize| {
+        let response = browser.get(apps.url(app, "/me")).send().await.unwrap();
+        response.status().as_u16()
+    };
+    for browser in [&laptop, &phone] {
+        for app in 0..2 {
+            assert_eq!(status(browser, app).await, 200, "{}", backend.name);
+        }
+    }
+    let ended = apps.latchkeys[0]
+        .end_sessions(Handle::Subject(&subject))
+        .await
+        .unwrap();
+    assert_eq!(ended, 2, "{}", backend.name);
+    // Not signed in (401: the scripted browser does not ask for HTML).
+    for browser in [&laptop, &phone] {
+        for app in 0..2 {
+            let answer = status(browser, app).await;
+            assert_eq!(answer, 401, "{}: still signed in", backend.name);
+        }
+    }
+    let metrics = apps.latchkeys[0].metrics().render();
+    assert!(
+        metrics.contains("latchkey_sessions_revoked_total 2"),
+        "{metrics}"
+    );
+}
+
 backend_tests!(
+    ending_a_users_sessions_signs_them_out_on_every_app,
     an_injected_provider_signs_in_through_the_layer,
     one_callback_eight_times_through_the_layer,
     a_hundred_due_requests_make_one_refresh,

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub logins_failed: Counter,
     /// Duplicate callbacks answered with the winner's session, without an exchange.
     pub duplicate_callbacks: Counter,
+    /// Sessions ended by a logout for their user or provider session.
+    pub sessions_revoked: Counter,
     /// Client connections closed at accept because `max_connections` were open.
     pub connections_refused: Counter,
     exchanges: Counter,
@@ -79,6 +81,11 @@ impl Default for Metrics {
             "duplicate_callbacks_absorbed",
             "Callbacks answered with another callback's session, without a code exchange",
         );
+        let sessions_revoked = counter(
+            &mut registry,
+            "sessions_revoked",
+            "Sessions ended by a logout for their user or provider session",
+        );
         let connections_refused = counter(
             &mut registry,
             "connections_refused",
@@ -117,6 +124,7 @@ impl Default for Metrics {
             logins_completed,
             logins_failed,
             duplicate_callbacks,
+            sessions_revoked,
             connections_refused,
             exchanges,
             refreshes,

@@ -73,6 +73,7 @@ pub use self::rejection::{Reason, Rejection};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, RawSettings, Settings, StoreUrl};
 use crate::login::{LoginFlow, LoginSettings};
+use crate::logout::{Handle, SessionIndex};
 use crate::oidc::{OidcProvider, OidcSettings};
 use crate::seal::RecordSeal;
 use crate::secret::ClientSecret;
@@ -134,6 +135,8 @@ pub(crate) struct Inner {
     pub(crate) policy: AccessPolicy,
     pub(crate) error_page: Option<ErrorPage>,
     pub(crate) store: Arc<dyn Store>,
+    pub(crate) index: SessionIndex,
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 impl FromRef<Latchkey> for Key {
@@ -367,10 +370,11 @@ impl Latchkey {
                 seal: seal.clone(),
             },
         );
+        let index = SessionIndex::new(store.clone(), clock.clone());
         let sessions = Sessions::new(
             store.clone(),
             idp,
-            clock,
+            clock.clone(),
             SessionSettings {
                 refresh_before_expiry: settings.refresh_before_expiry,
                 refresh_lease: settings.exchange_lease,
@@ -390,8 +394,47 @@ impl Latchkey {
                 policy: parts.policy,
                 error_page: parts.error_page,
                 store,
+                index,
+                clock,
             }),
         })
+    }
+
+    /// Ends every session of `handle` (a user's `sub`, or one provider
+    /// session's `sid`): "sign out everywhere", or an administrator
+    /// disabling a user. It takes effect at once on every app and replica
+    /// sharing the store, including sign-ins still completing, which are
+    /// refused for `exchange_lease` + `clock_skew` (invariant I8); for a
+    /// user, their bearer ID tokens issued until now are refused too.
+    /// Returns how many sessions were indexed for it.
+    pub async fn end_sessions(&self, handle: Handle<'_>) -> Result<usize, store::StoreError> {
+        let inner = &self.inner;
+        let hold = inner.settings.exchange_lease + inner.settings.clock_skew;
+        let ended = (inner.index)
+            .end(handle, inner.clock.now_ms(), hold)
+            .await?;
+        if let Handle::Subject(subject) = handle {
+            (inner.sessions)
+                .remember_sign_out_of(inner.provider.issuer(), subject)
+                .await
+                .map_err(|error| match error {
+                    crate::session::SessionError::Store(error) => error,
+                    other => store::StoreError::Unavailable(other.to_string()),
+                })?;
+        }
+        inner
+            .metrics
+            .sessions_revoked
+            .inc_by(ended.sessions_revoked as u64);
+        tracing::info!(
+            sessions = ended.sessions_revoked,
+            by = match handle {
+                Handle::Subject(_) => "sub",
+                Handle::ProviderSession(_) => "sid",
+            },
+            "sessions ended for a user or provider session"
+        );
+        Ok(ended.sessions_revoked)
     }
 
     /// The sign-in endpoints, to merge into the app's router (no fallback,
