@@ -651,7 +651,8 @@ impl LoginFlow {
             }
         };
         // No commit after the lease: a logout's tombstone outlives every
-        // lease that was running when it came, and no longer.
+        // lease that was running when it came (by the clock skew, which is
+        // also the margin for the two store calls that follow).
         if self.clock.now_ms() >= *lease_until {
             self.fail_claim(&claim, FailureReason::LeaseExpired).await?;
             guard.disarm();

@@ -335,6 +335,11 @@ async fn sessions_revoke_ends_every_session_of_that_user_and_no_other() {
     assert!(usable(&bob).await, "bob was signed out too");
     let (_, stdout, _) = run(&["list", "--store", &url, "--sub", "alice"]);
     assert!(stdout.contains("0 sessions indexed"), "{stdout}");
+    // --all: every session record goes, bob's too.
+    let (code, stdout, stderr) = run(&["revoke", "--store", &url, "--all"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("deleted"), "{stdout}");
+    assert!(!usable(&bob).await, "bob is still signed in after --all");
 
     // Asked for nobody, or with a broken URL: a usage error, no secret shown.
     let (code, _, stderr) = run(&["revoke", "--store", &url]);
