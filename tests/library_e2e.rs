@@ -476,14 +476,14 @@ async fn a_hundred_due_requests_make_one_refresh(backend: TestBackend) {
     assert_eq!(knobs.token_calls(), calls_before + 1);
 }
 
-/// The provider injected into the builder (here the gated test double, as
-/// an app would inject one set up its own way): the sign-in runs through
-/// it, and eight callbacks of one login on two apps make one exchange.
-async fn an_injected_provider_signs_in_through_the_layer(backend: TestBackend) {
-    use common::idp_double::{ControlledIdp, ISSUER};
-    let clock = Arc::new(ManualClock::starting_now());
-    let idp = ControlledIdp::new(clock.clone(), Duration::from_secs(300));
-    let store = ObservedStore::new(backend.store.clone());
+/// Two apps (the example's) signing in through the injected `idp`, on one
+/// store; their base URLs. The first one's callback is the redirect URL.
+async fn injected_apps(
+    idp: Arc<common::idp_double::ControlledIdp>,
+    store: Arc<dyn Store>,
+    clock: Arc<ManualClock>,
+) -> Vec<String> {
+    use common::idp_double::ISSUER;
     let listeners = [
         TcpListener::bind("127.0.0.1:0").await.unwrap(),
         TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -510,6 +510,18 @@ async fn an_injected_provider_signs_in_through_the_layer(backend: TestBackend) {
             axum_app::app(&latchkey, api).into_make_service_with_connect_info::<SocketAddr>();
         tokio::spawn(async move { axum::serve(listener, service).await.unwrap() });
     }
+    urls
+}
+
+/// The provider injected into the builder (here the gated test double, as
+/// an app would inject one set up its own way): the sign-in runs through
+/// it, and eight callbacks of one login on two apps make one exchange.
+async fn an_injected_provider_signs_in_through_the_layer(backend: TestBackend) {
+    use common::idp_double::{ControlledIdp, ISSUER};
+    let clock = Arc::new(ManualClock::starting_now());
+    let idp = ControlledIdp::new(clock.clone(), Duration::from_secs(300));
+    let store = ObservedStore::new(backend.store.clone());
+    let urls = injected_apps(idp.clone(), store.clone(), clock.clone()).await;
     let browser = browser();
     let start = browser
         .get(format!("{}/oauth2/start?rd=/me", urls[0]))
@@ -614,7 +626,74 @@ async fn ending_a_users_sessions_signs_them_out_on_every_app(backend: TestBacken
     );
 }
 
+/// Front-channel logout: the provider's `iss` and a `sid` end that provider
+/// session's sessions on both apps, and no other; the page may be framed by
+/// the provider only. Hostile forms (another issuer, a repeated or
+/// oversized or control-character `sid`) are refused and end nothing.
+async fn front_channel_logout_ends_that_provider_session_only(backend: TestBackend) {
+    use common::idp_double::ControlledIdp;
+    let clock = Arc::new(ManualClock::starting_now());
+    let idp = ControlledIdp::new(clock.clone(), Duration::from_secs(300));
+    idp.exchange_as_subject("alice");
+    let urls = injected_apps(idp.clone(), backend.store.clone(), clock.clone()).await;
+    let sign_in = async |code: &str| {
+        let browser = browser();
+        let start = (browser.get(format!("{}/oauth2/start?rd=/me", urls[0])))
+            .send()
+            .await
+            .unwrap();
+        let authorize = Url::parse(start.headers()[LOCATION].to_str().unwrap()).unwrap();
+        let state = query_param(&authorize, "state").unwrap();
+        let done = (browser.get(format!(
+            "{}/oauth2/callback?state={state}&code={code}",
+            urls[0]
+        )))
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(done.status(), 302);
+        browser
+    };
+    let (first, second) = (sign_in("c1").await, sign_in("c2").await);
+    let status = async |browser: &reqwest::Client, app: usize| {
+        let response = browser
+            .get(format!("{}/me", urls[app]))
+            .send()
+            .await
+            .unwrap();
+        response.status().as_u16()
+    };
+    let logout = async |query: &str| {
+        let url = format!("{}/oauth2/frontchannel_logout?{query}", urls[1]);
+        reqwest::get(url).await.unwrap()
+    };
+    let iss = "iss=https%3A%2F%2Fidp.test";
+    let long = "s".repeat(300);
+    for hostile in [
+        "iss=https%3A%2F%2Fevil.test&sid=sid-of-c1".to_owned(),
+        format!("{iss}&sid=sid-of-c1&sid=sid-of-c2"),
+        format!("{iss}&sid={long}"),
+        format!("{iss}&sid=sid-of-c1%0A"),
+        format!("{iss}&sid="),
+    ] {
+        let refused = logout(&hostile).await;
+        assert_eq!(refused.status(), 400, "{hostile}");
+        assert_eq!(status(&first, 0).await, 200, "{hostile} ended a session");
+    }
+    let done = logout(&format!("{iss}&sid=sid-of-c1")).await;
+    assert_eq!(done.status(), 200);
+    let csp = done.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("frame-ancestors https://idp.test"), "{csp}");
+    assert!(!done.headers().contains_key("x-frame-options"));
+    assert_eq!(done.headers()["cache-control"], "no-store, private");
+    for app in 0..2 {
+        assert_eq!(status(&first, app).await, 401, "{}", backend.name);
+        assert_eq!(status(&second, app).await, 200, "{}", backend.name);
+    }
+}
+
 backend_tests!(
+    front_channel_logout_ends_that_provider_session_only,
     ending_a_users_sessions_signs_them_out_on_every_app,
     an_injected_provider_signs_in_through_the_layer,
     one_callback_eight_times_through_the_layer,

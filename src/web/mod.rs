@@ -458,6 +458,10 @@ impl Latchkey {
                 get(routes::sign_out).post(routes::sign_out),
             )
             .route("/oauth2/userinfo", get(routes::userinfo))
+            .route(
+                "/oauth2/frontchannel_logout",
+                get(routes::frontchannel_logout),
+            )
             .route_layer(axum::middleware::map_response(
                 |response: axum::response::Response| async move { pages::hardened(response) },
             ))

@@ -184,6 +184,14 @@ pub fn error_for(html: bool, code: ErrorCode, message: &str, link: Option<Link<'
     response
 }
 
+/// The `Content-Security-Policy` of the front-channel logout page, which
+/// only `origin` (the provider's) may frame.
+pub(crate) fn framed_page_csp(origin: &str) -> String {
+    format!(
+        "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors {origin}; base-uri 'none'"
+    )
+}
+
 /// The `Content-Security-Policy` of latchkey's pages: they have no scripts,
 /// no frames, no external assets and one inline style sheet.
 const PAGE_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; \
@@ -213,6 +221,17 @@ pub fn harden(response: &mut Response) {
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
+    // A page that names who may frame it (front-channel logout: the
+    // provider) keeps its own policy; every other answer is never framed.
+    let framed_by_policy = headers
+        .get(header::CONTENT_SECURITY_POLICY)
+        .is_some_and(|csp| {
+            csp.to_str()
+                .is_ok_and(|csp| csp.contains("frame-ancestors") && !csp.contains('*'))
+        });
+    if framed_by_policy {
+        return;
+    }
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     let html = headers
         .get(header::CONTENT_TYPE)

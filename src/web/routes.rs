@@ -15,6 +15,7 @@ use super::cookies::LoginCookie;
 use super::pages::{self, ErrorCode, Link};
 use super::{Latchkey, Reason, Rejection, observe_user, redirect};
 use crate::login::{Callback, FailureReason, LoginError, idp_error_code};
+use crate::logout::Handle;
 use crate::secret::RefreshToken;
 
 type AppState = State<Latchkey>;
@@ -449,6 +450,92 @@ fn revoke_in_background(app: &Latchkey, refresh_token: RefreshToken) {
             }
         }
     });
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct FrontChannelQuery {
+    iss: Option<String>,
+    sid: Option<String>,
+}
+
+/// The longest `sid` accepted from the front channel.
+const MAX_SID: usize = 256;
+
+/// OpenID Connect Front-Channel Logout 1.0: the provider frames this URL
+/// (with its `iss` and the `sid` of the provider session that ended) when
+/// the user signs out there. Every session of that `sid` ends, on every
+/// replica (I8); without a `sid`, the session of the browser's own cookie,
+/// if it sent one. The answer is a small page only the provider may frame.
+pub(crate) async fn frontchannel_logout(
+    State(app): AppState,
+    jar: PrivateCookieJar,
+    headers: HeaderMap,
+    query: Result<Query<FrontChannelQuery>, QueryRejection>,
+) -> Response {
+    let query = match parameters(&headers, query) {
+        Ok(query) => query,
+        Err(refused) => return refused,
+    };
+    let issuer = app.inner.provider.issuer();
+    if query.iss.as_deref().is_some_and(|iss| iss != issuer) {
+        tracing::info!("front-channel logout refused: it names another issuer");
+        return pages::error(
+            &headers,
+            ErrorCode::BadRequest,
+            "This logout request names another identity provider than this app's.",
+            None,
+        );
+    }
+    let ended = match query.sid.as_deref() {
+        Some(sid) if sid.is_empty() || sid.len() > MAX_SID || sid.chars().any(char::is_control) => {
+            return pages::error(
+                &headers,
+                ErrorCode::BadRequest,
+                "This logout request's session identifier cannot be used.",
+                None,
+            );
+        }
+        Some(sid) => app
+            .end_sessions(Handle::ProviderSession(sid))
+            .await
+            .map(|_| ()),
+        None => match app.inner.cookies.session_id_in(&headers) {
+            Some(id) => app
+                .inner
+                .sessions
+                .sign_out(&id)
+                .await
+                .map(|_| ())
+                .map_err(|e| crate::store::StoreError::Unavailable(e.to_string())),
+            None => Ok(()),
+        },
+    };
+    if let Err(error) = ended {
+        tracing::warn!(%error, "front-channel logout could not reach the store");
+        return pages::error(
+            &headers,
+            ErrorCode::StoreUnavailable,
+            "You could not be signed out right now. Please try again shortly.",
+            None,
+        );
+    }
+    let origin = url::Url::parse(issuer)
+        .map(|url| url.origin().ascii_serialization())
+        .unwrap_or_else(|_| "'none'".into());
+    let mut response = (
+        app.inner.cookies.clear_all(jar, &headers),
+        Html(pages::page(
+            "Signed out",
+            "<h1>Signed out</h1><p>You are signed out of this app.</p>",
+        )),
+    )
+        .into_response();
+    if let Ok(csp) = HeaderValue::from_str(&pages::framed_page_csp(&origin)) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, csp);
+    }
+    response
 }
 
 pub(crate) async fn userinfo(State(app): AppState, headers: HeaderMap) -> Response {
