@@ -6,14 +6,16 @@
 //! it, in the index record of its user (`sub`) and of its provider session
 //! (`sid`): one versioned record per [`Handle`], updated by CAS, so it is
 //! atomic on every store and stays in one Redis Cluster slot. A logout for
-//! a handle is one CAS on the same record that both takes the session keys
-//! listed there and leaves a **tombstone** (`logged_out_at`, kept for the
-//! exchange lease plus the clock skew). Then it revokes each listed key.
+//! a handle is one CAS on the same record that leaves a **tombstone**
+//! (`logged_out_at`, kept for the exchange lease plus the clock skew) and
+//! reads the session keys listed there. Then it revokes each listed key,
+//! and only then takes them off the list: a logout that fails part-way
+//! (store gone) leaves them listed, and its retry finishes the job.
 //!
 //! ```text
 //! login:   exchange ─▶ register(handle) ─▶ commit_login
 //!                       refused if tombstoned      refused if the key was revoked
-//! logout:  CAS(handle: tombstone, take keys) ─▶ revoke(key) for each key
+//! logout:  CAS(handle: tombstone; read keys) ─▶ revoke(key) for each ─▶ CAS(handle: drop them)
 //! ```
 //!
 //! The two CASes on the handle's record are ordered. If the registration
@@ -153,7 +155,7 @@ pub enum Registration {
 /// A logout, as accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ended {
-    /// Session keys taken from the index and revoked.
+    /// Session keys listed in the index at the logout, now revoked.
     pub sessions_revoked: usize,
 }
 
@@ -236,22 +238,39 @@ impl SessionIndex {
         tombstone: Duration,
     ) -> Result<Ended, StoreError> {
         let key = handle.key();
-        let taken = loop {
+        // 1. The tombstone, and the sessions listed when it was written
+        //    (they stay listed until revoked, so that a logout that fails
+        //    part-way is finished by its retry).
+        let listed = loop {
             let now = self.clock.now_ms();
             let (version, mut record) = self.read(&key).await?;
-            let taken = std::mem::take(&mut record.sessions);
             record.logged_out_at = Some(record.logged_out_at.unwrap_or(0).max(logged_out_at));
             let until = now.saturating_add(duration_ms(tombstone));
             record.tombstone_until = Some(record.tombstone_until.unwrap_or(0).max(until));
             if self.write(&key, version, &record, now).await? {
-                break taken;
+                break record.sessions;
             }
         };
-        for session in &taken {
+        // 2. Every listed session revoked.
+        for session in &listed {
             self.revoke(&session.key, tombstone).await?;
         }
+        // 3. Only then off the list (sign-ins registered since stay on it).
+        loop {
+            let now = self.clock.now_ms();
+            let (version, mut record) = self.read(&key).await?;
+            if version.is_none() {
+                break;
+            }
+            record
+                .sessions
+                .retain(|s| !listed.iter().any(|gone| gone.key == s.key));
+            if self.write(&key, version, &record, now).await? {
+                break;
+            }
+        }
         Ok(Ended {
-            sessions_revoked: taken.len(),
+            sessions_revoked: listed.len(),
         })
     }
 

@@ -296,7 +296,32 @@ async fn a_sign_in_after_the_logout_is_not_refused(backend: TestBackend) {
     );
 }
 
+async fn a_logout_that_fails_part_way_is_finished_by_its_retry(backend: TestBackend) {
+    let rig = rig(backend);
+    rig.idp.exchange_as_subject("alice");
+    let sessions = [rig.sign_in("c1").await, rig.sign_in("c2").await];
+    // The store goes away as the logout revokes the first session.
+    rig.store.fail_writes("session:", 1);
+    let failed = rig
+        .index
+        .end(Handle::Subject("alice"), rig.clock.now_ms(), TOMBSTONE)
+        .await;
+    assert!(failed.is_err());
+    // The provider retries (or the operator runs the command again).
+    let ended = rig
+        .index
+        .end(Handle::Subject("alice"), rig.clock.now_ms(), TOMBSTONE)
+        .await
+        .unwrap();
+    assert_eq!(ended.sessions_revoked, 2);
+    for session in &sessions {
+        assert!(!rig.usable(session).await, "a session outlived the retry");
+    }
+    assert_eq!(rig.index.list(Handle::Subject("alice")).await.unwrap(), []);
+}
+
 backend_tests!(
+    a_logout_that_fails_part_way_is_finished_by_its_retry,
     a_logout_during_the_exchange_writes_no_session,
     a_logout_between_registration_and_commit_leaves_no_usable_session,
     negative_control_delete_only_logout_is_caught,

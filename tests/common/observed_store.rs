@@ -3,14 +3,15 @@
 //!   return only once all `n` have read, so `n` callers are forced to observe
 //!   the same state before any of them acts on it;
 //! - it records which tasks are parked in `wait_for_change`;
-//! - `commit_gate` holds login commits until the test opens it.
+//! - `commit_gate` holds login commits until the test opens it;
+//! - `fail_writes(prefix, n)` makes writes fail as if the store were down.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use latchkey::store::{LoginCommit, Store, StoreResult, Versioned};
+use latchkey::store::{LoginCommit, Store, StoreError, StoreResult, Versioned};
 use tokio::sync::{Barrier, watch};
 
 use super::idp_double::Gate;
@@ -29,6 +30,7 @@ pub struct ObservedStore {
     waiters: watch::Sender<usize>,
     /// Every `commit_login` passes it first (open unless a test closes it).
     pub commit_gate: Gate,
+    failing_writes: Mutex<Option<(String, usize)>>,
 }
 
 impl ObservedStore {
@@ -39,6 +41,7 @@ impl ObservedStore {
             waiting_tasks: Mutex::new(HashSet::new()),
             waiters: watch::Sender::new(0),
             commit_gate: Gate::new(true),
+            failing_writes: Mutex::new(None),
         })
     }
 
@@ -68,6 +71,25 @@ impl ObservedStore {
             .expect("store dropped");
     }
 
+    /// Makes the next `n` writes (insert or CAS) of keys under `prefix`
+    /// fail as if the store had gone away, writing nothing.
+    pub fn fail_writes(&self, prefix: &str, n: usize) {
+        *self.failing_writes.lock().unwrap() = Some((prefix.into(), n));
+    }
+
+    fn refuse_write(&self, key: &str) -> StoreResult<()> {
+        let mut failing = self.failing_writes.lock().unwrap();
+        match failing.as_mut() {
+            Some((prefix, n)) if *n > 0 && key.starts_with(prefix.as_str()) => {
+                *n -= 1;
+                Err(StoreError::Unavailable(
+                    "the test made this write fail".into(),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn take_hold(&self, key: &str) -> Option<Arc<Barrier>> {
         let mut hold = self.hold.lock().unwrap();
         let h = hold.as_mut()?;
@@ -82,6 +104,7 @@ impl ObservedStore {
 #[async_trait]
 impl Store for ObservedStore {
     async fn insert_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> StoreResult<bool> {
+        self.refuse_write(key)?;
         self.inner.insert_if_absent(key, value, ttl).await
     }
 
@@ -101,6 +124,7 @@ impl Store for ObservedStore {
         value: &[u8],
         ttl: Duration,
     ) -> StoreResult<bool> {
+        self.refuse_write(key)?;
         self.inner
             .compare_and_swap(key, expected_version, value, ttl)
             .await
