@@ -628,8 +628,9 @@ async fn ending_a_users_sessions_signs_them_out_on_every_app(backend: TestBacken
 
 /// Front-channel logout: the provider's `iss` and a `sid` end that provider
 /// session's sessions on both apps, and no other; the page may be framed by
-/// the provider only. Hostile forms (another issuer, a repeated or
-/// oversized or control-character `sid`) are refused and end nothing.
+/// the provider only. Hostile forms (another issuer, `sid` without `iss`,
+/// a repeated or oversized or control-character `sid`) are refused and end
+/// nothing.
 async fn front_channel_logout_ends_that_provider_session_only(backend: TestBackend) {
     use common::idp_double::ControlledIdp;
     let clock = Arc::new(ManualClock::starting_now());
@@ -675,6 +676,9 @@ async fn front_channel_logout_ends_that_provider_session_only(backend: TestBacke
         format!("{iss}&sid={long}"),
         format!("{iss}&sid=sid-of-c1%0A"),
         format!("{iss}&sid="),
+        // Front-Channel Logout 1.0 §2: both or neither.
+        "sid=sid-of-c1".to_owned(),
+        iss.to_owned(),
     ] {
         let refused = logout(&hostile).await;
         assert_eq!(refused.status(), 400, "{hostile}");

@@ -412,12 +412,7 @@ pub(crate) async fn sign_out(
             }
             Err(error) => {
                 tracing::warn!(%error, "sign-out could not reach the store");
-                return pages::error(
-                    &headers,
-                    ErrorCode::StoreUnavailable,
-                    "You could not be signed out right now. Please try again shortly.",
-                    None,
-                );
+                return sign_out_unavailable(&headers);
             }
         }
     }
@@ -452,6 +447,16 @@ fn revoke_in_background(app: &Latchkey, refresh_token: RefreshToken) {
     });
 }
 
+/// The answer when a sign-out cannot reach the store: nothing was ended.
+fn sign_out_unavailable(headers: &HeaderMap) -> Response {
+    pages::error(
+        headers,
+        ErrorCode::StoreUnavailable,
+        "You could not be signed out right now. Please try again shortly.",
+        None,
+    )
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct FrontChannelQuery {
     iss: Option<String>,
@@ -477,12 +482,18 @@ pub(crate) async fn frontchannel_logout(
         Err(refused) => return refused,
     };
     let issuer = app.inner.provider.issuer();
-    if query.iss.as_deref().is_some_and(|iss| iss != issuer) {
-        tracing::info!("front-channel logout refused: it names another issuer");
+    // Front-Channel Logout 1.0 §2: `iss` and `sid` come together or not at all.
+    let iss_ok = match (&query.iss, &query.sid) {
+        (Some(iss), Some(_)) => iss == issuer,
+        (None, None) => true,
+        _ => false,
+    };
+    if !iss_ok {
+        tracing::info!("front-channel logout refused: another issuer, or iss without sid");
         return pages::error(
             &headers,
             ErrorCode::BadRequest,
-            "This logout request names another identity provider than this app's.",
+            "This logout request names another identity provider than this app's, or names it without a session.",
             None,
         );
     }
@@ -512,12 +523,7 @@ pub(crate) async fn frontchannel_logout(
     };
     if let Err(error) = ended {
         tracing::warn!(%error, "front-channel logout could not reach the store");
-        return pages::error(
-            &headers,
-            ErrorCode::StoreUnavailable,
-            "You could not be signed out right now. Please try again shortly.",
-            None,
-        );
+        return sign_out_unavailable(&headers);
     }
     let origin = url::Url::parse(issuer)
         .map(|url| url.origin().ascii_serialization())
