@@ -477,12 +477,14 @@ async fn run(opts: Options) {
                 client_secret: SECRET.into(),
                 redirect_uris: redirects.clone(),
                 post_logout_redirect_uris: vec![],
+                backchannel_logout_uri: None,
             },
             DevClient {
                 client_id: "apache".into(),
                 client_secret: SECRET.into(),
                 redirect_uris: vec![format!("http://127.0.0.1:{apache_port}/redirect_uri")],
                 post_logout_redirect_uris: vec![],
+                backchannel_logout_uri: None,
             },
         ],
         ..DevIdpConfig::default()
@@ -641,6 +643,7 @@ async fn run(opts: Options) {
             client_secret: SECRET.into(),
             redirect_uris: redirects.clone(),
             post_logout_redirect_uris: vec![],
+            backchannel_logout_uri: None,
         }],
         ..DevIdpConfig::default()
     })

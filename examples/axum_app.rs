@@ -106,6 +106,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             client_secret: secret.clone(),
             redirect_uris: vec![callback.clone()],
             post_logout_redirect_uris: vec![format!("http://{addr}/")],
+            backchannel_logout_uri: Some(format!("http://{addr}/oauth2/backchannel_logout")),
         }],
         ..latchkey::dev_idp::DevIdpConfig::default()
     })

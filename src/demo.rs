@@ -71,6 +71,7 @@ impl Demo {
                 client_secret: secret.clone(),
                 redirect_uris: vec![format!("http://{proxy}/oauth2/callback")],
                 post_logout_redirect_uris: vec![format!("http://{proxy}/")],
+                backchannel_logout_uri: Some(format!("http://{proxy}/oauth2/backchannel_logout")),
             }],
             ..DevIdpConfig::default()
         })

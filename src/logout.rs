@@ -65,6 +65,12 @@ impl Handle<'_> {
     }
 }
 
+/// The store key of the replay record of logout token `jti` of `issuer`.
+fn logout_token_key(issuer: &str, jti: &str) -> String {
+    let hash = hash_token(&format!("{issuer}\n{jti}"));
+    format!("logout-jti:{{{}}}:{hash}", &hash[..8])
+}
+
 /// One session in an index record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexedSession {
@@ -272,6 +278,25 @@ impl SessionIndex {
         Ok(Ended {
             sessions_revoked: listed.len(),
         })
+    }
+
+    /// Records that the logout token `jti` of `issuer` is being used, for
+    /// `ttl`; `false`: it was used before (a replay). A logout that then
+    /// fails gives the `jti` back with [`forget_logout_token`](Self::forget_logout_token),
+    /// so that the provider's retry is not taken for a replay.
+    pub async fn first_use_of_logout_token(
+        &self,
+        issuer: &str,
+        jti: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = logout_token_key(issuer, jti);
+        self.store.insert_if_absent(&key, b"used", ttl).await
+    }
+
+    /// Forgets a use recorded by [`first_use_of_logout_token`](Self::first_use_of_logout_token).
+    pub async fn forget_logout_token(&self, issuer: &str, jti: &str) -> Result<(), StoreError> {
+        self.store.delete(&logout_token_key(issuer, jti)).await
     }
 
     /// The sessions indexed under `handle` that may still be live.

@@ -167,6 +167,7 @@ fn parse_client(text: &str) -> Result<DevClient, String> {
                 client_secret: secret.into(),
                 redirect_uris: vec![redirect.into()],
                 post_logout_redirect_uris: Vec::new(),
+                backchannel_logout_uri: None,
             })
         }
         _ => Err(format!(

@@ -3,6 +3,8 @@
 //! limit. Tokens are signed with a test key and served from a test JWKS
 //! endpoint that counts its fetches.
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,29 +12,21 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use latchkey::oidc::http::IdpHttp;
 use latchkey::oidc::id_token::{IdTokenError, IdTokenRules, IdTokenValidator};
 use latchkey::oidc::jwks::JwksCache;
 use openidconnect::core::{
     CoreHmacKey, CoreJsonWebKeySet, CoreJwsSigningAlgorithm, CoreRsaPrivateSigningKey,
 };
-use openidconnect::{JsonWebKeyId, JsonWebKeySet, JsonWebKeySetUrl, PrivateSigningKey};
-use rsa::RsaPrivateKey;
-use rsa::pkcs1::{EncodeRsaPrivateKey, LineEnding};
+use openidconnect::{JsonWebKeySet, JsonWebKeySetUrl, PrivateSigningKey};
 use serde_json::{Value, json};
+
+use common::jws::{b64, jws, rsa_key};
 
 const ISSUER: &str = "https://idp.test";
 const CLIENT: &str = "latchkey";
 const SECRET: &str = "client-secret-known-to-the-client";
 const NONCE: &str = "the-nonce";
-
-fn rsa_key(kid: &str) -> CoreRsaPrivateSigningKey {
-    let key = RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).unwrap();
-    let pem = key.to_pkcs1_pem(LineEnding::LF).unwrap();
-    CoreRsaPrivateSigningKey::from_pem(&pem, Some(JsonWebKeyId::new(kid.into()))).unwrap()
-}
 
 /// A JWKS endpoint whose key set the test can change, counting fetches.
 struct KeyServer {
@@ -120,21 +114,6 @@ fn good_claims() -> Value {
         "email_verified": true,
         "groups": ["admins", "staff"],
     })
-}
-
-fn b64(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// A compact JWS of `claims` with `header`, signed by `sign`.
-fn jws(header: Value, claims: &Value, sign: impl Fn(&[u8]) -> Vec<u8>) -> String {
-    let signing_input = format!(
-        "{}.{}",
-        b64(header.to_string().as_bytes()),
-        b64(claims.to_string().as_bytes())
-    );
-    let signature = sign(signing_input.as_bytes());
-    format!("{signing_input}.{}", b64(&signature))
 }
 
 fn rs256(key: &CoreRsaPrivateSigningKey, kid: &str, claims: &Value) -> String {

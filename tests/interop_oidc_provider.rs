@@ -35,6 +35,12 @@ struct NodeProvider {
 }
 
 fn start_provider() -> Option<NodeProvider> {
+    start_provider_with(&[REDIRECT, AFTER_LOGOUT])
+}
+
+/// The provider started with `args` (redirect URI, post-logout URI and,
+/// optionally, the back-channel logout URI).
+fn start_provider_with(args: &[&str]) -> Option<NodeProvider> {
     let Ok(dir) = std::env::var("LATCHKEY_TEST_OIDC_PROVIDER") else {
         eprintln!(
             "skipping: set LATCHKEY_TEST_OIDC_PROVIDER to tests/interop/oidc-provider \
@@ -50,8 +56,7 @@ fn start_provider() -> Option<NodeProvider> {
     );
     let mut child = Command::new("node")
         .arg("server.mjs")
-        .arg(REDIRECT)
-        .arg(AFTER_LOGOUT)
+        .args(args)
         .current_dir(&dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -94,6 +99,16 @@ fn attribute_after(html: &str, marker: &str, attribute: &str) -> Option<String> 
 /// Drives the provider's development interactions (login, then consent) until
 /// it redirects to the relying party; returns that redirect.
 async fn sign_in(browser: &reqwest::Client, authorization_url: &str, user: &str) -> Url {
+    sign_in_back_to(browser, authorization_url, user, REDIRECT).await
+}
+
+/// [`sign_in`] for a relying party whose redirect URI is `redirect`.
+async fn sign_in_back_to(
+    browser: &reqwest::Client,
+    authorization_url: &str,
+    user: &str,
+    redirect: &str,
+) -> Url {
     let mut next = Url::parse(authorization_url).unwrap();
     for _ in 0..12 {
         let response = browser.get(next.clone()).send().await.unwrap();
@@ -115,11 +130,27 @@ async fn sign_in(browser: &reqwest::Client, authorization_url: &str, user: &str)
         assert!(response.status().is_redirection(), "{}", response.status());
         let location = response.headers()["location"].to_str().unwrap();
         next = next.join(location).unwrap();
-        if next.as_str().starts_with(REDIRECT) {
+        if next.as_str().starts_with(redirect) {
             return next;
         }
     }
     panic!("the provider never redirected back");
+}
+
+/// Opens the provider's logout page at `logout_url` and confirms it
+/// ("sign out of every app"); returns the provider's answer.
+async fn confirm_logout(browser: &reqwest::Client, logout_url: Url) -> reqwest::Response {
+    let page = browser.get(logout_url.clone()).send().await.unwrap();
+    assert!(page.status().is_success(), "{}", page.status());
+    let html = page.text().await.unwrap();
+    let action = attribute_after(&html, "op.logoutForm", "action").unwrap();
+    let xsrf = attribute_after(&html, "name=\"xsrf\"", "value").unwrap();
+    browser
+        .post(logout_url.join(&action).unwrap())
+        .form(&[("xsrf", xsrf.as_str()), ("logout", "yes")])
+        .send()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,18 +286,7 @@ async fn full_flow_against_panva_oidc_provider() {
     let logout = provider
         .end_session_url(record.tokens.id_token.as_ref(), Some(AFTER_LOGOUT))
         .expect("oidc-provider has an end_session_endpoint");
-    let logout_url = Url::parse(&logout).unwrap();
-    let page = browser.get(logout_url.clone()).send().await.unwrap();
-    assert!(page.status().is_success(), "{}", page.status());
-    let html = page.text().await.unwrap();
-    let action = attribute_after(&html, "op.logoutForm", "action").unwrap();
-    let xsrf = attribute_after(&html, "name=\"xsrf\"", "value").unwrap();
-    let confirmed = browser
-        .post(logout_url.join(&action).unwrap())
-        .form(&[("xsrf", xsrf.as_str()), ("logout", "yes")])
-        .send()
-        .await
-        .unwrap();
+    let confirmed = confirm_logout(&browser, Url::parse(&logout).unwrap()).await;
     assert!(
         confirmed.status().is_redirection(),
         "{}",
@@ -278,4 +298,78 @@ async fn full_flow_against_panva_oidc_provider() {
         sessions(Duration::ZERO).load(&done.session_id).await,
         Err(SessionError::NotFound)
     ));
+}
+
+/// Back-Channel Logout 1.0 with a provider nobody here wrote: an app built
+/// with the library signs alice in through oidc-provider (whose ID tokens
+/// then carry a `sid`); she signs out at the provider, which POSTs its
+/// logout token to the app's `/oauth2/backchannel_logout` before it
+/// answers; her session at the app is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_channel_logout_from_panva_oidc_provider() {
+    use latchkey::web::{AccessPolicy, Latchkey};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = format!("http://{}", listener.local_addr().unwrap());
+    let callback = format!("{app}/oauth2/callback");
+    let Some(node) = start_provider_with(&[
+        &callback,
+        &format!("{app}/signed-out"),
+        &format!("{app}/oauth2/backchannel_logout"),
+    ]) else {
+        return;
+    };
+    let latchkey = Latchkey::builder(&node.issuer, "latchkey", &callback)
+        .client_secret("interop-secret")
+        .cookie_secret(base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            [5u8; 32],
+        ))
+        .policy(AccessPolicy::everyone())
+        .settings(|raw| raw.scopes = Some(vec!["openid".into(), "email".into()]))
+        .build()
+        .await
+        .unwrap();
+    let router = axum::Router::new()
+        .route("/me", axum::routing::get(|| async { "hello" }))
+        .route_layer(latchkey.require_login())
+        .merge(latchkey.login_routes());
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, service).await.unwrap() });
+
+    let browser = browser();
+    let start = (browser.get(format!("{app}/oauth2/start?rd=/me")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), 302);
+    let authorize = start.headers()["location"].to_str().unwrap().to_owned();
+    let back = sign_in_back_to(&browser, &authorize, "alice", &callback).await;
+    let done = browser.get(back).send().await.unwrap();
+    assert_eq!(done.status(), 302, "{}", done.text().await.unwrap());
+    let me = async || {
+        browser
+            .get(format!("{app}/me"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(me().await, 200);
+
+    // Signing out at the provider (its own logout page, confirmed).
+    let end_session = Url::parse(&format!("{}/session/end", node.issuer)).unwrap();
+    let confirmed = confirm_logout(&browser, end_session).await;
+    assert!(confirmed.status().is_redirection() || confirmed.status().is_success());
+
+    // The provider waited for the app's answer: the session is over.
+    assert_eq!(
+        me().await,
+        401,
+        "still signed in after the provider's logout"
+    );
+    let metrics = latchkey.metrics().render();
+    assert!(
+        metrics.contains(r#"latchkey_backchannel_logouts_total{result="accepted"} 1"#),
+        "{metrics}"
+    );
 }

@@ -68,6 +68,11 @@ impl Apps {
                 client_secret: SECRET.into(),
                 redirect_uris: vec![callback.clone()],
                 post_logout_redirect_uris: vec![],
+                // The second app's: a logout there ends sessions made at the first.
+                backchannel_logout_uri: Some(format!(
+                    "http://{}/oauth2/backchannel_logout",
+                    addrs[1]
+                )),
             }],
             test_knobs: true,
             ..DevIdpConfig::default()
@@ -120,15 +125,23 @@ impl Apps {
     /// Starts a login at app 0 for `path` and signs alice in at the IdP;
     /// returns the callback URL the IdP sends the browser to.
     async fn to_callback(&self, browser: &reqwest::Client, path: &str) -> Url {
+        self.to_callback_as(browser, path, "alice").await
+    }
+
+    async fn to_callback_as(&self, browser: &reqwest::Client, path: &str, user: &str) -> Url {
         let start = self.url(0, &format!("/oauth2/start?rd={path}"));
         let response = browser.get(&start).send().await.unwrap();
         assert_eq!(response.status(), 302);
         let authorize = Url::parse(response.headers()[LOCATION].to_str().unwrap()).unwrap();
-        sign_in_at_idp(browser, &authorize, "alice").await
+        sign_in_at_idp(browser, &authorize, user).await
     }
 
     async fn sign_in(&self, browser: &reqwest::Client) {
-        let callback = self.to_callback(browser, "/me").await;
+        self.sign_in_as(browser, "alice").await
+    }
+
+    async fn sign_in_as(&self, browser: &reqwest::Client, user: &str) {
+        let callback = self.to_callback_as(browser, "/me", user).await;
         let done = browser.get(callback).send().await.unwrap();
         assert_eq!(done.status(), 302);
         assert_eq!(done.headers()[LOCATION], "/me");
@@ -194,6 +207,10 @@ fn test_routes(latchkey: &Latchkey) -> Router {
             get(|IdTokenClaims(claims): IdTokenClaims<Badge>| async move {
                 claims.additional_claims().badge.clone()
             }),
+        )
+        .route(
+            "/whoami/sid",
+            get(|who: SignedIn| async move { who.identity().sid.clone().unwrap_or_default() }),
         )
         .route(
             "/naive/token",
@@ -696,7 +713,159 @@ async fn front_channel_logout_ends_that_provider_session_only(backend: TestBacke
     }
 }
 
+/// Back-channel logout, with the development IdP signing real logout
+/// tokens and POSTing them to the second app: a token naming a `sid` ends
+/// that provider session's sessions on both apps and no other; one naming
+/// only a `sub` ends every session of that user; a replayed token is
+/// refused; a store failure is a 503 whose retry succeeds. Hostile requests (no token, wrong type, repeated, oversized;
+/// tokens for another client, with a nonce, unsigned) are 400s with a JSON
+/// reason, never cached, and end nothing.
+async fn back_channel_logout_ends_sessions_on_every_app(backend: TestBackend) {
+    let apps = Apps::start(backend.store.clone()).await;
+    let (laptop, phone, bobs) = (browser(), browser(), browser());
+    apps.sign_in(&laptop).await;
+    apps.sign_in(&phone).await;
+    apps.sign_in_as(&bobs, "bob").await;
+    let status = async |browser: &reqwest::Client, app: usize| {
+        let response = browser.get(apps.url(app, "/me")).send().await.unwrap();
+        response.status().as_u16()
+    };
+    let sid_of = async |browser: &reqwest::Client| {
+        let response = browser
+            .get(apps.url(0, "/whoami/sid"))
+            .send()
+            .await
+            .unwrap();
+        response.text().await.unwrap()
+    };
+    let laptop_sid = sid_of(&laptop).await;
+    assert!(
+        !laptop_sid.is_empty(),
+        "the dev IdP's ID tokens carry a sid"
+    );
+    assert_ne!(laptop_sid, sid_of(&phone).await, "one sid per sign-in");
+    let endpoint = apps.url(1, "/oauth2/backchannel_logout");
+    let post_form = async |body: String| {
+        reqwest::Client::new()
+            .post(&endpoint)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    };
+    let token_for = |client: &str, edit: &dyn Fn(&mut Value)| {
+        let mut claims = apps.idp.logout_claims(client, None, Some(&laptop_sid));
+        edit(&mut claims);
+        apps.idp.sign_jwt("logout+jwt", &claims)
+    };
+    let form = |token: &str| format!("logout_token={token}");
+    let unsigned = {
+        let b64 =
+            |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let claims = apps.idp.logout_claims("app", None, Some(&laptop_sid));
+        format!(
+            "{}.{}.",
+            b64(&serde_json::json!({"alg": "none"})),
+            b64(&claims)
+        )
+    };
+    let hostile = [
+        ("an empty body", String::new()),
+        ("another parameter", "token=x".to_owned()),
+        (
+            "the token twice",
+            format!("{}&{}", form(&token_for("app", &|_| {})), form("x")),
+        ),
+        ("an oversized body", form(&"A".repeat(64 * 1024))),
+        ("garbage", form("not-a-jwt")),
+        (
+            "a token for another client",
+            form(&token_for("other-app", &|_| {})),
+        ),
+        (
+            "a token with a nonce",
+            form(&token_for("app", &|c| c["nonce"] = "n".into())),
+        ),
+        (
+            "a token without the event",
+            form(&token_for("app", &|c| c["events"] = serde_json::json!({}))),
+        ),
+        ("an unsigned token", form(&unsigned)),
+    ];
+    for (case, body) in hostile {
+        let refused = post_form(body).await;
+        assert_eq!(refused.status(), 400, "{case}");
+        assert_eq!(
+            refused.headers()["cache-control"],
+            "no-store, private",
+            "{case}"
+        );
+        let reason: Value = refused.json().await.unwrap();
+        assert_eq!(reason["error"], "invalid_request", "{case}");
+        assert_eq!(status(&laptop, 0).await, 200, "{case} ended a session");
+    }
+    // JSON instead of a form, and a GET: refused too.
+    let json = (reqwest::Client::new().post(&endpoint))
+        .json(&serde_json::json!({"logout_token": token_for("app", &|_| {})}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json.status(), 400);
+    assert_eq!(reqwest::get(&endpoint).await.unwrap().status(), 405);
+    assert_eq!(status(&laptop, 1).await, 200);
+
+    // The IdP ends the laptop's provider session, naming its user too (as
+    // most providers do): only that provider session ends.
+    let delivered = (apps.idp)
+        .send_backchannel_logout(Some("alice"), Some(&laptop_sid))
+        .await;
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].status, Some(200), "{}", backend.name);
+    for app in 0..2 {
+        assert_eq!(status(&laptop, app).await, 401, "{}: laptop", backend.name);
+        assert_eq!(status(&phone, app).await, 200, "{}: phone", backend.name);
+        assert_eq!(status(&bobs, app).await, 200, "{}: bob", backend.name);
+    }
+
+    // A token naming only alice ends her every session, once.
+    let everywhere = {
+        let claims = apps.idp.logout_claims("app", Some("alice"), None);
+        apps.idp.sign_jwt("logout+jwt", &claims)
+    };
+    // The store fails under the logout: a 503 that ends nothing and does
+    // not use the token up, so the provider's retry goes through.
+    apps.store.fail_writes("logout:", 1);
+    let failed = post_form(form(&everywhere)).await;
+    assert_eq!(failed.status(), 503, "{}", backend.name);
+    let reason: Value = failed.json().await.unwrap();
+    assert_eq!(reason["error"], "temporarily_unavailable");
+    assert_eq!(status(&phone, 0).await, 200, "{}", backend.name);
+    assert_eq!(post_form(form(&everywhere)).await.status(), 200);
+    for app in 0..2 {
+        assert_eq!(status(&phone, app).await, 401, "{}: phone", backend.name);
+        assert_eq!(status(&bobs, app).await, 200, "{}: bob", backend.name);
+    }
+    let replayed = post_form(form(&everywhere)).await;
+    assert_eq!(
+        replayed.status(),
+        400,
+        "{}: a replay was accepted",
+        backend.name
+    );
+    let metrics = apps.latchkeys[1].metrics().render();
+    for line in [
+        r#"latchkey_backchannel_logouts_total{result="accepted"} 2"#,
+        r#"latchkey_backchannel_logouts_total{result="replayed"} 1"#,
+        r#"latchkey_backchannel_logouts_total{result="rejected"} 10"#,
+        r#"latchkey_backchannel_logouts_total{result="unavailable"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+}
+
 backend_tests!(
+    back_channel_logout_ends_sessions_on_every_app,
     front_channel_logout_ends_that_provider_session_only,
     ending_a_users_sessions_signs_them_out_on_every_app,
     an_injected_provider_signs_in_through_the_layer,

@@ -38,6 +38,7 @@ async fn dev_idp_signing(signing_alg: SigningAlg) -> DevIdp {
             client_secret: SECRET.into(),
             redirect_uris: vec![REDIRECT.into()],
             post_logout_redirect_uris: vec![AFTER_LOGOUT.into()],
+            backchannel_logout_uri: None,
         }],
         ..DevIdpConfig::default()
     })
@@ -463,6 +464,7 @@ async fn key_rotation_at_the_idp_is_picked_up_without_a_restart() {
             client_secret: SECRET.into(),
             redirect_uris: vec![REDIRECT.into()],
             post_logout_redirect_uris: vec![],
+            backchannel_logout_uri: None,
         }],
         ..DevIdpConfig::default()
     })

@@ -712,6 +712,7 @@ async fn bearer_tokens_of_another_client_need_extra_jwt_audiences() {
             client_secret: "cli-secret".into(),
             redirect_uris: vec!["http://127.0.0.1:9/cli".into()],
             post_logout_redirect_uris: vec![],
+            backchannel_logout_uri: None,
         });
     };
     let status_with = |h: &Harness, token: String| {
@@ -755,6 +756,7 @@ async fn bearer_tokens_of_another_provider_need_extra_jwt_issuers() {
         client_secret: format!("{id}-secret"),
         redirect_uris: vec![format!("http://127.0.0.1:9/{id}")],
         post_logout_redirect_uris: vec![],
+        backchannel_logout_uri: None,
     };
     let other = latchkey::dev_idp::DevIdp::start(latchkey::dev_idp::DevIdpConfig {
         listen: "127.0.0.1:0".parse().unwrap(),

@@ -1,7 +1,8 @@
 //! Two `latchkey serve` processes sharing one Redis or PostgreSQL store,
 //! behind an imagined load balancer: the same callback sent to both at once,
 //! a replica killed with SIGKILL in the middle of its code exchange, and a
-//! refresh storm across both. Runs when LATCHKEY_TEST_REDIS /
+//! refresh storm across both, and a back-channel logout delivered to one
+//! that signs the user out on both. Runs when LATCHKEY_TEST_REDIS /
 //! LATCHKEY_TEST_POSTGRES are set (CI sets them).
 
 use std::io::{BufRead, BufReader};
@@ -105,6 +106,7 @@ async fn dev_idp(access_ttl: Duration) -> DevIdp {
             client_secret: SECRET.into(),
             redirect_uris: vec![CALLBACK.into()],
             post_logout_redirect_uris: vec![],
+            backchannel_logout_uri: None,
         }],
         access_ttl,
         ..DevIdpConfig::default()
@@ -125,6 +127,17 @@ async fn login_until_callback(browser: &reqwest::Client, replica: &Replica) -> S
     let back = sign_in_at_idp(browser, &authorize, "alice").await;
     assert!(back.as_str().starts_with(CALLBACK));
     back.query().unwrap().to_owned()
+}
+
+/// Signs alice in at `replica`, callback included.
+async fn sign_in_at(browser: &reqwest::Client, replica: &Replica) {
+    let query = login_until_callback(browser, replica).await;
+    let done = browser
+        .get(replica.url(&format!("/oauth2/callback?{query}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 302);
 }
 
 /// The session id inside a response's session cookie.
@@ -251,13 +264,7 @@ async fn refresh_storm_across_replicas(store: String) {
     let a = Replica::start(idp.issuer(), &store);
     let b = Replica::start(idp.issuer(), &store);
     let browser = browser();
-    let query = login_until_callback(&browser, &a).await;
-    let done = browser
-        .get(a.url(&format!("/oauth2/callback?{query}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(done.status(), 302);
+    sign_in_at(&browser, &a).await;
     for cycle in 1..=2u64 {
         // Let the access token enter its refresh window (time has to pass).
         tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -286,6 +293,46 @@ async fn refresh_storm_across_replicas(store: String) {
         }
         assert_eq!(idp.knobs().refresh_grants(), cycle, "cycle {cycle}");
     }
+    purge(&store).await;
+}
+
+/// The provider's logout token for alice, delivered to one replica, signs
+/// her out on both at once; the same token at the other replica is a replay.
+async fn back_channel_logout_reaches_every_replica(store: String) {
+    let idp = dev_idp(Duration::from_secs(300)).await;
+    let a = Replica::start(idp.issuer(), &store);
+    let b = Replica::start(idp.issuer(), &store);
+    let browser = browser();
+    sign_in_at(&browser, &a).await;
+    let auth = async |replica: &Replica| {
+        let response = browser.get(replica.url("/oauth2/auth")).send().await;
+        response.unwrap().status().as_u16()
+    };
+    assert_eq!((auth(&a).await, auth(&b).await), (202, 202));
+    // What the IdP sends when an administrator signs alice out everywhere.
+    let token = idp.sign_jwt(
+        "logout+jwt",
+        &idp.logout_claims("latchkey", Some("alice"), None),
+    );
+    let deliver = async |replica: &Replica| {
+        let response = (reqwest::Client::new())
+            .post(replica.url("/oauth2/backchannel_logout"))
+            .form(&[("logout_token", token.as_str())])
+            .send()
+            .await;
+        response.unwrap().status().as_u16()
+    };
+    assert_eq!(deliver(&b).await, 200);
+    assert_eq!((auth(&a).await, auth(&b).await), (401, 401));
+    assert_eq!(
+        deliver(&a).await,
+        400,
+        "a replay at the other replica was accepted"
+    );
+    let accepted = r#"latchkey_backchannel_logouts_total{result="accepted"}"#;
+    assert_eq!(b.metric(accepted).await, 1.0);
+    let replayed = r#"latchkey_backchannel_logouts_total{result="replayed"}"#;
+    assert_eq!(a.metric(replayed).await, 1.0);
     purge(&store).await;
 }
 
@@ -322,5 +369,6 @@ macro_rules! on_shared_stores {
 on_shared_stores!(
     same_callback_on_both_replicas,
     replica_killed_mid_exchange,
-    refresh_storm_across_replicas
+    refresh_storm_across_replicas,
+    back_channel_logout_reaches_every_replica
 );

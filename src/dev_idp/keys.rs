@@ -49,18 +49,25 @@ impl SigningAlg {
     }
 }
 
-/// One signing key.
-pub(crate) enum SigningKey {
-    /// An RSA key.
+/// One signing key: openidconnect's, for ID tokens, and the same key's
+/// DER, for the other JWTs the IdP signs (logout tokens).
+pub(crate) struct SigningKey {
+    kind: KeyKind,
+    kid: String,
+    /// PKCS#1 (RSA) or PKCS#8 (Ed25519) DER of the private key.
+    der: Vec<u8>,
+}
+
+enum KeyKind {
     Rsa(CoreRsaPrivateSigningKey),
-    /// An Ed25519 key.
     EdDsa(CoreEdDsaPrivateSigningKey),
 }
 
 impl SigningKey {
     /// A fresh key for `alg` with a random key id.
     pub(crate) fn generate(alg: SigningAlg) -> Self {
-        let kid = Some(JsonWebKeyId::new(random_token()[..16].to_owned()));
+        let kid = random_token()[..16].to_owned();
+        let key_id = Some(JsonWebKeyId::new(kid.clone()));
         match alg {
             SigningAlg::Rs256 => {
                 let key =
@@ -68,31 +75,73 @@ impl SigningKey {
                 let pem = key
                     .to_pkcs1_pem(LineEnding::LF)
                     .expect("a generated RSA key encodes as PEM");
-                SigningKey::Rsa(
-                    CoreRsaPrivateSigningKey::from_pem(&pem, kid)
-                        .expect("a generated RSA key loads"),
-                )
+                let der = key
+                    .to_pkcs1_der()
+                    .expect("a generated RSA key encodes as DER")
+                    .as_bytes()
+                    .to_vec();
+                SigningKey {
+                    kind: KeyKind::Rsa(
+                        CoreRsaPrivateSigningKey::from_pem(&pem, key_id)
+                            .expect("a generated RSA key loads"),
+                    ),
+                    kid,
+                    der,
+                }
             }
             SigningAlg::EdDsa => {
                 let mut seed = [0u8; 32];
                 getrandom::fill(&mut seed).expect("the OS random number generator");
-                let pem = ed25519_dalek::SigningKey::from_bytes(&seed)
+                let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+                let pem = key
                     .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
                     .expect("a generated Ed25519 key encodes as PEM");
-                SigningKey::EdDsa(
-                    CoreEdDsaPrivateSigningKey::from_ed25519_pem(&pem, kid)
-                        .expect("a generated Ed25519 key loads"),
-                )
+                let der = key
+                    .to_pkcs8_der()
+                    .expect("a generated Ed25519 key encodes as DER")
+                    .as_bytes()
+                    .to_vec();
+                SigningKey {
+                    kind: KeyKind::EdDsa(
+                        CoreEdDsaPrivateSigningKey::from_ed25519_pem(&pem, key_id)
+                            .expect("a generated Ed25519 key loads"),
+                    ),
+                    kid,
+                    der,
+                }
             }
         }
     }
 
     /// The algorithm this key signs with.
     pub(crate) fn alg(&self) -> SigningAlg {
-        match self {
-            SigningKey::Rsa(_) => SigningAlg::Rs256,
-            SigningKey::EdDsa(_) => SigningAlg::EdDsa,
+        match self.kind {
+            KeyKind::Rsa(_) => SigningAlg::Rs256,
+            KeyKind::EdDsa(_) => SigningAlg::EdDsa,
         }
+    }
+
+    /// A JWT of `claims`, typed `typ`, signed with this key (for tokens
+    /// other than ID tokens).
+    pub(crate) fn sign_jwt(
+        &self,
+        typ: &str,
+        claims: &serde_json::Value,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let (alg, key) = match self.kind {
+            KeyKind::Rsa(_) => (
+                jsonwebtoken::Algorithm::RS256,
+                jsonwebtoken::EncodingKey::from_rsa_der(&self.der),
+            ),
+            KeyKind::EdDsa(_) => (
+                jsonwebtoken::Algorithm::EdDSA,
+                jsonwebtoken::EncodingKey::from_ed_der(&self.der),
+            ),
+        };
+        let mut header = jsonwebtoken::Header::new(alg);
+        header.typ = Some(typ.to_owned());
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &key)
     }
 }
 
@@ -100,16 +149,16 @@ impl PrivateSigningKey for SigningKey {
     type VerificationKey = CoreJsonWebKey;
 
     fn sign(&self, alg: &CoreJwsSigningAlgorithm, message: &[u8]) -> Result<Vec<u8>, SigningError> {
-        match self {
-            SigningKey::Rsa(key) => key.sign(alg, message),
-            SigningKey::EdDsa(key) => key.sign(alg, message),
+        match &self.kind {
+            KeyKind::Rsa(key) => key.sign(alg, message),
+            KeyKind::EdDsa(key) => key.sign(alg, message),
         }
     }
 
     fn as_verification_key(&self) -> CoreJsonWebKey {
-        match self {
-            SigningKey::Rsa(key) => key.as_verification_key(),
-            SigningKey::EdDsa(key) => key.as_verification_key(),
+        match &self.kind {
+            KeyKind::Rsa(key) => key.as_verification_key(),
+            KeyKind::EdDsa(key) => key.as_verification_key(),
         }
     }
 }

@@ -7,12 +7,17 @@
 //! with a login form listing the test users, `/token` (authorization code with
 //! PKCE S256; refresh tokens rotated with reuse detection: presenting a rotated
 //! refresh token revokes its whole grant family, and so does replaying a code),
-//! `/userinfo` and `/end_session`. Test knobs (off by default) make the next
-//! token calls fail or slow, rotate the signing key and count calls.
+//! `/userinfo` and `/end_session`. ID tokens carry a `sid` per sign-in. Test
+//! knobs (off by default) make the next token calls fail or slow, rotate the
+//! signing key, count calls, and send back-channel logout tokens to the
+//! clients that registered a `backchannel_logout_uri`.
 
 mod keys;
+mod logout;
 mod pages;
 mod token;
+
+pub use logout::Delivery;
 
 pub use pages::escape as escape_html;
 
@@ -69,6 +74,10 @@ pub struct DevClient {
     /// Allowed `post_logout_redirect_uri`s (exact match).
     #[serde(default)]
     pub post_logout_redirect_uris: Vec<String>,
+    /// Where to POST back-channel logout tokens (Back-Channel Logout 1.0),
+    /// e.g. `http://127.0.0.1:4180/oauth2/backchannel_logout`.
+    #[serde(default)]
+    pub backchannel_logout_uri: Option<String>,
 }
 
 /// The development IdP's configuration.
@@ -127,6 +136,9 @@ impl Default for DevIdpConfig {
                 client_secret: "latchkey-dev-secret".into(),
                 redirect_uris: vec!["http://127.0.0.1:4180/oauth2/callback".into()],
                 post_logout_redirect_uris: vec!["http://127.0.0.1:4180/".into()],
+                backchannel_logout_uri: Some(
+                    "http://127.0.0.1:4180/oauth2/backchannel_logout".into(),
+                ),
             }],
             code_ttl: Duration::from_secs(60),
             access_ttl: Duration::from_secs(300),
@@ -367,6 +379,35 @@ impl DevIdp {
         &self.idp.knobs
     }
 
+    /// Sends a back-channel logout token naming `subject` and/or `sid`
+    /// (Back-Channel Logout 1.0) to every client with a
+    /// `backchannel_logout_uri`, as a real provider does when the user
+    /// signs out there or an administrator ends their sessions.
+    pub async fn send_backchannel_logout(
+        &self,
+        subject: Option<&str>,
+        sid: Option<&str>,
+    ) -> Vec<Delivery> {
+        logout::send(&self.idp, subject, sid).await
+    }
+
+    /// The claims of a logout token for `client_id` naming `subject` and/or
+    /// `sid`, issued now with a fresh `jti` (for tests that alter them).
+    pub fn logout_claims(
+        &self,
+        client_id: &str,
+        subject: Option<&str>,
+        sid: Option<&str>,
+    ) -> serde_json::Value {
+        logout::logout_claims(&self.idp, client_id, subject, sid)
+    }
+
+    /// Signs any `claims` as a JWT typed `typ` with the IdP's current key,
+    /// as a provider that misbehaves would (for hostile tests).
+    pub fn sign_jwt(&self, typ: &str, claims: &serde_json::Value) -> String {
+        logout::sign(&self.idp, typ, claims)
+    }
+
     /// Signs new tokens with a fresh key (the previous key stays published).
     pub async fn rotate_signing_key(&self) {
         let alg = self.idp.config.signing_alg;
@@ -392,6 +433,12 @@ impl DevIdp {
     }
 }
 
+/// The provider session (`sid`) of the ID tokens of grant `family`: one
+/// per sign-in at the IdP, the same across refreshes.
+fn sid_of(family: &str) -> String {
+    format!("dev-{}", &crate::secret::hash_token(family)[..16])
+}
+
 fn router(idp: Arc<Idp>) -> Router {
     let mut router = Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
@@ -406,7 +453,8 @@ fn router(idp: Arc<Idp>) -> Router {
             .route("/_dev/counters", get(knob_counters))
             .route("/_dev/fail-token", post(knob_fail))
             .route("/_dev/delay-token", post(knob_delay))
-            .route("/_dev/rotate-key", post(knob_rotate));
+            .route("/_dev/rotate-key", post(knob_rotate))
+            .route("/_dev/backchannel-logout", post(logout::knob));
     }
     router.with_state(idp)
 }

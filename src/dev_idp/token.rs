@@ -281,6 +281,7 @@ fn issue(
             expires_at: now + duration_ms(idp.config.access_ttl),
         },
     );
+    let sid = super::sid_of(&family);
     grants.refresh.insert(
         refresh_token.clone(),
         RefreshGrant {
@@ -294,6 +295,8 @@ fn issue(
     let expires = issued
         + chrono::Duration::from_std(idp.config.access_ttl).unwrap_or(chrono::Duration::minutes(5));
     let mut extra = serde_json::Map::new();
+    // One provider session per sign-in at the IdP: its grant family.
+    extra.insert("sid".into(), serde_json::json!(sid));
     if idp.config.groups_in_id_token {
         extra.insert("groups".into(), serde_json::json!(user.groups));
     }

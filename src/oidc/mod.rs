@@ -11,6 +11,7 @@
 pub mod http;
 pub mod id_token;
 pub mod jwks;
+pub mod logout_token;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -225,6 +226,8 @@ pub struct OidcProvider {
     client: OidcClient,
     http: IdpHttp,
     validator: IdTokenValidator,
+    /// Back-channel logout tokens, with the same rules and keys.
+    logout_tokens: logout_token::LogoutTokenValidator,
     /// Validators for `extra_jwt_audiences` (bearer tokens only).
     other_audiences: Vec<IdTokenValidator>,
     /// Validators for `extra_jwt_issuers` (bearer tokens only).
@@ -387,6 +390,7 @@ impl OidcProvider {
         for extra in &settings.extra_jwt_issuers {
             other_issuers.push(bearer_validator_for(extra, &rules, &http, settings).await?);
         }
+        let logout_tokens = logout_token::LogoutTokenValidator::new(rules.clone(), keys.clone());
         let validator = IdTokenValidator::new(rules, keys);
         let mut scopes: Vec<Scope> = settings
             .scopes
@@ -399,6 +403,7 @@ impl OidcProvider {
             client,
             http,
             validator,
+            logout_tokens,
             other_audiences,
             other_issuers,
             extra_auth_params: settings.extra_auth_params.clone(),
@@ -476,6 +481,17 @@ impl OidcProvider {
             _ => {}
         }
         Err(error)
+    }
+
+    /// Validates a back-channel logout token (Back-Channel Logout 1.0 §2.6)
+    /// as of this provider's clock; replays are the caller's to refuse.
+    pub async fn validate_logout_token(
+        &self,
+        token: &str,
+    ) -> Result<logout_token::LogoutToken, logout_token::LogoutTokenError> {
+        self.logout_tokens
+            .validate(token, self.clock.now_ms())
+            .await
     }
 
     /// The ID token validator (for API clients' bearer tokens, metrics and tests).

@@ -22,6 +22,11 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabels {
     operation: &'static str,
 }
@@ -40,6 +45,7 @@ pub struct Metrics {
     pub duplicate_callbacks: Counter,
     /// Sessions ended by a logout for their user or provider session.
     pub sessions_revoked: Counter,
+    backchannel_logouts: Family<ResultLabels, Counter>,
     /// Client connections closed at accept because `max_connections` were open.
     pub connections_refused: Counter,
     exchanges: Counter,
@@ -86,6 +92,12 @@ impl Default for Metrics {
             "sessions_revoked",
             "Sessions ended by a logout for their user or provider session",
         );
+        let backchannel_logouts = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "backchannel_logouts",
+            "Back-channel logout requests by result (accepted, rejected, replayed, unavailable)",
+            backchannel_logouts.clone(),
+        );
         let connections_refused = counter(
             &mut registry,
             "connections_refused",
@@ -125,6 +137,7 @@ impl Default for Metrics {
             logins_failed,
             duplicate_callbacks,
             sessions_revoked,
+            backchannel_logouts,
             connections_refused,
             exchanges,
             refreshes,
@@ -136,6 +149,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts one back-channel logout request: `accepted`, `rejected`,
+    /// `replayed` or `unavailable`.
+    pub fn backchannel_logout(&self, result: &'static str) {
+        self.backchannel_logouts
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
     /// Counts one HTTP request.
     pub fn request(&self, route: &'static str, status: u16) {
         self.requests

@@ -408,11 +408,21 @@ impl Latchkey {
     /// user, their bearer ID tokens issued until now are refused too.
     /// Returns how many sessions were indexed for it.
     pub async fn end_sessions(&self, handle: Handle<'_>) -> Result<usize, store::StoreError> {
+        self.end_sessions_as_of(handle, self.inner.clock.now_ms())
+            .await
+    }
+
+    /// [`end_sessions`](Self::end_sessions) for a logout that happened at
+    /// `logged_out_at` (a logout token's `iat`): sign-ins whose ID token
+    /// was issued later are not refused.
+    pub(crate) async fn end_sessions_as_of(
+        &self,
+        handle: Handle<'_>,
+        logged_out_at: crate::clock::UnixMillis,
+    ) -> Result<usize, store::StoreError> {
         let inner = &self.inner;
         let hold = inner.settings.exchange_lease + inner.settings.clock_skew;
-        let ended = (inner.index)
-            .end(handle, inner.clock.now_ms(), hold)
-            .await?;
+        let ended = (inner.index).end(handle, logged_out_at, hold).await?;
         if let Handle::Subject(subject) = handle {
             (inner.sessions)
                 .remember_sign_out_of(inner.provider.issuer(), subject)
@@ -461,6 +471,12 @@ impl Latchkey {
             .route(
                 "/oauth2/frontchannel_logout",
                 get(routes::frontchannel_logout),
+            )
+            .route(
+                "/oauth2/backchannel_logout",
+                axum::routing::post(routes::backchannel_logout).layer(
+                    axum::extract::DefaultBodyLimit::max(routes::MAX_LOGOUT_REQUEST),
+                ),
             )
             .route_layer(axum::middleware::map_response(
                 |response: axum::response::Response| async move { pages::hardened(response) },

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use crate::clock::UnixMillis;
 use crate::idp::{Identity, IdentityProvider, IdpError};
 use crate::oidc::OidcProvider;
+use crate::oidc::logout_token::{LogoutToken, LogoutTokenError};
 use crate::secret::{RawIdToken, RefreshToken};
 
 /// An API client's bearer ID token, validated.
@@ -60,6 +61,13 @@ pub trait SignInProvider: IdentityProvider {
         Err("this provider accepts no bearer tokens".into())
     }
 
+    /// Validates a back-channel logout token (Back-Channel Logout 1.0
+    /// §2.6: signature, `iss`, `aud`, `iat`, `exp`, `events`, no `nonce`,
+    /// `jti`, `sub` and/or `sid`). Replays are refused by the caller.
+    async fn validate_logout_token(&self, _token: &str) -> Result<LogoutToken, LogoutTokenError> {
+        Err(LogoutTokenError::Unsupported)
+    }
+
     /// Revokes a refresh token (RFC 7009); `Ok(false)`: the provider has no
     /// revocation endpoint.
     async fn revoke_refresh_token(&self, _token: &RefreshToken) -> Result<bool, String> {
@@ -100,6 +108,10 @@ impl SignInProvider for OidcProvider {
             identity: validated.identity,
             issued_at,
         })
+    }
+
+    async fn validate_logout_token(&self, token: &str) -> Result<LogoutToken, LogoutTokenError> {
+        OidcProvider::validate_logout_token(self, token).await
     }
 
     async fn revoke_refresh_token(&self, token: &RefreshToken) -> Result<bool, String> {

@@ -544,6 +544,127 @@ pub(crate) async fn frontchannel_logout(
     response
 }
 
+#[derive(Debug, Deserialize)]
+pub(crate) struct BackChannelForm {
+    logout_token: String,
+}
+
+/// The largest back-channel logout request body read (a logout token is
+/// well under 4 KiB).
+pub(crate) const MAX_LOGOUT_REQUEST: usize = 16 * 1024;
+
+/// A back-channel logout answer: `200` with no body, or an OAuth-style
+/// JSON error (never cached: every answer of the login routes is `no-store`).
+fn backchannel_answer(status: StatusCode, error: Option<(&str, &str)>) -> Response {
+    match error {
+        None => status.into_response(),
+        Some((code, description)) => (
+            status,
+            axum::Json(serde_json::json!({
+                "error": code,
+                "error_description": description,
+            })),
+        )
+            .into_response(),
+    }
+}
+
+/// The store is down: nothing was ended, and the provider may retry.
+fn backchannel_unavailable() -> Response {
+    backchannel_answer(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Some((
+            "temporarily_unavailable",
+            "the session store is unavailable",
+        )),
+    )
+}
+
+/// OpenID Connect Back-Channel Logout 1.0: the provider POSTs a signed
+/// `logout_token` naming a provider session (`sid`) and/or a user (`sub`).
+/// A valid token that was not seen before ends every session of that
+/// `sid` (or, with only a `sub`, of that user) on every replica sharing
+/// the store, and tombstones it against logins still exchanging (I8).
+pub(crate) async fn backchannel_logout(
+    State(app): AppState,
+    form: Result<axum::Form<BackChannelForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let metrics = &app.inner.metrics;
+    let form = match form {
+        Ok(axum::Form(form)) => form,
+        Err(rejection) => {
+            tracing::info!(reason = %escaped(&rejection.body_text()), "back-channel logout refused: unreadable request");
+            metrics.backchannel_logout("rejected");
+            return backchannel_answer(
+                StatusCode::BAD_REQUEST,
+                Some((
+                    "invalid_request",
+                    "expected an application/x-www-form-urlencoded body with one logout_token",
+                )),
+            );
+        }
+    };
+    let provider = &app.inner.provider;
+    let token = match provider.validate_logout_token(&form.logout_token).await {
+        Ok(token) => token,
+        Err(error) => {
+            tracing::info!(reason = %escaped(&error.to_string()), "back-channel logout refused");
+            metrics.backchannel_logout("rejected");
+            return backchannel_answer(
+                StatusCode::BAD_REQUEST,
+                Some(("invalid_request", "the logout token is not valid")),
+            );
+        }
+    };
+    let issuer = provider.issuer();
+    let index = &app.inner.index;
+    let skew = app.inner.settings.clock_skew;
+    let remember = crate::oidc::logout_token::MAX_LOGOUT_TOKEN_AGE + skew + skew;
+    match index
+        .first_use_of_logout_token(issuer, &token.jti, remember)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!("back-channel logout refused: the logout token was used before");
+            metrics.backchannel_logout("replayed");
+            return backchannel_answer(
+                StatusCode::BAD_REQUEST,
+                Some(("invalid_request", "the logout token was used before")),
+            );
+        }
+        Err(error) => {
+            tracing::warn!(%error, "back-channel logout could not reach the store");
+            metrics.backchannel_logout("unavailable");
+            return backchannel_unavailable();
+        }
+    }
+    // Back-Channel Logout 1.0 §2.7: the provider session when named, else
+    // every session of the user.
+    let handle = match (&token.sid, &token.subject) {
+        (Some(sid), _) => Handle::ProviderSession(sid),
+        (None, Some(sub)) => Handle::Subject(sub),
+        (None, None) => {
+            metrics.backchannel_logout("rejected");
+            return backchannel_answer(
+                StatusCode::BAD_REQUEST,
+                Some(("invalid_request", "the logout token names no session")),
+            );
+        }
+    };
+    if let Err(error) = app.end_sessions_as_of(handle, token.issued_at).await {
+        tracing::warn!(%error, "back-channel logout could not reach the store");
+        // Not a replay when the provider tries again.
+        if let Err(error) = index.forget_logout_token(issuer, &token.jti).await {
+            tracing::warn!(%error, "could not forget a failed logout token's jti; its retry will be refused");
+        }
+        metrics.backchannel_logout("unavailable");
+        return backchannel_unavailable();
+    }
+    metrics.backchannel_logout("accepted");
+    backchannel_answer(StatusCode::OK, None)
+}
+
 pub(crate) async fn userinfo(State(app): AppState, headers: HeaderMap) -> Response {
     let found = match caller::authenticate(&app, &headers).await {
         Ok(found) => found,

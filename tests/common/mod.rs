@@ -6,6 +6,7 @@
 pub mod backends;
 pub mod browser;
 pub mod idp_double;
+pub mod jws;
 pub mod naive;
 pub mod observed_store;
 pub mod process;

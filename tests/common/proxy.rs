@@ -74,6 +74,7 @@ impl Harness {
                 client_secret: SECRET.into(),
                 redirect_uris: vec![format!("http://{proxy}/oauth2/callback")],
                 post_logout_redirect_uris: vec![format!("http://{proxy}/")],
+                backchannel_logout_uri: Some(format!("http://{proxy}/oauth2/backchannel_logout")),
             }],
             ..DevIdpConfig::default()
         };
