@@ -864,7 +864,56 @@ async fn back_channel_logout_ends_sessions_on_every_app(backend: TestBackend) {
     }
 }
 
+/// Signing out of one app ends the provider session at the development
+/// IdP too (RP-initiated logout with the ID token as hint), and the IdP
+/// sends that provider session's logout token to the app registered for
+/// it, which accepts it; another sign-in of the same user (another
+/// provider session) stays signed in.
+async fn signing_out_at_the_idp_sends_its_logout_token(backend: TestBackend) {
+    let apps = Apps::start(backend.store.clone()).await;
+    let (laptop, phone) = (browser(), browser());
+    apps.sign_in(&laptop).await;
+    apps.sign_in(&phone).await;
+    let sign_out = laptop
+        .get(apps.url(0, "/oauth2/sign_out"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sign_out.status(), 302);
+    let at_idp = sign_out.headers()[LOCATION].to_str().unwrap().to_owned();
+    assert!(at_idp.starts_with(apps.idp.issuer()), "{at_idp}");
+    assert!(at_idp.contains("id_token_hint="), "{at_idp}");
+    let signed_out = laptop.get(&at_idp).send().await.unwrap();
+    assert!(signed_out.status().is_success(), "{}", signed_out.status());
+    let metrics = apps.latchkeys[1].metrics().render();
+    let accepted = r#"latchkey_backchannel_logouts_total{result="accepted"} 1"#;
+    assert!(metrics.contains(accepted), "{}: {metrics}", backend.name);
+    for app in 0..2 {
+        let me = laptop.get(apps.url(app, "/me")).send().await.unwrap();
+        assert_eq!(me.status(), 401, "{}", backend.name);
+        let me = phone.get(apps.url(app, "/me")).send().await.unwrap();
+        assert_eq!(me.status(), 200, "{}", backend.name);
+    }
+    // A hint the IdP did not sign sends nothing.
+    let forged = format!(
+        "{}/end_session?id_token_hint=eyJhbGciOiJub25lIn0.e30.",
+        apps.idp.issuer()
+    );
+    assert!(
+        laptop
+            .get(forged)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    let metrics = apps.latchkeys[1].metrics().render();
+    assert!(metrics.contains(accepted), "{metrics}");
+}
+
 backend_tests!(
+    signing_out_at_the_idp_sends_its_logout_token,
     back_channel_logout_ends_sessions_on_every_app,
     front_channel_logout_ends_that_provider_session_only,
     ending_a_users_sessions_signs_them_out_on_every_app,

@@ -8,7 +8,11 @@ use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::Idp;
+use openidconnect::core::CoreIdTokenVerifier;
+use openidconnect::{ClientId, IssuerUrl, Nonce};
+
+use super::{Idp, SigningAlg};
+use crate::oidc::id_token::LatchkeyIdToken;
 use crate::oidc::logout_token::BACKCHANNEL_LOGOUT_EVENT;
 use crate::secret::random_token;
 
@@ -45,6 +49,28 @@ pub(super) fn logout_claims(
         claims["sid"] = sid.into();
     }
     claims
+}
+
+/// The `sub` and `sid` of an ID token this IdP signed (an `id_token_hint`:
+/// expired or not, for any of its clients); `None` for any other token.
+pub(super) fn hinted_session(idp: &Idp, hint: &str) -> Option<(String, Option<String>)> {
+    let token: LatchkeyIdToken = hint.parse().ok()?;
+    let issuer = IssuerUrl::new(idp.issuer.clone()).ok()?;
+    let keys = idp.keys().jwks();
+    let verifier =
+        CoreIdTokenVerifier::new_public_client(ClientId::new(String::new()), issuer, keys)
+            .require_audience_match(false)
+            .set_allowed_algs([SigningAlg::Rs256.jws(), SigningAlg::EdDsa.jws()])
+            // A hint may have expired: as of the epoch, nothing has.
+            .set_time_fn(|| chrono::DateTime::UNIX_EPOCH);
+    let claims = token.claims(&verifier, |_: Option<&Nonce>| Ok(())).ok()?;
+    let sid = claims
+        .additional_claims()
+        .claims
+        .get("sid")
+        .and_then(|sid| sid.as_str())
+        .map(str::to_owned);
+    Some((claims.subject().to_string(), sid))
 }
 
 /// Signs `claims` with the IdP's current key, typed `typ`.

@@ -703,9 +703,21 @@ struct EndSessionParams {
     client_id: Option<String>,
     post_logout_redirect_uri: Option<String>,
     state: Option<String>,
+    id_token_hint: Option<String>,
 }
 
+/// RP-initiated logout. With an `id_token_hint` this IdP signed, the
+/// provider session it names ends: its logout token goes to every client
+/// with a `backchannel_logout_uri` before the browser is sent on, as
+/// oidc-provider does.
 async fn end_session(State(idp): Shared, Query(p): Query<EndSessionParams>) -> Response {
+    if let Some((subject, Some(sid))) = p
+        .id_token_hint
+        .as_deref()
+        .and_then(|hint| logout::hinted_session(&idp, hint))
+    {
+        logout::send(&idp, Some(&subject), Some(&sid)).await;
+    }
     let registered = p.post_logout_redirect_uri.as_ref().filter(|uri| {
         idp.config.clients.iter().any(|c| {
             p.client_id.as_deref().is_none_or(|id| id == c.client_id)
