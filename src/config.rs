@@ -167,6 +167,18 @@ pub struct RawSettings {
     /// /oauth2/callback (bursts of as many); 0: no limit [default: 120].
     #[arg(long, env = "LATCHKEY_LOGIN_RATE_PER_MINUTE")]
     pub login_rate_per_minute: Option<u32>,
+    /// /oauth2/sign_in sends the browser straight to the provider instead of
+    /// showing a page with a sign-in button [default: false, as oauth2-proxy].
+    #[arg(long, env = "LATCHKEY_SKIP_PROVIDER_BUTTON", num_args = 0..=1, default_missing_value = "true")]
+    pub skip_provider_button: Option<bool>,
+    /// Liveness path besides /healthz, as oauth2-proxy's; empty: none
+    /// [default: /ping].
+    #[arg(long, env = "LATCHKEY_PING_PATH")]
+    pub ping_path: Option<String>,
+    /// Readiness path besides /readyz, as oauth2-proxy's; empty: none
+    /// [default: /ready].
+    #[arg(long, env = "LATCHKEY_READY_PATH")]
+    pub ready_path: Option<String>,
 }
 
 macro_rules! layer {
@@ -222,6 +234,9 @@ impl RawSettings {
             acr_values,
             pass_auth_params,
             login_rate_per_minute,
+            skip_provider_button,
+            ping_path,
+            ready_path,
         )
     }
 
@@ -378,6 +393,12 @@ pub struct Settings {
     pub extra_auth_params: Vec<(String, String)>,
     /// `/oauth2/start` parameters passed on to the provider.
     pub pass_auth_params: Vec<String>,
+    /// `/oauth2/sign_in` goes straight to the provider (no button page).
+    pub skip_provider_button: bool,
+    /// oauth2-proxy's liveness path (`/ping`), if served.
+    pub ping_path: Option<String>,
+    /// oauth2-proxy's readiness path (`/ready`), if served.
+    pub ready_path: Option<String>,
     /// Sign-in requests per minute per client address (0: no limit).
     pub login_rate_per_minute: u32,
 }
@@ -824,6 +845,38 @@ fn auth_params(
     Ok(params)
 }
 
+/// Paths latchkey serves itself, which a probe path may not take.
+const RESERVED_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
+
+/// `ping_path` / `ready_path`: a plain absolute path (letters, digits,
+/// `-._~/`), not under `/oauth2/` and not another endpoint's; empty: none.
+fn probe_path(
+    value: Option<String>,
+    setting: &str,
+    default: &str,
+) -> Result<Option<String>, ConfigError> {
+    let path = value.unwrap_or_else(|| default.to_owned());
+    let path = path.trim();
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let plain = path.starts_with('/')
+        && path.len() > 1
+        && path.len() <= 256
+        && !path.contains("//")
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~/".contains(&b));
+    if !plain || path.starts_with("/oauth2/") || RESERVED_PATHS.contains(&path) {
+        return Err(error(
+            setting,
+            format!("{path:?} cannot be a probe path"),
+            "write a plain path such as /ping, not under /oauth2/ and not /healthz, /readyz or /metrics; or \"\" for none",
+        ));
+    }
+    Ok(Some(path.to_owned()))
+}
+
 fn passable(names: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
     let names = list(names, &[]);
     match names
@@ -950,6 +1003,17 @@ impl RawSettings {
             "60s",
         ));
         let clock_skew = problems.check(duration(self.clock_skew, "clock_skew", "60s"));
+        let ping_path = problems.check(probe_path(self.ping_path, "ping_path", "/ping"));
+        let ready_path = problems.check(probe_path(self.ready_path, "ready_path", "/ready"));
+        if let (Some(Some(ping)), Some(Some(ready))) = (&ping_path, &ready_path)
+            && ping == ready
+        {
+            problems.check::<()>(Err(error(
+                "ready_path",
+                format!("{ready} is ping_path too"),
+                "give the two probes different paths",
+            )));
+        }
         // Every value is there exactly when no problem was found.
         let (
             Some(listener),
@@ -967,6 +1031,7 @@ impl RawSettings {
             Some(metrics_address),
             Some(extra_jwt_issuers),
             Some((extra_auth_params, pass_auth_params)),
+            Some((ping_path, ready_path)),
             Some((session_ttl, login_ttl, exchange_lease, refresh_before_expiry, clock_skew)),
         ) = (
             listener,
@@ -984,6 +1049,7 @@ impl RawSettings {
             metrics_address,
             extra_jwt_issuers,
             extra_auth_params.zip(pass_auth_params),
+            ping_path.zip(ready_path),
             session_ttl
                 .zip(login_ttl)
                 .zip(exchange_lease)
@@ -1033,6 +1099,9 @@ impl RawSettings {
             extra_auth_params,
             pass_auth_params,
             login_rate_per_minute: self.login_rate_per_minute.unwrap_or(120),
+            skip_provider_button: self.skip_provider_button.unwrap_or(false),
+            ping_path,
+            ready_path,
         })
     }
 
@@ -1225,6 +1294,45 @@ mod tests {
             assert_eq!(err.setting, setting, "{err}");
             assert!(!err.fix.is_empty());
         }
+    }
+
+    #[test]
+    fn probe_paths_are_plain_and_never_shadow_latchkeys_own() {
+        let with = |ping: &str, ready: Option<&str>| {
+            RawSettings {
+                ping_path: Some(ping.into()),
+                ready_path: ready.map(str::to_owned),
+                ..minimal()
+            }
+            .validate()
+        };
+        let defaults = minimal().validate().unwrap();
+        assert_eq!(defaults.ping_path.as_deref(), Some("/ping"));
+        assert_eq!(defaults.ready_path.as_deref(), Some("/ready"));
+        assert_eq!(with("", Some("")).unwrap().ping_path, None);
+        assert_eq!(
+            with("/lb/ping", None).unwrap().ping_path.as_deref(),
+            Some("/lb/ping")
+        );
+        for hostile in [
+            "ping",
+            "/",
+            "/oauth2/auth",
+            "/oauth2/x",
+            "/healthz",
+            "/metrics",
+            "/{id}",
+            "/*rest",
+            "//ping",
+            "/ping?x",
+            "/p%20ing",
+            "/pïng",
+        ] {
+            let err = with(hostile, None).unwrap_err();
+            assert_eq!(err.setting, "ping_path", "{hostile}");
+        }
+        let err = with("/probe", Some("/probe")).unwrap_err();
+        assert_eq!(err.setting, "ready_path");
     }
 
     #[test]

@@ -542,6 +542,106 @@ async fn many_tabs_cannot_grow_the_cookie_header() {
     assert_eq!(location(&done, &callback).path(), "/newest");
 }
 
+/// oauth2-proxy's probe paths answer like /healthz and /readyz, may be
+/// moved or turned off, and never reach the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth2_proxy_probe_paths() {
+    let h = Harness::start(|_| {}).await;
+    let ping = reqwest::get(h.url("/ping")).await.unwrap();
+    assert_eq!(ping.status(), 200);
+    assert_eq!(ping.text().await.unwrap(), "ok\n");
+    let ready = reqwest::get(h.url("/ready")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["ready"], true);
+    let moved = Harness::start(|raw| {
+        raw.ping_path = Some("/lb/alive".into());
+        raw.ready_path = Some(String::new());
+    })
+    .await;
+    assert_eq!(
+        reqwest::get(moved.url("/lb/alive")).await.unwrap().status(),
+        200
+    );
+    // Turned off or moved: those paths are the app's again (behind sign-in).
+    for path in ["/ready", "/ping"] {
+        let answer = reqwest::get(moved.url(path)).await.unwrap();
+        assert_eq!(answer.status(), 401, "{path}");
+    }
+}
+
+/// `/oauth2/sign_in`, the usual `error_page 401` target: a page whose
+/// button starts the login for `rd` or `X-Auth-Request-Redirect`, or with
+/// `skip_provider_button` the login itself; the destination is checked as
+/// `/oauth2/start` checks `rd`, and the page escapes what it shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth2_proxy_sign_in_page() {
+    let h = Harness::start(|_| {}).await;
+    let client = browser();
+    let page = client
+        .get(h.url("/oauth2/sign_in"))
+        .header(ACCEPT, HTML)
+        .header("x-auth-request-redirect", "/reports?q=1&x=\"<b>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["cache-control"], "no-store, private");
+    let html = page.text().await.unwrap();
+    assert!(!html.contains("<b>"), "{html}");
+    let href = html
+        .split("href=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let href = href.replace("&amp;", "&");
+    let start = Url::parse(&h.url(&href)).unwrap();
+    assert_eq!(start.path(), "/oauth2/start");
+    let rd = start.query_pairs().find(|(k, _)| k == "rd").unwrap().1;
+    assert_eq!(rd, "/reports?q=1&x=\"<b>");
+    // The button signs in and lands there.
+    let landed = sign_in(&h, &client, &href, "alice").await;
+    assert_eq!(landed.path(), "/reports");
+
+    let direct = Harness::start(|raw| raw.skip_provider_button = Some(true)).await;
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for (rd, header, expected) in [
+        (Some("/deep/link"), None, "/deep/link"),
+        (None, Some("/from/nginx"), "/from/nginx"),
+        // rd wins over the header.
+        (Some("/mine"), Some("/theirs"), "/mine"),
+        // Another origin, by every trick, falls back to /.
+        (Some("https://evil.example/"), None, "/"),
+        (None, Some("//evil.example"), "/"),
+        (None, Some("/\\evil.example"), "/"),
+        (Some("%2F%2Fevil.example"), None, "/"),
+    ] {
+        let mut url = direct.url("/oauth2/sign_in");
+        if let Some(rd) = rd {
+            url = format!("{url}?rd={}", urlencoding(rd));
+        }
+        let mut request = no_redirects.get(url);
+        if let Some(header) = header {
+            request = request.header("x-auth-request-redirect", header);
+        }
+        let answer = request.send().await.unwrap();
+        assert_eq!(answer.status(), 302, "{rd:?} {header:?}");
+        let to = Url::parse(&direct.url(answer.headers()[LOCATION].to_str().unwrap())).unwrap();
+        assert_eq!(to.path(), "/oauth2/start");
+        let kept = to.query_pairs().find(|(k, _)| k == "rd").unwrap().1;
+        assert_eq!(kept, expected, "{rd:?} {header:?}");
+    }
+}
+
+fn urlencoding(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_metrics() {
     let h = Harness::start(|_| {}).await;

@@ -406,7 +406,10 @@ impl OidcProvider {
             logout_tokens,
             other_audiences,
             other_issuers,
-            extra_auth_params: settings.extra_auth_params.clone(),
+            extra_auth_params: with_provider_defaults(
+                &settings.issuer,
+                &settings.extra_auth_params,
+            ),
             issuer: settings.issuer.clone(),
             scopes,
             end_session,
@@ -866,9 +869,47 @@ impl IdentityProvider for OidcProvider {
     }
 }
 
+/// Google's issuer: it issues refresh tokens only for `access_type=offline`.
+const GOOGLE_ISSUER: &str = "https://accounts.google.com";
+
+/// `extra_auth_params` with what a known provider needs that the operator
+/// did not set: `access_type=offline` for Google, so that its sessions can
+/// refresh (Google sends a refresh token at the first consent; add
+/// `prompt=consent` to get one at every sign-in).
+fn with_provider_defaults(issuer: &str, params: &[(String, String)]) -> Vec<(String, String)> {
+    let mut params = params.to_vec();
+    let google = issuer.trim_end_matches('/') == GOOGLE_ISSUER;
+    if google && !params.iter().any(|(name, _)| name == "access_type") {
+        params.push(("access_type".into(), "offline".into()));
+    }
+    params
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn google_gets_offline_access_unless_told_otherwise() {
+        let pair = |n: &str, v: &str| (n.to_owned(), v.to_owned());
+        assert_eq!(
+            with_provider_defaults("https://accounts.google.com", &[pair("hd", "corp.com")]),
+            [pair("hd", "corp.com"), pair("access_type", "offline")]
+        );
+        assert_eq!(
+            with_provider_defaults(
+                "https://accounts.google.com",
+                &[pair("access_type", "online")]
+            ),
+            [pair("access_type", "online")]
+        );
+        for other in [
+            "https://login.example.com",
+            "https://accounts.google.com.evil.test",
+        ] {
+            assert_eq!(with_provider_defaults(other, &[]), []);
+        }
+    }
 
     #[test]
     fn client_authentication_follows_discovery() {

@@ -174,10 +174,17 @@ impl App {
 /// the probes (and `/metrics` unless `metrics_address` gives the metrics a
 /// listener of their own), and the protected app as the fallback.
 pub fn router(app: &App) -> Router {
-    let routes = Router::new()
+    let mut routes = Router::new()
         .route("/oauth2/auth", get(routes::forward_auth))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz));
+    // oauth2-proxy's probe paths (checked at startup to be plain and free).
+    if let Some(path) = &app.settings().ping_path {
+        routes = routes.route(path, get(routes::healthz));
+    }
+    if let Some(path) = &app.settings().ready_path {
+        routes = routes.route(path, get(routes::readyz));
+    }
     let routes = if app.settings().metrics_address.is_none() {
         routes.route("/metrics", get(routes::metrics))
     } else {

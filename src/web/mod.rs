@@ -448,7 +448,7 @@ impl Latchkey {
     }
 
     /// The sign-in endpoints, to merge into the app's router (no fallback,
-    /// so `merge` never conflicts): `/oauth2/start?rd=PATH`,
+    /// so `merge` never conflicts): `/oauth2/start?rd=PATH`, `/oauth2/sign_in`,
     /// `/oauth2/callback`, `/oauth2/sign_out` (GET and POST) and
     /// `/oauth2/userinfo`. Their answers are never cached, framed or sniffed.
     ///
@@ -462,6 +462,7 @@ impl Latchkey {
     {
         Router::new()
             .route("/oauth2/start", get(routes::start))
+            .route("/oauth2/sign_in", get(routes::sign_in))
             .route("/oauth2/callback", get(routes::callback))
             .route(
                 "/oauth2/sign_out",

@@ -1,5 +1,5 @@
-//! The sign-in endpoints of [`Latchkey::login_routes`]: start, callback,
-//! sign-out and userinfo.
+//! The sign-in endpoints of [`Latchkey::login_routes`]: start, sign-in page,
+//! callback, sign-out, userinfo, and the provider's logout channels.
 
 use std::net::SocketAddr;
 
@@ -83,6 +83,47 @@ fn parameters<T>(
             None,
         )
     })
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct SignInQuery {
+    rd: Option<String>,
+}
+
+/// The header nginx configurations written for oauth2-proxy set to the
+/// original request URI on `/oauth2/sign_in` (`error_page 401`).
+const AUTH_REQUEST_REDIRECT: &str = "x-auth-request-redirect";
+
+/// oauth2-proxy's sign-in page (`error_page 401 = /oauth2/sign_in` in nginx
+/// configurations): a page with a button that starts the login, or, with
+/// `skip_provider_button`, a redirect that starts it at once. The
+/// destination is `rd`, else `X-Auth-Request-Redirect`, checked as
+/// `/oauth2/start` checks `rd`.
+pub(crate) async fn sign_in(
+    State(app): AppState,
+    headers: HeaderMap,
+    query: Result<Query<SignInQuery>, QueryRejection>,
+) -> Response {
+    let query = match parameters(&headers, query) {
+        Ok(query) => query,
+        Err(refused) => return refused,
+    };
+    let header = headers
+        .get(AUTH_REQUEST_REDIRECT)
+        .and_then(|value| value.to_str().ok());
+    let start = redirect::start_url(query.rd.as_deref().or(header).unwrap_or("/"));
+    if app.inner.settings.skip_provider_button {
+        return found(&start);
+    }
+    Html(pages::page(
+        "Sign in",
+        &format!(
+            "<h1>Sign in</h1><p>This app needs you to sign in with your organisation's account.</p>\
+             <p><a href=\"{}\">Sign in</a></p>",
+            pages::escape_html(&start)
+        ),
+    ))
+    .into_response()
 }
 
 #[derive(Debug, Deserialize)]
