@@ -179,6 +179,16 @@ pub struct RawSettings {
     /// [default: /ready].
     #[arg(long, env = "LATCHKEY_READY_PATH")]
     pub ready_path: Option<String>,
+    /// Set every cookie for this domain and its subdomains (e.g.
+    /// .example.com: one auth host for many apps); the redirect_url's host
+    /// must be in it [default: none, host-only cookies].
+    #[arg(long, env = "LATCHKEY_COOKIE_DOMAIN")]
+    pub cookie_domain: Option<String>,
+    /// Hosts that rd may name besides this one: app.example.com,
+    /// .example.com or *.example.com (and subdomains), with :PORT or :*
+    /// [default: none, local paths only].
+    #[arg(long, env = "LATCHKEY_WHITELIST_DOMAINS", value_delimiter = ',')]
+    pub whitelist_domains: Option<Vec<String>>,
 }
 
 macro_rules! layer {
@@ -237,6 +247,8 @@ impl RawSettings {
             skip_provider_button,
             ping_path,
             ready_path,
+            cookie_domain,
+            whitelist_domains,
         )
     }
 
@@ -399,6 +411,11 @@ pub struct Settings {
     pub ping_path: Option<String>,
     /// oauth2-proxy's readiness path (`/ready`), if served.
     pub ready_path: Option<String>,
+    /// The `Domain` of every cookie (lowercase, no leading dot), if not
+    /// host-only.
+    pub cookie_domain: Option<String>,
+    /// Hosts `rd` may name (checked: see [`crate::web::redirect::Destinations`]).
+    pub whitelist_domains: Vec<String>,
     /// Sign-in requests per minute per client address (0: no limit).
     pub login_rate_per_minute: u32,
 }
@@ -447,13 +464,20 @@ impl Settings {
         self.redirect_url.scheme() == "https"
     }
 
+    /// The prefix of every cookie name: `__Host-` over https with host-only
+    /// cookies, `__Secure-` over https with `cookie_domain` (`__Host-`
+    /// forbids a Domain), none over http.
+    pub fn cookie_prefix(&self) -> &'static str {
+        match (self.secure_cookies(), &self.cookie_domain) {
+            (true, None) => "__Host-",
+            (true, Some(_)) => "__Secure-",
+            (false, _) => "",
+        }
+    }
+
     /// The session cookie's full name.
     pub fn session_cookie(&self) -> String {
-        if self.secure_cookies() {
-            format!("__Host-{}", self.cookie_name)
-        } else {
-            self.cookie_name.clone()
-        }
+        format!("{}{}", self.cookie_prefix(), self.cookie_name)
     }
 }
 
@@ -783,6 +807,52 @@ fn cookie_name(value: Option<String>) -> Result<String, ConfigError> {
     }
 }
 
+/// `cookie_domain`: a host name of at least two labels (a leading `.` is
+/// dropped, as browsers do) that holds `redirect_url`'s host, so that the
+/// callback gets the cookies.
+fn cookie_domain(
+    value: Option<String>,
+    redirect_url: &url::Url,
+) -> Result<Option<String>, ConfigError> {
+    let Some(text) = value.filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let domain = text.trim().trim_start_matches('.').to_ascii_lowercase();
+    let plain = domain.contains('.')
+        && !domain.ends_with('.')
+        && !domain.contains("..")
+        && domain.parse::<std::net::Ipv4Addr>().is_err()
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if !plain {
+        return Err(error(
+            "cookie_domain",
+            format!("{text:?} is not a domain cookies can be set for"),
+            "write a domain of two labels or more, e.g. .example.com",
+        ));
+    }
+    let host = redirect_url
+        .host_str()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let holds = host == domain || host.ends_with(&format!(".{domain}"));
+    if !holds {
+        return Err(error(
+            "cookie_domain",
+            format!(
+                "{domain} does not hold redirect_url's host {host}, so the callback would never get the cookies"
+            ),
+            format!(
+                "use a domain that {host} is in, e.g. .{}",
+                host.split_once('.')
+                    .map_or(host.as_str(), |(_, parent)| parent)
+            ),
+        ));
+    }
+    Ok(Some(domain))
+}
+
 /// `serve` admits nobody by accident: one of the lists must be set.
 fn allowlist(domains: &[String], emails: &[String], groups: &[String]) -> Result<(), ConfigError> {
     if domains.is_empty() && emails.is_empty() && groups.is_empty() {
@@ -1003,6 +1073,20 @@ impl RawSettings {
             "60s",
         ));
         let clock_skew = problems.check(duration(self.clock_skew, "clock_skew", "60s"));
+        let whitelist_domains = list(self.whitelist_domains, &[]);
+        problems.check(
+            crate::web::redirect::Destinations::new(&whitelist_domains).map_err(|why| {
+                error(
+                    "whitelist_domains",
+                    why,
+                    "write entries like app.example.com, .example.com or *.example.com:8443",
+                )
+            }),
+        );
+        let cookie_domain = match &redirect_url {
+            Some(redirect_url) => problems.check(cookie_domain(self.cookie_domain, redirect_url)),
+            None => Some(None),
+        };
         let ping_path = problems.check(probe_path(self.ping_path, "ping_path", "/ping"));
         let ready_path = problems.check(probe_path(self.ready_path, "ready_path", "/ready"));
         if let (Some(Some(ping)), Some(Some(ready))) = (&ping_path, &ready_path)
@@ -1032,6 +1116,7 @@ impl RawSettings {
             Some(extra_jwt_issuers),
             Some((extra_auth_params, pass_auth_params)),
             Some((ping_path, ready_path)),
+            Some(cookie_domain),
             Some((session_ttl, login_ttl, exchange_lease, refresh_before_expiry, clock_skew)),
         ) = (
             listener,
@@ -1050,6 +1135,7 @@ impl RawSettings {
             extra_jwt_issuers,
             extra_auth_params.zip(pass_auth_params),
             ping_path.zip(ready_path),
+            cookie_domain,
             session_ttl
                 .zip(login_ttl)
                 .zip(exchange_lease)
@@ -1102,6 +1188,8 @@ impl RawSettings {
             skip_provider_button: self.skip_provider_button.unwrap_or(false),
             ping_path,
             ready_path,
+            cookie_domain,
+            whitelist_domains,
         })
     }
 
@@ -1294,6 +1382,43 @@ mod tests {
             assert_eq!(err.setting, setting, "{err}");
             assert!(!err.fix.is_empty());
         }
+    }
+
+    #[test]
+    fn cookie_domain_must_hold_the_callback_and_changes_the_prefix() {
+        let with = |domain: &str, redirect: &str| {
+            RawSettings {
+                cookie_domain: Some(domain.into()),
+                redirect_url: Some(redirect.into()),
+                ..minimal()
+            }
+            .validate()
+        };
+        let shared = with(".Example.com", "https://auth.example.com/oauth2/callback").unwrap();
+        assert_eq!(shared.cookie_domain.as_deref(), Some("example.com"));
+        assert_eq!(shared.session_cookie(), "__Secure-_latchkey");
+        let apex = with("example.com", "https://example.com/oauth2/callback").unwrap();
+        assert_eq!(apex.cookie_domain.as_deref(), Some("example.com"));
+        let host_only = minimal().validate().unwrap();
+        assert_eq!(host_only.cookie_domain, None);
+        for (domain, redirect) in [
+            ("other.com", "https://auth.example.com/oauth2/callback"),
+            ("ample.com", "https://auth.example.com/oauth2/callback"),
+            ("com", "https://auth.example.com/oauth2/callback"),
+            ("127.0.0.1", "https://127.0.0.1/oauth2/callback"),
+            ("exa mple.com", "https://auth.example.com/oauth2/callback"),
+            ("example.com.", "https://auth.example.com/oauth2/callback"),
+        ] {
+            let err = with(domain, redirect).unwrap_err();
+            assert_eq!(err.setting, "cookie_domain", "{domain}");
+        }
+        let err = RawSettings {
+            whitelist_domains: Some(vec!["https://app.example.com".into()]),
+            ..minimal()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(err.setting, "whitelist_domains");
     }
 
     #[test]

@@ -638,6 +638,143 @@ async fn oauth2_proxy_sign_in_page() {
     }
 }
 
+/// The ingress-nginx pattern: one latchkey at auth.example.test for every
+/// app of example.test. A login started with an absolute `rd` on a
+/// whitelisted host lands back there; the session cookie, set for the
+/// domain, signs the browser in on another app's host too; `rd` to any
+/// other host, by every trick, lands on `/`; and `sign_out?rd=` takes a
+/// whitelisted URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_auth_host_for_many_apps() {
+    let h = Harness::start_named(
+        Some("auth.example.test"),
+        None,
+        |_| {},
+        |raw| {
+            raw.cookie_domain = Some(".example.test".into());
+            raw.whitelist_domains = Some(vec![".example.test:*".into()]);
+        },
+    )
+    .await;
+    let port = h.proxy.port();
+    let on = |host: &str, path: &str| format!("http://{host}:{port}{path}");
+    let resolving = |builder: reqwest::ClientBuilder| {
+        [
+            "auth.example.test",
+            "app1.example.test",
+            "app2.example.test",
+            "evil.test",
+        ]
+        .into_iter()
+        .fold(builder, |b, host| b.resolve(host, h.proxy))
+    };
+    let browser = resolving(reqwest::Client::builder())
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let app1_page = on("app1.example.test", "/reports?q=1");
+    let start = format!(
+        "{}?rd={}",
+        on("auth.example.test", "/oauth2/start"),
+        urlencoding(&app1_page)
+    );
+    let callback = to_callback(&browser, &start, "alice").await;
+    assert_eq!(callback.host_str(), Some("auth.example.test"));
+    let done = browser.get(callback).send().await.unwrap();
+    assert_eq!(done.status(), 302);
+    assert_eq!(done.headers()[LOCATION], app1_page.as_str());
+    let set_cookie = done.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set_cookie.contains("Domain=example.test"), "{set_cookie}");
+    // Another app's host: the domain cookie signs it in at forward-auth.
+    for host in [
+        "app2.example.test",
+        "app1.example.test",
+        "auth.example.test",
+    ] {
+        let auth = browser.get(on(host, "/oauth2/auth")).send().await.unwrap();
+        assert_eq!(auth.status(), 202, "{host}");
+        assert_eq!(auth.headers()["x-auth-request-user"], "alice");
+    }
+    // A host outside the domain gets no cookie, and no session.
+    let outside = browser
+        .get(on("evil.test", "/oauth2/auth"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(outside.status(), 401);
+
+    // Every other destination falls back to the auth host's `/`.
+    let fresh = resolving(reqwest::Client::builder())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for hostile in [
+        on("evil.test", "/"),
+        format!("http://app1.example.test.evil.test:{port}/"),
+        format!("http://alice@evil.test:{port}/"),
+        format!("http://evil.test:{port}\\@app1.example.test/"),
+        format!("http://evil.test:{port}#@app1.example.test/"),
+        "//evil.test/".to_owned(),
+        format!("http://app1%2Eexample.test:{port}/"),
+        format!("http://аpp1.example.test:{port}/"),
+        format!("javascript://app1.example.test:{port}/%0aalert(1)"),
+    ] {
+        let url = format!(
+            "{}?rd={}",
+            on("auth.example.test", "/oauth2/start"),
+            urlencoding(&hostile)
+        );
+        let started = fresh.get(url).send().await.unwrap();
+        assert_eq!(started.status(), 302, "{hostile}");
+        let cookie = started.headers()["set-cookie"].to_str().unwrap();
+        let sealed = cookie.split(';').next().unwrap().to_owned();
+        let authorize = Url::parse(started.headers()[LOCATION].to_str().unwrap()).unwrap();
+        let back = common::browser::sign_in_at_idp(&fresh, &authorize, "alice").await;
+        let done = fresh
+            .get(back.as_str())
+            .header(COOKIE, sealed)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(done.status(), 302, "{hostile}");
+        assert_eq!(done.headers()[LOCATION], "/", "{hostile}");
+    }
+
+    // Sign-out to a whitelisted URL; to any other, the usual sign-out.
+    let out = browser
+        .get(format!(
+            "{}?rd={}",
+            on("app1.example.test", "/oauth2/sign_out"),
+            urlencoding(&on("app2.example.test", "/bye"))
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 302);
+    assert_eq!(
+        out.headers()[LOCATION],
+        on("app2.example.test", "/bye").as_str()
+    );
+    let auth = browser
+        .get(on("app2.example.test", "/oauth2/auth"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(auth.status(), 401, "signed out everywhere in the domain");
+    let elsewhere = browser
+        .get(format!(
+            "{}?rd={}",
+            on("app1.example.test", "/oauth2/sign_out"),
+            urlencoding("https://evil.test/")
+        ))
+        .send()
+        .await
+        .unwrap();
+    let to = elsewhere.headers()[LOCATION].to_str().unwrap();
+    assert!(!to.contains("evil.test"), "{to}");
+}
+
 fn urlencoding(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }

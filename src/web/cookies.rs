@@ -10,6 +10,7 @@
 //!   limits.
 //!
 //! Over https every name carries the `__Host-` prefix (Secure, Path=/, no
+//! Domain), or `__Secure-` with `cookie_domain` (then every cookie has that
 //! Domain); all are HttpOnly and SameSite=Lax.
 
 use std::sync::Arc;
@@ -78,6 +79,8 @@ pub struct Cookies {
     previous: Arc<[Key]>,
     session: String,
     login_prefix: String,
+    /// `cookie_domain`, when cookies are not host-only.
+    domain: Option<String>,
     secure: bool,
     session_max_age: u64,
     login_max_age: u64,
@@ -109,11 +112,8 @@ impl Cookies {
                 .map(|secret| Key::derive_from(secret.secret()))
                 .collect(),
             session: settings.session_cookie(),
-            login_prefix: if secure {
-                "__Host-latchkey-login-".into()
-            } else {
-                "latchkey-login-".into()
-            },
+            login_prefix: format!("{}latchkey-login-", settings.cookie_prefix()),
+            domain: settings.cookie_domain.clone(),
             secure,
             session_max_age: settings.session_ttl.as_secs(),
             // Outlives the login record, so that an expired login still
@@ -154,7 +154,12 @@ impl Cookies {
     }
 
     fn build(&self, name: String, value: String, max_age: u64) -> Cookie<'static> {
-        Cookie::build((name, value))
+        let cookie = Cookie::build((name, value));
+        let cookie = match &self.domain {
+            Some(domain) => cookie.domain(domain.clone()),
+            None => cookie,
+        };
+        cookie
             .path("/")
             .http_only(true)
             .secure(self.secure)

@@ -137,6 +137,8 @@ pub(crate) struct Inner {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) index: SessionIndex,
     pub(crate) clock: Arc<dyn Clock>,
+    /// Where `rd` may send the browser (`whitelist_domains`).
+    pub(crate) destinations: redirect::Destinations,
 }
 
 impl FromRef<Latchkey> for Key {
@@ -382,8 +384,12 @@ impl Latchkey {
                 ..SessionSettings::default()
             },
         );
+        // Validated with the settings; should one slip through, local paths only.
+        let destinations =
+            redirect::Destinations::new(&settings.whitelist_domains).unwrap_or_default();
         Ok(Self {
             inner: Arc::new(Inner {
+                destinations,
                 cookies: Cookies::new(&settings),
                 login_limiter: rate_limit::RateLimiter::per_minute(settings.login_rate_per_minute),
                 settings,

@@ -57,7 +57,21 @@ fn warn_on_host_mismatch(app: &Latchkey, headers: &HeaderMap) {
         (None, _) => return,
     };
     let seen = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    if let Some(seen) = seen.filter(|seen| !seen.eq_ignore_ascii_case(&expected)) {
+    // With cookie_domain, every host in that domain shares the cookies.
+    let in_cookie_domain = |seen: &str| {
+        let host = seen
+            .rsplit_once(':')
+            .map_or(seen, |(host, _)| host)
+            .to_ascii_lowercase();
+        app.inner
+            .settings
+            .cookie_domain
+            .as_ref()
+            .is_some_and(|domain| host == *domain || host.ends_with(&format!(".{domain}")))
+    };
+    if let Some(seen) =
+        seen.filter(|seen| !seen.eq_ignore_ascii_case(&expected) && !in_cookie_domain(seen))
+    {
         tracing::warn!(
             host = seen,
             redirect_url_host = %expected,
@@ -111,7 +125,7 @@ pub(crate) async fn sign_in(
     let header = headers
         .get(AUTH_REQUEST_REDIRECT)
         .and_then(|value| value.to_str().ok());
-    let start = redirect::start_url(query.rd.as_deref().or(header).unwrap_or("/"));
+    let start = (app.inner.destinations).start_url(query.rd.as_deref().or(header).unwrap_or("/"));
     if app.inner.settings.skip_provider_button {
         return found(&start);
     }
@@ -210,7 +224,7 @@ pub(crate) async fn start(
             }),
         );
     }
-    let return_to = redirect::local_path(query.rd.as_deref());
+    let return_to = app.inner.destinations.checked(query.rd.as_deref());
     let passed = match query.passed(&app.inner.settings.pass_auth_params) {
         Ok(passed) => passed,
         Err(name) => {
@@ -285,7 +299,7 @@ pub(crate) async fn callback(
         binding: login_cookie.as_ref().map(|l| l.binding.secret()),
         pending: login_cookie.as_ref().map(|l| &l.pending),
     };
-    let start_again = redirect::start_url(
+    let start_again = app.inner.destinations.start_url(
         login_cookie
             .as_ref()
             .map_or("/", |l| l.pending.return_to.as_str()),
@@ -352,7 +366,11 @@ fn signed_in(
     let jar = app.inner.cookies.set_session(jar, &done.session_id);
     // This login's cookie has done its job.
     let jar = app.inner.cookies.clear_login(jar, state);
-    (jar, found(&redirect::local_path(Some(&done.return_to)))).into_response()
+    (
+        jar,
+        found(&app.inner.destinations.checked(Some(&done.return_to))),
+    )
+        .into_response()
 }
 
 /// What a browser is told when a callback produced no session: the code and
@@ -436,11 +454,28 @@ fn login_failure(
     pages::error(headers, code, &message, link)
 }
 
+/// `rd` of a sign-out: where to go instead of the provider's logout.
+#[derive(Debug, Deserialize)]
+pub(crate) struct SignOutQuery {
+    rd: Option<String>,
+}
+
 pub(crate) async fn sign_out(
     State(app): AppState,
     jar: PrivateCookieJar,
     headers: HeaderMap,
+    query: Result<Query<SignOutQuery>, QueryRejection>,
 ) -> Response {
+    let query = match parameters(&headers, query) {
+        Ok(query) => query,
+        Err(refused) => return refused,
+    };
+    // oauth2-proxy's `rd`: a local path or a whitelisted URL (often the
+    // provider's own logout URL); anything else is as if it were absent.
+    let rd = query.rd.as_deref().and_then(|rd| {
+        let checked = app.inner.destinations.checked(Some(rd));
+        (checked != "/" || rd == "/").then_some(checked)
+    });
     let mut id_token = None;
     if let Some(id) = app.inner.cookies.session_id_in(&headers) {
         match app.inner.sessions.sign_out(&id).await {
@@ -458,6 +493,9 @@ pub(crate) async fn sign_out(
         }
     }
     let jar = app.inner.cookies.clear_all(jar, &headers);
+    if let Some(rd) = rd {
+        return (jar, found(&rd)).into_response();
+    }
     let after = app.inner.settings.post_logout_redirect_url.as_deref();
     let response = match app.inner.provider.end_session_url(id_token.as_ref(), after) {
         Some(url) => found(&url),

@@ -65,8 +65,24 @@ impl Harness {
         configure_idp: impl FnOnce(&mut DevIdpConfig),
         customize: impl FnOnce(&mut RawSettings),
     ) -> Self {
+        Self::start_named(None, upstream, configure_idp, customize).await
+    }
+
+    /// [`start_with_idp`](Self::start_with_idp), with latchkey's URLs
+    /// (`redirect_url`, those registered at the IdP) on `host` instead of
+    /// 127.0.0.1 (a name the test's clients resolve to 127.0.0.1).
+    pub async fn start_named(
+        host: Option<&str>,
+        upstream: Option<SocketAddr>,
+        configure_idp: impl FnOnce(&mut DevIdpConfig),
+        customize: impl FnOnce(&mut RawSettings),
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy = listener.local_addr().unwrap();
+        let addr = listener.local_addr().unwrap();
+        let proxy = match host {
+            Some(host) => format!("{host}:{}", addr.port()),
+            None => addr.to_string(),
+        };
         let mut idp_config = DevIdpConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             clients: vec![DevClient {
@@ -101,7 +117,7 @@ impl Harness {
         let app: Arc<App> = App::new(raw.clone().validate().unwrap()).await.unwrap();
         let server = Server::start(listener, app).unwrap();
         Self {
-            proxy,
+            proxy: addr,
             idp,
             server,
             store_dir: store,
