@@ -189,6 +189,10 @@ pub struct RawSettings {
     /// [default: none, local paths only].
     #[arg(long, env = "LATCHKEY_WHITELIST_DOMAINS", value_delimiter = ',')]
     pub whitelist_domains: Option<Vec<String>>,
+    /// PEM files of CA certificates to trust for the provider, besides the
+    /// system trust store (a provider behind a company CA).
+    #[arg(long, env = "LATCHKEY_PROVIDER_CA_FILES", value_delimiter = ',')]
+    pub provider_ca_files: Option<Vec<PathBuf>>,
 }
 
 macro_rules! layer {
@@ -249,6 +253,7 @@ impl RawSettings {
             ready_path,
             cookie_domain,
             whitelist_domains,
+            provider_ca_files,
         )
     }
 
@@ -416,6 +421,10 @@ pub struct Settings {
     pub cookie_domain: Option<String>,
     /// Hosts `rd` may name (checked: see [`crate::web::redirect::Destinations`]).
     pub whitelist_domains: Vec<String>,
+    /// `provider_ca_files` as given.
+    pub provider_ca_files: Vec<PathBuf>,
+    /// The CA certificates (DER) read from them.
+    pub provider_ca: Vec<Vec<u8>>,
     /// Sign-in requests per minute per client address (0: no limit).
     pub login_rate_per_minute: u32,
 }
@@ -1073,6 +1082,21 @@ impl RawSettings {
             "60s",
         ));
         let clock_skew = problems.check(duration(self.clock_skew, "clock_skew", "60s"));
+        let provider_ca_files = self.provider_ca_files.unwrap_or_default();
+        let provider_ca = problems.check(
+            (provider_ca_files.iter())
+                .map(|path| {
+                    crate::tls::certificates(path).map_err(|why| {
+                        error(
+                            "provider_ca_files",
+                            why,
+                            "name PEM files of CA certificates (-----BEGIN CERTIFICATE-----)",
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(|files| files.concat()),
+        );
         let whitelist_domains = list(self.whitelist_domains, &[]);
         problems.check(
             crate::web::redirect::Destinations::new(&whitelist_domains).map_err(|why| {
@@ -1117,6 +1141,7 @@ impl RawSettings {
             Some((extra_auth_params, pass_auth_params)),
             Some((ping_path, ready_path)),
             Some(cookie_domain),
+            Some(provider_ca),
             Some((session_ttl, login_ttl, exchange_lease, refresh_before_expiry, clock_skew)),
         ) = (
             listener,
@@ -1136,6 +1161,7 @@ impl RawSettings {
             extra_auth_params.zip(pass_auth_params),
             ping_path.zip(ready_path),
             cookie_domain,
+            provider_ca,
             session_ttl
                 .zip(login_ttl)
                 .zip(exchange_lease)
@@ -1190,6 +1216,8 @@ impl RawSettings {
             ready_path,
             cookie_domain,
             whitelist_domains,
+            provider_ca_files,
+            provider_ca,
         })
     }
 

@@ -67,4 +67,5 @@ pub mod seal;
 pub mod secret;
 pub mod session;
 pub mod store;
+pub mod tls;
 pub mod web;

@@ -105,6 +105,11 @@ pub struct DevIdpConfig {
     /// Whether ID tokens carry `groups` [default: true]; without, only
     /// `/userinfo` tells them (as many providers do).
     pub groups_in_id_token: bool,
+    /// Serve https with this certificate chain (PEM) and `tls_key_file`;
+    /// the issuer is then `https://…` [default: plain http].
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// The private key (PEM) of `tls_cert_file`.
+    pub tls_key_file: Option<std::path::PathBuf>,
 }
 
 /// Durations in the dev IdP's TOML as whole seconds.
@@ -145,6 +150,8 @@ impl Default for DevIdpConfig {
             test_knobs: false,
             signing_alg: SigningAlg::default(),
             groups_in_id_token: true,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -330,10 +337,24 @@ impl DevIdp {
             std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
         })?;
         let addr = listener.local_addr()?;
+        let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+            (Some(cert), Some(key)) => Some(
+                crate::tls::server_config(cert, key, &[b"http/1.1"])
+                    .map(tokio_rustls::TlsAcceptor::from)
+                    .map_err(std::io::Error::other)?,
+            ),
+            (None, None) => None,
+            _ => {
+                return Err(std::io::Error::other(
+                    "tls_cert_file and tls_key_file go together",
+                ));
+            }
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let issuer = config
             .issuer
             .clone()
-            .unwrap_or_else(|| format!("http://{addr}"))
+            .unwrap_or_else(|| format!("{scheme}://{addr}"))
             .trim_end_matches('/')
             .to_owned();
         let alg = config.signing_alg;
@@ -349,13 +370,16 @@ impl DevIdp {
         });
         let (shutdown, stop) = oneshot::channel::<()>();
         let app = router(idp.clone());
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stop.await;
-                })
-                .await;
-        });
+        let server = match tls {
+            None => tokio::spawn(async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stop.await;
+                    })
+                    .await;
+            }),
+            Some(acceptor) => tokio::spawn(serve_tls(listener, acceptor, app, stop)),
+        };
         Ok(Self {
             addr,
             idp,
@@ -430,6 +454,34 @@ impl DevIdp {
     /// Serves until the process is stopped.
     pub async fn wait(self) {
         let _ = self.server.await;
+    }
+}
+
+/// Serves `app` over TLS until `stop` fires (connections in flight are
+/// dropped with the task: a development server).
+async fn serve_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: Router,
+    mut stop: oneshot::Receiver<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = &mut stop => return,
+        };
+        let Ok((tcp, _)) = accepted else { continue };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            // A client that fails the handshake (an untrusted CA) is gone.
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+        });
     }
 }
 

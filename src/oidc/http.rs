@@ -35,17 +35,35 @@ impl IdpHttp {
     /// A client whose calls give up after `connect_timeout` to connect and
     /// `request_timeout` in all.
     pub fn new(connect_timeout: Duration, request_timeout: Duration) -> Self {
-        let client = reqwest::Client::builder()
+        Self::trusting(connect_timeout, request_timeout, &[])
+            .expect("the HTTP client configuration is static and valid")
+    }
+
+    /// [`new`](Self::new), trusting the CA certificates `extra_roots` (DER)
+    /// besides the system trust store and the bundled web roots; `Err`
+    /// names a certificate that cannot be used.
+    pub fn trusting(
+        connect_timeout: Duration,
+        request_timeout: Duration,
+        extra_roots: &[Vec<u8>],
+    ) -> Result<Self, String> {
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(connect_timeout)
             .timeout(request_timeout)
-            .user_agent(concat!("latchkey/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("latchkey/", env!("CARGO_PKG_VERSION")));
+        for (i, der) in extra_roots.iter().enumerate() {
+            let certificate = reqwest::Certificate::from_der(der)
+                .map_err(|e| format!("CA certificate {} cannot be used: {e}", i + 1))?;
+            builder = builder.add_root_certificate(certificate);
+        }
+        let client = builder
             .build()
-            .expect("the HTTP client configuration is static and valid");
-        Self {
+            .map_err(|e| format!("the HTTP client cannot be built: {e}"))?;
+        Ok(Self {
             client,
             request_timeout: None,
-        }
+        })
     }
 
     /// `client` as given (its CA roots, proxy and redirect policy), each call
@@ -133,9 +151,15 @@ fn describe(error: &reqwest::Error) -> String {
         detail = cause.to_string();
         source = cause.source();
     }
+    // A certificate from a CA latchkey does not trust: say what to do.
+    let hint = if detail.contains("UnknownIssuer") || detail.contains("certificate") {
+        " (if the provider's certificate is from a private CA, add that CA's PEM to provider_ca_files)"
+    } else {
+        ""
+    };
     if detail.is_empty() {
         kind.to_owned()
     } else {
-        format!("{kind}: {detail}")
+        format!("{kind}: {detail}{hint}")
     }
 }

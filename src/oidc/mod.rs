@@ -77,6 +77,10 @@ pub struct OidcSettings {
     /// latchkey's own (web roots, no redirects). Every call is bounded by
     /// `request_timeout` either way.
     pub http_client: Option<reqwest::Client>,
+    /// CA certificates (DER) trusted for the provider besides the system's
+    /// and the bundled web roots (`provider_ca_files`); unused with
+    /// `http_client`.
+    pub ca_certificates: Vec<Vec<u8>>,
     /// Connect timeout of every provider call.
     pub connect_timeout: Duration,
     /// Total timeout of every provider call.
@@ -110,6 +114,7 @@ impl OidcSettings {
             extra_jwt_issuers: Vec::new(),
             extra_auth_params: Vec::new(),
             http_client: None,
+            ca_certificates: Vec::new(),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             jwks_refetch_interval: Duration::from_secs(30),
@@ -319,7 +324,15 @@ impl OidcProvider {
             .collect::<Result<Vec<_>, _>>()?;
         let http = match &settings.http_client {
             Some(client) => IdpHttp::with_client(client.clone(), settings.request_timeout),
-            None => IdpHttp::new(settings.connect_timeout, settings.request_timeout),
+            None => IdpHttp::trusting(
+                settings.connect_timeout,
+                settings.request_timeout,
+                &settings.ca_certificates,
+            )
+            .map_err(|reason| OidcSetupError::Config {
+                setting: "provider_ca_files",
+                reason,
+            })?,
         };
         let discovery_url = format!(
             "{}/.well-known/openid-configuration",

@@ -610,5 +610,6 @@ fn oidc_settings(settings: &Settings, http_client: Option<reqwest::Client>) -> O
     oidc.extra_jwt_issuers = settings.extra_jwt_issuers.clone();
     oidc.extra_auth_params = settings.extra_auth_params.clone();
     oidc.http_client = http_client;
+    oidc.ca_certificates = settings.provider_ca.clone();
     oidc
 }

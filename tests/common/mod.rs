@@ -12,6 +12,7 @@ pub mod observed_store;
 pub mod process;
 pub mod proxy;
 pub mod recorder;
+pub mod tls;
 
 use std::future::Future;
 use std::time::Duration;
