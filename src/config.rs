@@ -193,6 +193,26 @@ pub struct RawSettings {
     /// system trust store (a provider behind a company CA).
     #[arg(long, env = "LATCHKEY_PROVIDER_CA_FILES", value_delimiter = ',')]
     pub provider_ca_files: Option<Vec<PathBuf>>,
+    /// The claim whose value is X-Forwarded-User / X-Auth-Request-User:
+    /// sub, email, preferred_username or any ID token claim [default: sub].
+    #[arg(long, env = "LATCHKEY_USER_ID_CLAIM")]
+    pub user_id_claim: Option<String>,
+    /// More headers, each carrying a claim of the ID token, as
+    /// HEADER=CLAIM (a nested claim as a/b/c), e.g. X-Department=department.
+    #[arg(long, env = "LATCHKEY_CLAIM_HEADERS", value_delimiter = ',')]
+    pub claim_headers: Option<Vec<String>>,
+    /// Joins group names in the groups headers [default: ,].
+    #[arg(long, env = "LATCHKEY_GROUPS_SEPARATOR")]
+    pub groups_separator: Option<String>,
+    /// Send the ID token upstream as X-Forwarded-Id-Token (forward-auth:
+    /// X-Auth-Request-Id-Token) [default: false].
+    #[arg(long, env = "LATCHKEY_PASS_ID_TOKEN", num_args = 0..=1, default_missing_value = "true")]
+    pub pass_id_token: Option<bool>,
+    /// Send the ID token upstream as Authorization: Bearer (forward-auth:
+    /// an Authorization response header), as oauth2-proxy's option does
+    /// [default: false].
+    #[arg(long, env = "LATCHKEY_PASS_AUTHORIZATION_HEADER", num_args = 0..=1, default_missing_value = "true")]
+    pub pass_authorization_header: Option<bool>,
 }
 
 macro_rules! layer {
@@ -254,6 +274,11 @@ impl RawSettings {
             cookie_domain,
             whitelist_domains,
             provider_ca_files,
+            user_id_claim,
+            claim_headers,
+            groups_separator,
+            pass_id_token,
+            pass_authorization_header,
         )
     }
 
@@ -425,6 +450,16 @@ pub struct Settings {
     pub provider_ca_files: Vec<PathBuf>,
     /// The CA certificates (DER) read from them.
     pub provider_ca: Vec<Vec<u8>>,
+    /// The claim that names the user in the user headers.
+    pub user_id_claim: String,
+    /// Headers that carry a claim each.
+    pub claim_headers: Vec<ClaimHeader>,
+    /// Joins group names.
+    pub groups_separator: String,
+    /// Pass the ID token as its own header.
+    pub pass_id_token: bool,
+    /// Pass the ID token as `Authorization: Bearer`.
+    pub pass_authorization_header: bool,
     /// Sign-in requests per minute per client address (0: no limit).
     pub login_rate_per_minute: u32,
 }
@@ -924,6 +959,107 @@ fn auth_params(
     Ok(params)
 }
 
+/// One `claim_headers` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimHeader {
+    /// The header name, lower case.
+    pub header: String,
+    /// The claim: object keys from the top (an array index as a number).
+    pub path: Vec<String>,
+}
+
+/// Header names a claim may not take: the ones latchkey sets or strips
+/// itself, and those that carry the request's framing, routing or
+/// credentials.
+const HEADERS_NOT_FOR_CLAIMS: &[&str] = &[
+    "authorization",
+    "connection",
+    "content-length",
+    "content-type",
+    "cookie",
+    "expect",
+    "forwarded",
+    "host",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-connection",
+    "set-cookie",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+];
+
+/// `HEADER=CLAIM`, the header a plain name (letters, digits, `-`; never
+/// `_`, which some servers fold into `-`) that latchkey does not set for
+/// itself, the claim a `/`-separated path.
+fn claim_header(entry: &str) -> Result<ClaimHeader, ConfigError> {
+    let fix = "write entries as HEADER=CLAIM, e.g. X-Department=department or X-Org=org/name";
+    let Some((name, claim)) = entry.split_once('=') else {
+        return Err(error(
+            "claim_headers",
+            format!("{entry:?} has no =CLAIM"),
+            fix,
+        ));
+    };
+    let header = name.trim().to_ascii_lowercase();
+    let plain = !header.is_empty()
+        && header.len() <= 64
+        && header
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let latchkeys = header.starts_with("x-forwarded-") || header.starts_with("x-auth-request-");
+    if !plain || latchkeys || HEADERS_NOT_FOR_CLAIMS.contains(&header.as_str()) {
+        return Err(error(
+            "claim_headers",
+            format!("{:?} cannot carry a claim", name.trim()),
+            "use a name of your own of letters, digits and -, e.g. X-Department (X-Forwarded-* and X-Auth-Request-* are latchkey's)",
+        ));
+    }
+    let path: Vec<String> = claim.trim().split('/').map(str::to_owned).collect();
+    if path.iter().any(|segment| segment.is_empty()) {
+        return Err(error(
+            "claim_headers",
+            format!("{entry:?} names no claim"),
+            fix,
+        ));
+    }
+    Ok(ClaimHeader { header, path })
+}
+
+fn user_id_claim(value: Option<String>) -> Result<String, ConfigError> {
+    let claim = value
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_else(|| "sub".into());
+    if claim.is_empty() || claim.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(error(
+            "user_id_claim",
+            format!("{claim:?} is not a claim name"),
+            "name a claim, e.g. sub, email or preferred_username",
+        ));
+    }
+    Ok(claim)
+}
+
+fn groups_separator(value: Option<String>) -> Result<String, ConfigError> {
+    let separator = value.unwrap_or_else(|| ",".into());
+    let plain = !separator.is_empty()
+        && separator.len() <= 8
+        && separator.chars().all(|c| c.is_ascii_graphic() || c == ' ');
+    if !plain {
+        return Err(error(
+            "groups_separator",
+            format!("{separator:?} cannot separate values in a header"),
+            "use a short printable ASCII separator such as , or ; or |",
+        ));
+    }
+    Ok(separator)
+}
+
 /// Paths latchkey serves itself, which a probe path may not take.
 const RESERVED_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
 
@@ -1097,6 +1233,21 @@ impl RawSettings {
                 .collect::<Result<Vec<_>, _>>()
                 .map(|files| files.concat()),
         );
+        let claim_headers = problems.check(
+            (list(self.claim_headers, &[]).iter())
+                .map(|entry| claim_header(entry))
+                .collect::<Result<Vec<_>, _>>(),
+        );
+        let user_id_claim = problems.check(user_id_claim(self.user_id_claim));
+        let groups_separator = problems.check(groups_separator(self.groups_separator));
+        let pass_authorization_header = self.pass_authorization_header.unwrap_or(false);
+        if pass_authorization_header && self.pass_access_token == Some(true) {
+            problems.check::<()>(Err(error(
+                "pass_authorization_header",
+                "both it and pass_access_token would set Authorization",
+                "choose one: the ID token (pass_authorization_header) or the access token (pass_access_token)",
+            )));
+        }
         let whitelist_domains = list(self.whitelist_domains, &[]);
         problems.check(
             crate::web::redirect::Destinations::new(&whitelist_domains).map_err(|why| {
@@ -1142,6 +1293,7 @@ impl RawSettings {
             Some((ping_path, ready_path)),
             Some(cookie_domain),
             Some(provider_ca),
+            Some((claim_headers, user_id_claim, groups_separator)),
             Some((session_ttl, login_ttl, exchange_lease, refresh_before_expiry, clock_skew)),
         ) = (
             listener,
@@ -1162,6 +1314,10 @@ impl RawSettings {
             ping_path.zip(ready_path),
             cookie_domain,
             provider_ca,
+            claim_headers
+                .zip(user_id_claim)
+                .zip(groups_separator)
+                .map(|((a, b), c)| (a, b, c)),
             session_ttl
                 .zip(login_ttl)
                 .zip(exchange_lease)
@@ -1218,6 +1374,11 @@ impl RawSettings {
             whitelist_domains,
             provider_ca_files,
             provider_ca,
+            user_id_claim,
+            claim_headers,
+            groups_separator,
+            pass_id_token: self.pass_id_token.unwrap_or(false),
+            pass_authorization_header,
         })
     }
 
@@ -1447,6 +1608,73 @@ mod tests {
         .validate()
         .unwrap_err();
         assert_eq!(err.setting, "whitelist_domains");
+    }
+
+    #[test]
+    fn claim_headers_are_plain_names_of_their_own() {
+        let with = |entries: &[&str]| {
+            RawSettings {
+                claim_headers: Some(entries.iter().map(|e| (*e).to_owned()).collect()),
+                ..minimal()
+            }
+            .validate()
+        };
+        let ok = with(&[
+            "X-Department=department",
+            "X-Org=org/name",
+            "x-level=levels/0",
+        ])
+        .unwrap();
+        assert_eq!(
+            ok.claim_headers[1],
+            ClaimHeader {
+                header: "x-org".into(),
+                path: vec!["org".into(), "name".into()]
+            }
+        );
+        for hostile in [
+            "X-Forwarded-User=email",
+            "x-forwarded-anything=a",
+            "X-Auth-Request-User=email",
+            "Host=evil",
+            "Cookie=a",
+            "Authorization=a",
+            "Transfer-Encoding=a",
+            "Content-Length=a",
+            "X_Department=department",
+            "X Department=department",
+            "X-De\r\npt=department",
+            "X-Dépt=department",
+            "=department",
+            "X-Department=",
+            "X-Department=a//b",
+            "X-Department",
+        ] {
+            let err = with(&[hostile]).expect_err(hostile);
+            assert_eq!(err.setting, "claim_headers", "{hostile}");
+        }
+        let err = RawSettings {
+            pass_authorization_header: Some(true),
+            pass_access_token: Some(true),
+            ..minimal()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(err.setting, "pass_authorization_header");
+        for (separator, ok) in [
+            (";", true),
+            (" | ", true),
+            ("", false),
+            ("\n", false),
+            ("é", false),
+        ] {
+            let result = RawSettings {
+                groups_separator: Some(separator.into()),
+                ..minimal()
+            }
+            .validate();
+            assert_eq!(result.is_ok(), ok, "{separator:?}");
+        }
     }
 
     #[test]

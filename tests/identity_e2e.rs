@@ -17,6 +17,7 @@ fn user(name: &str, email: &str, verified: bool) -> DevUser {
         email: email.into(),
         email_verified: verified,
         groups: vec![],
+        claims: Default::default(),
     }
 }
 

@@ -202,6 +202,7 @@ async fn forward_auth_query_parameters_narrow_the_policy() {
                 email: "eve@example.com".into(),
                 email_verified: true,
                 groups: vec!["admins".into()],
+                claims: Default::default(),
             })
         },
         |raw| {
@@ -773,6 +774,104 @@ async fn one_auth_host_for_many_apps() {
         .unwrap();
     let to = elsewhere.headers()[LOCATION].to_str().unwrap();
     assert!(!to.contains("evil.test"), "{to}");
+}
+
+/// Claims to headers (what apps behind mod_auth_openidc and oauth2-proxy
+/// read): the user header from another claim, `preferred_username`, any
+/// claim of the ID token (nested too) as a header of its own, non-ASCII
+/// and control characters encoded rather than dropped, a groups separator,
+/// the ID token itself; the same in forward-auth's answer; and a client's
+/// own copy of a configured header, under any spelling, never reaches the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_become_headers_and_clients_cannot_forge_them() {
+    let carol = latchkey::dev_idp::DevUser {
+        username: "carol".into(),
+        password: "carol".into(),
+        email: "carol@example.com".into(),
+        email_verified: true,
+        groups: vec!["ops".into(), "staff".into()],
+        claims: serde_json::json!({
+            "department": "R&D Zürich",
+            "org": { "name": "Acme", "cost_centre": 4711 },
+            "motto": "line one\r\nX-Injected: yes",
+        })
+        .as_object()
+        .unwrap()
+        .clone(),
+    };
+    let users = vec![carol];
+    let rules = |raw: &mut latchkey::config::RawSettings| {
+        raw.user_id_claim = Some("email".into());
+        raw.claim_headers = Some(vec![
+            "X-Department=department".into(),
+            "X-Org=org/name".into(),
+            "X-Cost-Centre=org/cost_centre".into(),
+            "X-Motto=motto".into(),
+            "X-Missing=no/such/claim".into(),
+        ]);
+        raw.groups_separator = Some(";".into());
+        raw.pass_id_token = Some(true);
+        raw.pass_authorization_header = Some(true);
+    };
+    let h = Harness::start_with_users(None, users.clone(), rules).await;
+    let upstream_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = upstream_listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(upstream_listener, sample_app()).await.unwrap() });
+    let proxied = Harness::start_with_users(Some(upstream), users, rules).await;
+
+    let b = browser();
+    let landed = sign_in(&proxied, &b, "/page", "carol").await;
+    let forged = [
+        ("x-department", "Forged"),
+        ("X_Department", "Forged"),
+        ("x-org", "Forged"),
+        ("x-missing", "Forged"),
+        ("x-forwarded-id-token", "forged"),
+    ];
+    let (status, seen) = upstream_json(&b, landed.as_str(), &forged).await;
+    assert_eq!(status, 200, "{seen}");
+    let headers = seen["headers"].as_object().unwrap();
+    assert_eq!(headers["x-forwarded-user"], "carol@example.com");
+    assert_eq!(headers["x-forwarded-preferred-username"], "carol");
+    assert_eq!(headers["x-forwarded-groups"], "ops;staff");
+    assert_eq!(headers["x-department"], "R&D Z%C3%BCrich");
+    assert_eq!(headers["x-org"], "Acme");
+    assert_eq!(headers["x-cost-centre"], "4711");
+    assert_eq!(headers["x-motto"], "line one%0D%0AX-Injected: yes");
+    assert!(!headers.contains_key("x-injected"), "{headers:?}");
+    for name in ["x-missing", "x_department"] {
+        let names: Vec<_> = headers.keys().collect();
+        assert!(
+            !headers.contains_key(name),
+            "{name} reached the app: {names:?}"
+        );
+    }
+    let id_token = headers["x-forwarded-id-token"].as_str().unwrap();
+    assert_eq!(id_token.split('.').count(), 3, "a JWT");
+    assert_eq!(
+        headers["authorization"],
+        format!("Bearer {id_token}").as_str()
+    );
+
+    // Forward-auth answers with the same values.
+    let fa = browser();
+    sign_in(&h, &fa, "/oauth2/start?rd=/", "carol").await;
+    let auth = fa.get(h.url("/oauth2/auth")).send().await.unwrap();
+    assert_eq!(auth.status(), 202);
+    let out = auth.headers();
+    assert_eq!(out["x-auth-request-user"], "carol@example.com");
+    assert_eq!(out["x-auth-request-preferred-username"], "carol");
+    assert_eq!(out["x-auth-request-groups"], "ops;staff");
+    assert_eq!(out["x-department"], "R&D Z%C3%BCrich");
+    assert_eq!(out["x-org"], "Acme");
+    assert!(out.contains_key("x-auth-request-id-token"));
+    assert!(
+        out["authorization"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer ey")
+    );
+    assert!(!out.contains_key("x-missing"));
 }
 
 fn urlencoding(text: &str) -> String {

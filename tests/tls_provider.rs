@@ -13,10 +13,10 @@ use latchkey::config::RawSettings;
 use latchkey::proxy::App;
 use reqwest::header::{ACCEPT, LOCATION};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_provider_behind_a_private_ca_works_with_provider_ca_files() {
-    let pki = TestPki::new();
-    let h = Harness::start_with_idp(
+/// latchkey (forward-auth) in front of the development IdP serving https
+/// with `pki`'s certificate, trusting `pki`'s CA.
+async fn behind_private_ca(pki: &TestPki) -> Harness {
+    Harness::start_with_idp(
         None,
         |idp| {
             idp.tls_cert_file = Some(pki.cert_file.clone());
@@ -24,7 +24,13 @@ async fn a_provider_behind_a_private_ca_works_with_provider_ca_files() {
         },
         |raw| raw.provider_ca_files = Some(vec![pki.ca_file.clone()]),
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_behind_a_private_ca_works_with_provider_ca_files() {
+    let pki = TestPki::new();
+    let h = behind_private_ca(&pki).await;
     assert!(
         h.idp.issuer().starts_with("https://127.0.0.1:"),
         "{}",
@@ -48,15 +54,7 @@ async fn a_provider_behind_a_private_ca_works_with_provider_ca_files() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_ca_the_provider_is_refused_with_a_clear_message() {
     let pki = TestPki::new();
-    let h = Harness::start_with_idp(
-        None,
-        |idp| {
-            idp.tls_cert_file = Some(pki.cert_file.clone());
-            idp.tls_key_file = Some(pki.key_file.clone());
-        },
-        |raw| raw.provider_ca_files = Some(vec![pki.ca_file.clone()]),
-    )
-    .await;
+    let h = behind_private_ca(&pki).await;
     // The same settings without the CA: the system's roots do not know it.
     let without = RawSettings {
         provider_ca_files: None,

@@ -56,6 +56,10 @@ pub struct DevUser {
     /// The `groups` claim.
     #[serde(default)]
     pub groups: Vec<String>,
+    /// More claims for the ID token and `/userinfo` (any JSON), e.g.
+    /// `claims = { department = "R&D", org = { name = "Acme" } }`.
+    #[serde(default)]
+    pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
 fn verified() -> bool {
@@ -131,6 +135,7 @@ impl Default for DevIdpConfig {
             email: format!("{name}@example.com"),
             email_verified: true,
             groups: groups.iter().map(|g| (*g).into()).collect(),
+            claims: serde_json::Map::new(),
         };
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 4181)),

@@ -294,7 +294,7 @@ fn issue(
     let issued = chrono::Utc::now();
     let expires = issued
         + chrono::Duration::from_std(idp.config.access_ttl).unwrap_or(chrono::Duration::minutes(5));
-    let mut extra = serde_json::Map::new();
+    let mut extra = user.claims.clone();
     // One provider session per sign-in at the IdP: its grant family.
     extra.insert("sid".into(), serde_json::json!(sid));
     if idp.config.groups_in_id_token {

@@ -11,6 +11,7 @@
 //! `/oauth2/auth`, `/oauth2/userinfo`, `/healthz`, `/readyz`, `/metrics`;
 //! everything else is the protected app.
 
+pub mod claims;
 mod edge;
 mod listener;
 mod observe;
@@ -67,6 +68,7 @@ pub struct App {
     latchkey: Latchkey,
     upstream: Option<Upstream>,
     readiness: Arc<readiness::Readiness>,
+    headers: Arc<claims::HeaderRules>,
 }
 
 /// The router's state.
@@ -76,6 +78,7 @@ pub(crate) struct Proxy(Arc<ProxyInner>);
 pub(crate) struct ProxyInner {
     pub(crate) latchkey: Latchkey,
     pub(crate) readiness: Arc<readiness::Readiness>,
+    pub(crate) headers: Arc<claims::HeaderRules>,
 }
 
 impl std::ops::Deref for Proxy {
@@ -93,6 +96,7 @@ pub(crate) struct Forwarder(Arc<ForwarderInner>);
 pub(crate) struct ForwarderInner {
     pub(crate) latchkey: Latchkey,
     pub(crate) upstream: Option<Upstream>,
+    pub(crate) headers: Arc<claims::HeaderRules>,
 }
 
 impl std::ops::Deref for Forwarder {
@@ -106,11 +110,13 @@ impl std::ops::Deref for Forwarder {
 impl App {
     /// Opens the store, discovers the provider and prepares the upstream.
     pub async fn new(settings: Settings) -> Result<Arc<Self>, StartError> {
+        let rules = claims::HeaderRules::new(&settings);
         let upstream = settings
             .upstream
             .as_ref()
             .map(|url| Upstream::new(url, settings.pass_routing_headers))
-            .transpose()?;
+            .transpose()?
+            .map(|upstream| upstream.reserving(rules.header_names().cloned().collect()));
         let latchkey = Latchkey::from_settings(settings).await?;
         Ok(Arc::new(Self::around(latchkey, upstream)))
     }
@@ -121,10 +127,12 @@ impl App {
             latchkey.store().clone(),
             latchkey.provider().clone(),
         ));
+        let headers = Arc::new(claims::HeaderRules::new(latchkey.settings()));
         Self {
             latchkey,
             upstream,
             readiness,
+            headers,
         }
     }
 
@@ -147,6 +155,7 @@ impl App {
         Proxy(Arc::new(ProxyInner {
             latchkey: self.latchkey.clone(),
             readiness: self.readiness.clone(),
+            headers: self.headers.clone(),
         }))
     }
 
@@ -159,6 +168,7 @@ impl App {
         let forwarder = Forwarder(Arc::new(ForwarderInner {
             latchkey: self.latchkey.clone(),
             upstream: self.upstream.clone(),
+            headers: self.headers.clone(),
         }));
         let open = routes::open.with_state(forwarder.clone());
         let guarded = self

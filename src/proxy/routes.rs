@@ -10,11 +10,12 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
 
-use super::upstream::{Forwarded, IdentityHeaders, Peer, Upstream};
+use super::claims::{HeaderRules, IdentityHeaders};
+use super::upstream::{Forwarded, Peer, Upstream};
 use super::{Forwarder, Proxy};
 use crate::web::cookies::UpstreamCookies;
 use crate::web::pages::{self, ErrorCode, escape_html};
-use crate::web::{AccessPolicy, Latchkey, SignedIn, SignedInUser, request_log_enabled};
+use crate::web::{AccessPolicy, SignedIn, SignedInUser, request_log_enabled};
 
 type ProxyState = State<Proxy>;
 
@@ -90,24 +91,36 @@ pub(super) async fn forward_auth(
         return rejection.into_response();
     }
     let identity = signed_in.identity();
+    let rules = &proxy.headers;
+    let headers = identity_headers(&signed_in, rules);
     let mut response = StatusCode::ACCEPTED.into_response();
     let out = response.headers_mut();
-    let mut put = |name: &'static str, value: &str| {
-        if let Ok(value) = HeaderValue::from_str(value) {
-            out.insert(name, value);
+    let named = [
+        ("x-auth-request-user", &headers.user),
+        ("x-auth-request-email", &headers.email),
+        ("x-auth-request-groups", &headers.groups),
+        (
+            "x-auth-request-preferred-username",
+            &headers.preferred_username,
+        ),
+        ("x-auth-request-id-token", &headers.id_token),
+    ];
+    for (name, value) in named {
+        if let Some(value) = value {
+            out.insert(name, value.clone());
         }
-    };
-    put("x-auth-request-user", &identity.subject);
-    if let Some(email) = &identity.email {
-        put("x-auth-request-email", email);
     }
-    if !identity.groups.is_empty() {
-        put("x-auth-request-groups", &identity.groups.join(","));
+    for (name, value) in &headers.claims {
+        out.insert(name.clone(), value.clone());
+    }
+    if let Some(bearer) = &headers.authorization {
+        out.insert(header::AUTHORIZATION, bearer.clone());
     }
     if latchkey.settings().pass_access_token
         && let Some(token) = signed_in.access_token()
+        && let Ok(value) = HeaderValue::from_str(token.secret())
     {
-        put("x-auth-request-access-token", token.secret());
+        out.insert("x-auth-request-access-token", value);
     }
     with_user(response, &identity.subject)
 }
@@ -153,10 +166,27 @@ fn with_user(mut response: Response, subject: &str) -> Response {
     response
 }
 
+/// The identity headers of `signed_in` under `rules`: made once per session
+/// record version (see [`crate::session::ActiveSession::derived`]), or for
+/// a bearer token once per request.
+fn identity_headers(signed_in: &SignedIn, rules: &HeaderRules) -> Arc<IdentityHeaders> {
+    match signed_in.active_session() {
+        Some(session) => session.derived(|record| {
+            let id_token = record.tokens.id_token.as_ref().map(|t| t.secret());
+            IdentityHeaders::new(&record.identity, id_token, rules)
+        }),
+        None => Arc::new(IdentityHeaders::new(
+            signed_in.identity(),
+            signed_in.id_token(),
+            rules,
+        )),
+    }
+}
+
 /// A `skip_auth_routes` match: forwarded with nobody signed in.
 pub(super) async fn open(State(forwarder): State<Forwarder>, request: Request) -> Response {
     let upstream = forwarder.upstream.as_ref();
-    forward(&forwarder.latchkey, upstream, request, None, None).await
+    forward(&forwarder, upstream, request, None, None).await
 }
 
 /// Behind the layer: the signed-in caller's request, to the upstream.
@@ -176,23 +206,17 @@ pub(super) async fn signed_in(
     };
     let cookies = signed_in.take_upstream_cookies();
     let upstream = forwarder.upstream.as_ref();
-    forward(
-        &forwarder.latchkey,
-        upstream,
-        request,
-        Some(&signed_in),
-        cookies,
-    )
-    .await
+    forward(&forwarder, upstream, request, Some(&signed_in), cookies).await
 }
 
 async fn forward(
-    latchkey: &Latchkey,
+    forwarder: &Forwarder,
     upstream: Option<&Upstream>,
     request: Request,
     signed_in: Option<&SignedIn>,
     cookies: Option<UpstreamCookies>,
 ) -> Response {
+    let latchkey = &forwarder.latchkey;
     let html = pages::wants_html(request.headers());
     let Some(upstream) = upstream else {
         // Forward-auth mode: nothing to proxy to.
@@ -226,10 +250,8 @@ async fn forward(
     } else {
         "http"
     };
-    let identity_headers = signed_in.map(|signed_in| match signed_in.active_session() {
-        Some(session) => session.derived(|record| IdentityHeaders::new(&record.identity)),
-        None => Arc::new(IdentityHeaders::new(signed_in.identity())),
-    });
+    let rules = &forwarder.headers;
+    let identity_headers = signed_in.map(|signed_in| identity_headers(signed_in, rules));
     let who = Forwarded {
         identity: signed_in.map(SignedIn::identity),
         identity_headers,

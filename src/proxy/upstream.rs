@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+pub use super::claims::IdentityHeaders;
 use axum::body::Body;
 use axum::extract::connect_info::Connected;
 use axum::http::uri::{self, Authority, PathAndQuery, Scheme};
@@ -35,6 +36,9 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 const X_FORWARDED_USER: HeaderName = HeaderName::from_static("x-forwarded-user");
 const X_FORWARDED_EMAIL: HeaderName = HeaderName::from_static("x-forwarded-email");
 const X_FORWARDED_GROUPS: HeaderName = HeaderName::from_static("x-forwarded-groups");
+const X_FORWARDED_PREFERRED_USERNAME: HeaderName =
+    HeaderName::from_static("x-forwarded-preferred-username");
+const X_FORWARDED_ID_TOKEN: HeaderName = HeaderName::from_static("x-forwarded-id-token");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -44,12 +48,13 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// request came from. Any header whose name folds to one of these (see
 /// [`folds_to`]) is removed from the client's request on every route,
 /// `skip_auth_routes` included, before latchkey sets its own.
-const RESERVED_HEADERS: [&str; 10] = [
+const RESERVED_HEADERS: [&str; 11] = [
     "x-forwarded-user",
     "x-forwarded-email",
     "x-forwarded-groups",
     "x-forwarded-preferred-username",
     "x-forwarded-access-token",
+    "x-forwarded-id-token",
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
@@ -144,31 +149,6 @@ pub struct Forwarded<'a> {
     pub access_token: Option<&'a str>,
 }
 
-/// The `X-Forwarded-User`, `-Email` and `-Groups` values of one identity.
-/// For a session they are made once per session record version (see
-/// [`crate::session::ActiveSession::derived`]), not once per request.
-#[derive(Debug)]
-pub struct IdentityHeaders {
-    user: Option<HeaderValue>,
-    email: Option<HeaderValue>,
-    groups: Option<HeaderValue>,
-}
-
-impl IdentityHeaders {
-    /// The headers for `identity`; a value that is not a valid header value
-    /// (a control character in a claim) is left out.
-    pub fn new(identity: &Identity) -> Self {
-        let value = |text: &str| HeaderValue::from_str(text).ok();
-        Self {
-            user: value(&identity.subject),
-            email: identity.email.as_deref().and_then(value),
-            groups: (!identity.groups.is_empty())
-                .then(|| identity.groups.join(","))
-                .and_then(|groups| value(&groups)),
-        }
-    }
-}
-
 /// Why a request could not be forwarded.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -192,6 +172,8 @@ pub struct Upstream {
     authority: Authority,
     client: Client<HttpConnector, Body>,
     pass_routing_headers: bool,
+    /// The `claim_headers` names: latchkey's, whoever the client is.
+    reserved: Arc<[HeaderName]>,
 }
 
 impl Upstream {
@@ -219,7 +201,15 @@ impl Upstream {
             authority,
             client,
             pass_routing_headers,
+            reserved: Arc::from(Vec::new()),
         })
+    }
+
+    /// The same upstream, with `names` (the `claim_headers`) stripped from
+    /// every client request under any spelling, as latchkey's own are.
+    pub fn reserving(mut self, names: Vec<HeaderName>) -> Self {
+        self.reserved = Arc::from(names);
+        self
     }
 
     /// Forwards `request` and streams back the answer.
@@ -251,10 +241,14 @@ impl Upstream {
         let original_host = headers.get(header::HOST).cloned();
         let named = connection_named(headers);
         let pass_routing = self.pass_routing_headers;
+        let reserved = &self.reserved;
         remove_headers(headers, |name| {
             HOP_BY_HOP.contains(name)
                 || named.contains(name)
                 || is_forbidden_from_client(name, pass_routing)
+                || reserved
+                    .iter()
+                    .any(|own| folds_to(name.as_str().as_bytes(), own.as_str().as_bytes()))
         });
         match cookies {
             UpstreamCookies::AsSent => {}
@@ -279,11 +273,19 @@ impl Upstream {
                 (X_FORWARDED_USER, &identity.user),
                 (X_FORWARDED_EMAIL, &identity.email),
                 (X_FORWARDED_GROUPS, &identity.groups),
+                (X_FORWARDED_PREFERRED_USERNAME, &identity.preferred_username),
+                (X_FORWARDED_ID_TOKEN, &identity.id_token),
             ];
             for (name, value) in named {
                 if let Some(value) = value {
                     headers.insert(name, value.clone());
                 }
+            }
+            for (name, value) in &identity.claims {
+                headers.insert(name.clone(), value.clone());
+            }
+            if let Some(bearer) = &identity.authorization {
+                headers.insert(header::AUTHORIZATION, bearer.clone());
             }
         }
         if let Some(token) = who.access_token {
