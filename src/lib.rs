@@ -58,6 +58,7 @@ pub mod demo;
 #[cfg(feature = "dev-tools")]
 pub mod dev_idp;
 pub mod idp;
+pub mod import;
 pub mod keys;
 pub mod login;
 pub mod logout;

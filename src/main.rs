@@ -51,6 +51,15 @@ enum Command {
     /// other apps and for tests; never for production).
     #[cfg(feature = "dev-tools")]
     DevIdp(DevIdpArgs),
+    /// Print the latchkey TOML equivalent of an oauth2-proxy configuration:
+    /// its config file and its OAUTH2_PROXY_* environment variables (which
+    /// win, as in oauth2-proxy), with a comment on every option not carried
+    /// over. Exit status 2 when the file cannot be read.
+    #[command(name = "import-oauth2-proxy")]
+    ImportOauth2Proxy {
+        /// oauth2-proxy's config file (TOML); without it, only the environment.
+        file: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,6 +161,7 @@ async fn main() -> ExitCode {
         Command::Demo(args) => demo(args).await,
         Command::CheckStore { store } => check_store(&store).await,
         Command::Sessions(command) => sessions(command).await,
+        Command::ImportOauth2Proxy { file } => import_oauth2_proxy(file.as_deref()),
         #[cfg(feature = "dev-tools")]
         Command::DevIdp(args) => dev_idp(args).await,
     }
@@ -387,6 +397,42 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate() => {}
     }
+}
+
+fn import_oauth2_proxy(file: Option<&std::path::Path>) -> ExitCode {
+    let text = match file {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(error) => {
+                eprintln!("cannot read {}: {error}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => String::new(),
+    };
+    let environment: Vec<(String, String)> = std::env::vars().collect();
+    let options = match latchkey::import::options(
+        &text,
+        environment.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    ) {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!(
+                "{}: {error}",
+                file.map_or("environment".into(), |p| p.display().to_string())
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let imported = latchkey::import::convert(&options);
+    print!("{}", imported.toml);
+    if !imported.not_carried.is_empty() {
+        eprintln!(
+            "{} option(s) not carried over: see the comments at the top",
+            imported.not_carried.len()
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 async fn check_store(url: &str) -> ExitCode {

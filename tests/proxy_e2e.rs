@@ -2,6 +2,8 @@
 //! cookie jar, the development IdP, the sample upstream, and the proxy between.
 
 use std::sync::Arc;
+
+use base64::Engine;
 use std::time::Duration;
 
 mod common;
@@ -872,6 +874,82 @@ async fn claims_become_headers_and_clients_cannot_forge_them() {
             .starts_with("Bearer ey")
     );
     assert!(!out.contains_key("x-missing"));
+}
+
+/// `latchkey import-oauth2-proxy`, as a team switching would run it: their
+/// oauth2-proxy config file, imported, starts latchkey, and the app behind
+/// it gets the headers oauth2-proxy sent it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_oauth2_proxy_config_starts_and_serves_the_same_headers() {
+    let upstream_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = upstream_listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(upstream_listener, sample_app()).await.unwrap() });
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start_in_front_of(Some(upstream), |raw| {
+        let cookie_secret =
+            base64::engine::general_purpose::STANDARD.encode(common::proxy::COOKIE_SECRET);
+        let cfg = format!(
+            r#"
+http_address = "127.0.0.1:4180"
+provider = "oidc"
+oidc_issuer_url = "{issuer}"
+client_id = "latchkey"
+client_secret = "{SECRET}"
+redirect_url = "{redirect}"
+cookie_secret = "{cookie_secret}"
+cookie_secure = false
+upstreams = ["http://{upstream}/"]
+email_domains = ["example.com"]
+pass_access_token = true
+set_xauthrequest = true
+custom_sign_in_logo = "/logo.png"
+"#,
+            issuer = raw.issuer.clone().unwrap(),
+            redirect = raw.redirect_url.clone().unwrap(),
+        );
+        let file = dir.path().join("oauth2-proxy.cfg");
+        std::fs::write(&file, cfg).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
+            .arg("import-oauth2-proxy")
+            .arg(&file)
+            .env("OAUTH2_PROXY_ALLOWED_GROUPS", "admins")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let toml_text = String::from_utf8(out.stdout).unwrap();
+        assert!(toml_text.contains("#   custom_sign_in_logo"), "{toml_text}");
+        let mut imported: latchkey::config::RawSettings = toml::from_str(&toml_text).unwrap();
+        // The store is where this test keeps it (oauth2-proxy had cookies).
+        imported.store = raw.store.clone();
+        *raw = imported;
+    })
+    .await;
+    let b = browser();
+    let landed = sign_in(&h, &b, "/page", "alice").await;
+    let (status, seen) = upstream_json(&b, landed.as_str(), &[]).await;
+    assert_eq!(status, 200, "{seen}");
+    let headers = &seen["headers"];
+    assert_eq!(headers["x-forwarded-user"], "alice");
+    assert_eq!(headers["x-forwarded-email"], "alice@example.com");
+    assert_eq!(headers["x-forwarded-groups"], "admins,staff");
+    assert!(
+        headers["authorization"]
+            .as_str()
+            .unwrap()
+            .starts_with("Bearer ")
+    );
+    // bob is not in the group the environment added.
+    let bobs = browser();
+    let bob_landed = sign_in(&h, &bobs, "/page", "bob").await;
+    let (status, _) = upstream_json(&bobs, bob_landed.as_str(), &[]).await;
+    assert_eq!(
+        status, 403,
+        "OAUTH2_PROXY_ALLOWED_GROUPS was not carried over"
+    );
 }
 
 fn urlencoding(text: &str) -> String {
