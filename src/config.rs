@@ -213,6 +213,17 @@ pub struct RawSettings {
     /// [default: false].
     #[arg(long, env = "LATCHKEY_PASS_AUTHORIZATION_HEADER", num_args = 0..=1, default_missing_value = "true")]
     pub pass_authorization_header: Option<bool>,
+    /// PEM files of CA certificates to trust for an https:// upstream,
+    /// besides the system trust store.
+    #[arg(long, env = "LATCHKEY_UPSTREAM_CA_FILES", value_delimiter = ',')]
+    pub upstream_ca_files: Option<Vec<PathBuf>>,
+    /// A client certificate (PEM chain) to present to an https:// upstream
+    /// that asks for one, with upstream_client_key_file.
+    #[arg(long, env = "LATCHKEY_UPSTREAM_CLIENT_CERT_FILE")]
+    pub upstream_client_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of upstream_client_cert_file.
+    #[arg(long, env = "LATCHKEY_UPSTREAM_CLIENT_KEY_FILE")]
+    pub upstream_client_key_file: Option<PathBuf>,
 }
 
 macro_rules! layer {
@@ -279,6 +290,9 @@ impl RawSettings {
             groups_separator,
             pass_id_token,
             pass_authorization_header,
+            upstream_ca_files,
+            upstream_client_cert_file,
+            upstream_client_key_file,
         )
     }
 
@@ -460,6 +474,12 @@ pub struct Settings {
     pub pass_id_token: bool,
     /// Pass the ID token as `Authorization: Bearer`.
     pub pass_authorization_header: bool,
+    /// CA certificates (DER) trusted for an `https://` upstream.
+    pub upstream_ca: Vec<Vec<u8>>,
+    /// The client certificate presented to the upstream.
+    pub upstream_client_cert_file: Option<PathBuf>,
+    /// Its private key.
+    pub upstream_client_key_file: Option<PathBuf>,
     /// Sign-in requests per minute per client address (0: no limit).
     pub login_rate_per_minute: u32,
 }
@@ -789,14 +809,13 @@ fn upstream(value: Option<String>) -> Result<Option<url::Url>, ConfigError> {
     };
     url::Url::parse(&text)
         .ok()
-        .filter(|u| u.scheme() == "http" && u.host().is_some())
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
         .map(Some)
         .ok_or_else(|| {
             error(
                 "upstream",
-                format!("{text:?} is not an http:// URL"),
-                "write it as http://HOST:PORT (TLS to the upstream is not supported; \
-                 run latchkey next to the app)",
+                format!("{text:?} is not an http:// or https:// URL"),
+                "write it as http://HOST:PORT or https://HOST:PORT",
             )
         })
 }
@@ -1248,6 +1267,41 @@ impl RawSettings {
                 "choose one: the ID token (pass_authorization_header) or the access token (pass_access_token)",
             )));
         }
+        let upstream_ca = problems.check(
+            (self.upstream_ca_files.unwrap_or_default().iter())
+                .map(|path| {
+                    crate::tls::certificates(path).map_err(|why| {
+                        error(
+                            "upstream_ca_files",
+                            why,
+                            "name PEM files of CA certificates (-----BEGIN CERTIFICATE-----)",
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(|files| files.concat()),
+        );
+        let upstream_client = (
+            self.upstream_client_cert_file,
+            self.upstream_client_key_file,
+        );
+        let upstream_client = problems.check(match upstream_client {
+            (Some(cert), Some(key)) => crate::tls::client_config(&[], Some((&cert, &key)))
+                .map(|_| (Some(cert), Some(key)))
+                .map_err(|why| {
+                    error(
+                        "upstream_client_cert_file",
+                        why,
+                        "name the PEM certificate chain and its PEM private key",
+                    )
+                }),
+            (None, None) => Ok((None, None)),
+            _ => Err(error(
+                "upstream_client_cert_file",
+                "upstream_client_cert_file and upstream_client_key_file go together",
+                "set both, or neither",
+            )),
+        });
         let whitelist_domains = list(self.whitelist_domains, &[]);
         problems.check(
             crate::web::redirect::Destinations::new(&whitelist_domains).map_err(|why| {
@@ -1293,6 +1347,7 @@ impl RawSettings {
             Some((ping_path, ready_path)),
             Some(cookie_domain),
             Some(provider_ca),
+            Some((upstream_ca, (upstream_client_cert_file, upstream_client_key_file))),
             Some((claim_headers, user_id_claim, groups_separator)),
             Some((session_ttl, login_ttl, exchange_lease, refresh_before_expiry, clock_skew)),
         ) = (
@@ -1314,6 +1369,7 @@ impl RawSettings {
             ping_path.zip(ready_path),
             cookie_domain,
             provider_ca,
+            upstream_ca.zip(upstream_client),
             claim_headers
                 .zip(user_id_claim)
                 .zip(groups_separator)
@@ -1379,6 +1435,9 @@ impl RawSettings {
             groups_separator,
             pass_id_token: self.pass_id_token.unwrap_or(false),
             pass_authorization_header,
+            upstream_ca,
+            upstream_client_cert_file,
+            upstream_client_key_file,
         })
     }
 
@@ -1538,7 +1597,7 @@ mod tests {
             ),
             (
                 RawSettings {
-                    upstream: Some("https://app:8443".into()),
+                    upstream: Some("ftp://app:8443".into()),
                     ..minimal()
                 },
                 "upstream",

@@ -383,7 +383,9 @@ impl DevIdp {
                     })
                     .await;
             }),
-            Some(acceptor) => tokio::spawn(serve_tls(listener, acceptor, app, stop)),
+            Some(acceptor) => tokio::spawn(crate::tls::serve_tls(listener, acceptor, app, async {
+                let _ = stop.await;
+            })),
         };
         Ok(Self {
             addr,
@@ -459,34 +461,6 @@ impl DevIdp {
     /// Serves until the process is stopped.
     pub async fn wait(self) {
         let _ = self.server.await;
-    }
-}
-
-/// Serves `app` over TLS until `stop` fires (connections in flight are
-/// dropped with the task: a development server).
-async fn serve_tls(
-    listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    app: Router,
-    mut stop: oneshot::Receiver<()>,
-) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = &mut stop => return,
-        };
-        let Ok((tcp, _)) = accepted else { continue };
-        let (acceptor, app) = (acceptor.clone(), app.clone());
-        tokio::spawn(async move {
-            // A client that fails the handshake (an untrusted CA) is gone.
-            let Ok(tls) = acceptor.accept(tcp).await else {
-                return;
-            };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await;
-        });
     }
 }
 

@@ -114,7 +114,14 @@ impl App {
         let upstream = settings
             .upstream
             .as_ref()
-            .map(|url| Upstream::new(url, settings.pass_routing_headers))
+            .map(|url| {
+                let tls = upstream::UpstreamTls {
+                    ca_certificates: settings.upstream_ca.clone(),
+                    client_cert_file: settings.upstream_client_cert_file.clone(),
+                    client_key_file: settings.upstream_client_key_file.clone(),
+                };
+                Upstream::with_tls(url, settings.pass_routing_headers, &tls)
+            })
             .transpose()?
             .map(|upstream| upstream.reserving(rules.header_names().cloned().collect()));
         let latchkey = Latchkey::from_settings(settings).await?;

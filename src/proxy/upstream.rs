@@ -13,6 +13,7 @@ use axum::extract::connect_info::Connected;
 use axum::http::uri::{self, Authority, PathAndQuery, Scheme};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header};
 use axum::serve::IncomingStream;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -157,6 +158,17 @@ pub enum ForwardError {
     Unreachable(String),
 }
 
+/// How latchkey connects to an `https://` upstream.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamTls {
+    /// CA certificates (DER) trusted besides the system's and the web roots.
+    pub ca_certificates: Vec<Vec<u8>>,
+    /// The client certificate chain (PEM) to present, with its key.
+    pub client_cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub client_key_file: Option<std::path::PathBuf>,
+}
+
 /// An upstream URL that requests cannot be sent to.
 #[derive(Debug, thiserror::Error)]
 #[error("upstream {url} cannot be proxied to: {reason}")]
@@ -170,7 +182,7 @@ pub struct BadUpstream {
 pub struct Upstream {
     scheme: Scheme,
     authority: Authority,
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
     pass_routing_headers: bool,
     /// The `claim_headers` names: latchkey's, whoever the client is.
     reserved: Arc<[HeaderName]>,
@@ -180,6 +192,17 @@ impl Upstream {
     /// A pooled client for `base` (scheme, host and port are used);
     /// `pass_routing_headers` lets the client's routing overrides through.
     pub fn new(base: &url::Url, pass_routing_headers: bool) -> Result<Self, BadUpstream> {
+        Self::with_tls(base, pass_routing_headers, &UpstreamTls::default())
+    }
+
+    /// [`new`](Self::new), an `https://` upstream verified with `tls`'s
+    /// extra CA certificates (besides the system's and the web roots) and
+    /// presented `tls`'s client certificate when it asks for one.
+    pub fn with_tls(
+        base: &url::Url,
+        pass_routing_headers: bool,
+        tls: &UpstreamTls,
+    ) -> Result<Self, BadUpstream> {
         let bad = |reason: String| BadUpstream {
             url: base.to_string(),
             reason,
@@ -195,6 +218,17 @@ impl Upstream {
         };
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let identity = tls
+            .client_cert_file
+            .as_deref()
+            .zip(tls.client_key_file.as_deref());
+        let config = crate::tls::client_config(&tls.ca_certificates, identity).map_err(bad)?;
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new()).build(connector);
         Ok(Self {
             scheme,

@@ -17,6 +17,10 @@ pub struct TestPki {
     pub cert_file: PathBuf,
     /// Its private key (PEM).
     pub key_file: PathBuf,
+    /// A client certificate the CA signed (PEM), for mutual TLS.
+    pub client_cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub client_key_file: PathBuf,
 }
 
 impl TestPki {
@@ -34,6 +38,12 @@ impl TestPki {
             .unwrap()
             .signed_by(&server_key, &issuer)
             .unwrap();
+        let client_key = KeyPair::generate().unwrap();
+        let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
+        client
+            .distinguished_name
+            .push(DnType::CommonName, "latchkey");
+        let client = client.signed_by(&client_key, &issuer).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let write = |name: &str, text: &str| {
             let path = dir.path().join(name);
@@ -45,6 +55,8 @@ impl TestPki {
             ca_file: write("ca.pem", &ca_pem),
             cert_file: write("server.pem", &server.pem()),
             key_file: write("server.key", &server_key.serialize_pem()),
+            client_cert_file: write("client.pem", &client.pem()),
+            client_key_file: write("client.key", &client_key.serialize_pem()),
             ca_pem,
             dir,
         }
