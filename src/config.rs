@@ -224,6 +224,16 @@ pub struct RawSettings {
     /// The private key (PEM) of upstream_client_cert_file.
     #[arg(long, env = "LATCHKEY_UPSTREAM_CLIENT_KEY_FILE")]
     pub upstream_client_key_file: Option<PathBuf>,
+    /// Serve https on `listen` with this certificate chain (PEM) and
+    /// tls_key_file; re-read on SIGHUP.
+    #[arg(long, env = "LATCHKEY_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of tls_cert_file.
+    #[arg(long, env = "LATCHKEY_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// The oldest TLS version the listener accepts: 1.2 or 1.3 [default: 1.2].
+    #[arg(long, env = "LATCHKEY_TLS_MIN_VERSION")]
+    pub tls_min_version: Option<String>,
 }
 
 macro_rules! layer {
@@ -293,6 +303,9 @@ impl RawSettings {
             upstream_ca_files,
             upstream_client_cert_file,
             upstream_client_key_file,
+            tls_cert_file,
+            tls_key_file,
+            tls_min_version,
         )
     }
 
@@ -480,6 +493,8 @@ pub struct Settings {
     pub upstream_client_cert_file: Option<PathBuf>,
     /// Its private key.
     pub upstream_client_key_file: Option<PathBuf>,
+    /// https on `listen` (`tls_cert_file`, `tls_key_file`, `tls_min_version`).
+    pub listener_tls: Option<crate::tls::ListenerTls>,
     /// Sign-in requests per minute per client address (0: no limit).
     pub login_rate_per_minute: u32,
 }
@@ -1302,6 +1317,34 @@ impl RawSettings {
                 "set both, or neither",
             )),
         });
+        let tls13_only = problems.check(match self.tls_min_version.as_deref().map(str::trim) {
+            None | Some("1.2") => Ok(false),
+            Some("1.3") => Ok(true),
+            Some(other) => Err(error(
+                "tls_min_version",
+                format!("{other:?} is not a TLS version latchkey offers"),
+                "write 1.2 or 1.3",
+            )),
+        });
+        let listener_tls = problems.check(match (self.tls_cert_file, self.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                crate::tls::ListenerTls::load(&cert, &key, tls13_only == Some(true))
+                    .map(Some)
+                    .map_err(|why| {
+                        error(
+                            "tls_cert_file",
+                            why,
+                            "name the PEM certificate chain and its PEM private key",
+                        )
+                    })
+            }
+            (None, None) => Ok(None),
+            _ => Err(error(
+                "tls_cert_file",
+                "tls_cert_file and tls_key_file go together",
+                "set both, or neither",
+            )),
+        });
         let whitelist_domains = list(self.whitelist_domains, &[]);
         problems.check(
             crate::web::redirect::Destinations::new(&whitelist_domains).map_err(|why| {
@@ -1347,6 +1390,7 @@ impl RawSettings {
             Some((ping_path, ready_path)),
             Some(cookie_domain),
             Some(provider_ca),
+            Some(listener_tls),
             Some((upstream_ca, (upstream_client_cert_file, upstream_client_key_file))),
             Some((claim_headers, user_id_claim, groups_separator)),
             Some((session_ttl, login_ttl, exchange_lease, refresh_before_expiry, clock_skew)),
@@ -1369,6 +1413,7 @@ impl RawSettings {
             ping_path.zip(ready_path),
             cookie_domain,
             provider_ca,
+            listener_tls,
             upstream_ca.zip(upstream_client),
             claim_headers
                 .zip(user_id_claim)
@@ -1438,6 +1483,7 @@ impl RawSettings {
             upstream_ca,
             upstream_client_cert_file,
             upstream_client_key_file,
+            listener_tls,
         })
     }
 

@@ -357,6 +357,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     tracing::info!(addr = %server.addr(), "latchkey is listening");
+    if let Some(tls) = server.app().settings().listener_tls.clone() {
+        tokio::spawn(reload_tls_on_hangup(tls));
+    }
     shutdown_signal().await;
     tracing::info!("shutting down: finishing in-flight requests");
     server.shutdown().await;
@@ -390,6 +393,31 @@ async fn demo(args: DemoArgs) -> ExitCode {
     shutdown_signal().await;
     demo.stop().await;
     ExitCode::SUCCESS
+}
+
+/// SIGHUP re-reads the listener's certificate and key (a renewal): new
+/// connections present them; if they cannot be used, the old ones stay.
+async fn reload_tls_on_hangup(tls: latchkey::tls::ListenerTls) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!(
+                "cannot listen for SIGHUP: the certificate is reloaded only by a restart"
+            );
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!("reloaded the listener's certificate"),
+                Err(error) => {
+                    tracing::error!(%error, "kept the previous certificate: the new one cannot be used")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }
 
 async fn shutdown_signal() {

@@ -29,35 +29,61 @@ pub fn certificates(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     Ok(certificates)
 }
 
-/// A rustls server configuration presenting the certificate chain in
-/// `cert_file` with the private key in `key_file`, offering `alpn`
-/// protocols in that order.
-pub fn server_config(
+/// The certificate chain in `cert_file` and the private key in `key_file`.
+fn chain_and_key(
     cert_file: &Path,
     key_file: &Path,
-    alpn: &[&[u8]],
-) -> Result<Arc<rustls::ServerConfig>, String> {
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
     let chain = certificates(cert_file)?
         .into_iter()
         .map(CertificateDer::from)
         .collect();
     let key = PrivateKeyDer::from_pem_file(key_file)
         .map_err(|e| format!("{} holds no usable private key: {e}", key_file.display()))?;
+    Ok((chain, key))
+}
+
+fn mismatched(cert_file: &Path, key_file: &Path, error: rustls::Error) -> String {
+    format!(
+        "{} and {} do not make a certificate and its key: {error}",
+        cert_file.display(),
+        key_file.display()
+    )
+}
+
+/// A rustls server configuration presenting the certificate chain in
+/// `cert_file` with the private key in `key_file`, offering `alpn`
+/// protocols in that order, TLS 1.2 and 1.3 (1.3 only with `tls13_only`).
+pub fn server_config_with(
+    cert_file: &Path,
+    key_file: &Path,
+    alpn: &[&[u8]],
+    tls13_only: bool,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let (chain, key) = chain_and_key(cert_file, key_file)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+    let builder = rustls::ServerConfig::builder_with_provider(provider);
+    let builder = if tls13_only {
+        builder.with_protocol_versions(&[&rustls::version::TLS13])
+    } else {
+        builder.with_safe_default_protocol_versions()
+    }
+    .map_err(|e| e.to_string())?;
+    let mut config = builder
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .map_err(|e| {
-            format!(
-                "{} and {} do not make a certificate and its key: {e}",
-                cert_file.display(),
-                key_file.display()
-            )
-        })?;
+        .map_err(|e| mismatched(cert_file, key_file, e))?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// [`server_config_with`] TLS 1.2 and 1.3.
+pub fn server_config(
+    cert_file: &Path,
+    key_file: &Path,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    server_config_with(cert_file, key_file, alpn, false)
 }
 
 /// A rustls client configuration trusting the system trust store, the
@@ -86,19 +112,10 @@ pub fn client_config(
     match identity {
         None => Ok(builder.with_no_client_auth()),
         Some((cert_file, key_file)) => {
-            let chain = certificates(cert_file)?
-                .into_iter()
-                .map(CertificateDer::from)
-                .collect();
-            let key = PrivateKeyDer::from_pem_file(key_file)
-                .map_err(|e| format!("{} holds no usable private key: {e}", key_file.display()))?;
-            builder.with_client_auth_cert(chain, key).map_err(|e| {
-                format!(
-                    "{} and {} do not make a certificate and its key: {e}",
-                    cert_file.display(),
-                    key_file.display()
-                )
-            })
+            let (chain, key) = chain_and_key(cert_file, key_file)?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| mismatched(cert_file, key_file, e))
         }
     }
 }
@@ -132,5 +149,64 @@ pub async fn serve_tls(
                 .with_upgrades()
                 .await;
         });
+    }
+}
+
+/// The listener's TLS: its settings, and the acceptor that new connections
+/// use, replaced whole by [`ListenerTls::reload`] (connections already open
+/// keep the one they started with).
+#[derive(Clone)]
+pub struct ListenerTls {
+    cert_file: std::path::PathBuf,
+    key_file: std::path::PathBuf,
+    tls13_only: bool,
+    current: Arc<arc_swap::ArcSwap<tokio_rustls::TlsAcceptor>>,
+}
+
+impl std::fmt::Debug for ListenerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerTls")
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("tls13_only", &self.tls13_only)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the listener offers by ALPN.
+const LISTENER_ALPN: &[&[u8]] = &[b"http/1.1"];
+
+impl ListenerTls {
+    /// The listener's TLS from `cert_file` and `key_file`; `Err` says what
+    /// is wrong with them.
+    pub fn load(cert_file: &Path, key_file: &Path, tls13_only: bool) -> Result<Self, String> {
+        let config = server_config_with(cert_file, key_file, LISTENER_ALPN, tls13_only)?;
+        Ok(Self {
+            cert_file: cert_file.to_owned(),
+            key_file: key_file.to_owned(),
+            tls13_only,
+            current: Arc::new(arc_swap::ArcSwap::from_pointee(
+                tokio_rustls::TlsAcceptor::from(config),
+            )),
+        })
+    }
+
+    /// Reads the files again (a renewed certificate) and uses them for the
+    /// connections accepted from now on; on `Err` the previous ones stay.
+    pub fn reload(&self) -> Result<(), String> {
+        let config = server_config_with(
+            &self.cert_file,
+            &self.key_file,
+            LISTENER_ALPN,
+            self.tls13_only,
+        )?;
+        self.current
+            .store(Arc::new(tokio_rustls::TlsAcceptor::from(config)));
+        Ok(())
+    }
+
+    /// The acceptor for a new connection.
+    pub fn acceptor(&self) -> Arc<tokio_rustls::TlsAcceptor> {
+        self.current.load_full()
     }
 }

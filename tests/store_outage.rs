@@ -22,6 +22,8 @@ use url::Url;
 struct Relay {
     addr: SocketAddr,
     up: watch::Sender<bool>,
+    /// How many relayed connections are open.
+    live: watch::Sender<usize>,
 }
 
 impl Relay {
@@ -29,7 +31,9 @@ impl Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let up = watch::Sender::new(true);
+        let live = watch::Sender::new(0usize);
         let state = up.subscribe();
+        let counter = live.clone();
         tokio::spawn(async move {
             loop {
                 let (mut client, _) = listener.accept().await.unwrap();
@@ -37,22 +41,29 @@ impl Relay {
                 if !*state.borrow_and_update() {
                     continue; // dropped: the connection is refused
                 }
+                counter.send_modify(|n| *n += 1);
+                let counter = counter.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = state.wait_for(|up| !*up) => {}
+                    if let Ok(mut server) = TcpStream::connect(target).await {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = state.wait_for(|up| !*up) => {}
+                        }
                     }
+                    // Both ends are closed before the count goes down.
+                    drop(client);
+                    counter.send_modify(|n| *n -= 1);
                 });
             }
         });
-        Relay { addr, up }
+        Relay { addr, up, live }
     }
 
-    fn cut(&self) {
+    /// Cuts the store off: returns once every relayed connection is
+    /// closed, so that no request after it can still reach the server.
+    async fn cut(&self) {
         self.up.send_replace(false);
+        let _ = self.live.subscribe().wait_for(|n| *n == 0).await;
     }
 
     fn restore(&self) {
@@ -104,7 +115,7 @@ async fn outage_and_recovery(server_url: String) {
     );
 
     // The store goes away: fast 503s with a clear code, for browsers and APIs.
-    relay.cut();
+    relay.cut().await;
     for path in ["/oauth2/auth", "/oauth2/userinfo", "/app"] {
         let started = Instant::now();
         let response = browser

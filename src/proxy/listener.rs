@@ -67,6 +67,7 @@ impl<T> AppService for T where
 {
 }
 use crate::config::ListenerLimits;
+use crate::tls::ListenerTls;
 use crate::web::metrics::Metrics;
 
 /// "No request head has started."
@@ -270,6 +271,7 @@ pub(super) async fn serve<S>(
     service: S,
     limits: ListenerLimits,
     metrics: Arc<Metrics>,
+    tls: Option<ListenerTls>,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()>
 where
@@ -314,8 +316,17 @@ where
         let service = service.clone();
         let stop = stop.clone();
         let shed = shed.subscribe();
+        // Each connection keeps the certificate it was accepted with.
+        let acceptor = tls.as_ref().map(ListenerTls::acceptor);
         connections.spawn(async move {
-            serve_connection(stream, Peer::from(addr), service, limits, stop, shed).await;
+            let connection = Connection {
+                peer: Peer::from(addr),
+                service,
+                limits,
+                stop,
+                shed,
+            };
+            serve_connection(stream, acceptor, connection).await;
             drop(permit);
         });
     }
@@ -324,21 +335,57 @@ where
     Ok(())
 }
 
-async fn serve_connection<S>(
-    stream: TcpStream,
+/// What one connection is served with.
+struct Connection<S> {
     peer: Peer,
     service: S,
     limits: ListenerLimits,
     stop: watch::Receiver<bool>,
     shed: watch::Receiver<u64>,
+}
+
+/// Serves one client connection: over TLS when `tls` is given (the
+/// handshake must finish within `header_read_timeout`, as a request head
+/// must), else as it is.
+async fn serve_connection<S>(
+    stream: TcpStream,
+    tls: Option<Arc<tokio_rustls::TlsAcceptor>>,
+    connection: Connection<S>,
 ) where
     S: AppService,
 {
+    let limits = connection.limits;
     let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(Watched {
+    let watched = Watched {
         stream,
         activity: activity.clone(),
-    });
+    };
+    match tls {
+        None => serve_http(TokioIo::new(watched), activity, connection).await,
+        Some(acceptor) => {
+            let handshake = acceptor.accept(watched);
+            match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                Ok(Ok(tls)) => serve_http(TokioIo::new(tls), activity, connection).await,
+                Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on one connection's `io` within `limits`.
+async fn serve_http<I, S>(io: TokioIo<I>, activity: Arc<Activity>, connection: Connection<S>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AppService,
+{
+    let Connection {
+        peer,
+        service,
+        limits,
+        stop,
+        shed,
+    } = connection;
     let per_request = activity.clone();
     let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
         per_request.request_started();
@@ -467,12 +514,13 @@ impl Running {
         service: S,
         limits: ListenerLimits,
         metrics: Arc<Metrics>,
+        tls: Option<ListenerTls>,
     ) -> Self
     where
         S: AppService,
     {
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(serve(listener, service, limits, metrics, stopped));
+        let task = tokio::spawn(serve(listener, service, limits, metrics, tls, stopped));
         Self { stop, task }
     }
 

@@ -267,11 +267,13 @@ impl Server {
             let ops = TcpListener::from_std(ops)?;
             metrics_addr = Some(ops.local_addr()?);
             let service = ops_router(&app).into_service();
+            // The metrics listener stays plain http (scraped on a private address).
             listeners.push(listener::Running::spawn(
                 ops,
                 service,
                 limits,
                 app.metrics().clone(),
+                None,
             ));
         }
         // The observe layer wraps the router once rather than each route (a
@@ -283,6 +285,7 @@ impl Server {
             observed,
             limits,
             app.metrics().clone(),
+            app.settings().listener_tls.clone(),
         ));
         Ok(Self {
             addr,
@@ -308,6 +311,17 @@ impl Server {
     /// The address it serves on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Reads `tls_cert_file` and `tls_key_file` again (a renewed
+    /// certificate, on SIGHUP): connections accepted from now on present
+    /// it. `Ok(false)`: the listener has no TLS; on `Err` the previous
+    /// certificate stays.
+    pub fn reload_tls(&self) -> Result<bool, String> {
+        match &self.app.settings().listener_tls {
+            Some(tls) => tls.reload().map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// The address of the metrics listener, when `metrics_address` is set.
