@@ -173,8 +173,9 @@ impl std::fmt::Debug for ListenerTls {
     }
 }
 
-/// What the listener offers by ALPN.
-const LISTENER_ALPN: &[&[u8]] = &[b"http/1.1"];
+/// What the listener offers by ALPN: HTTP/2 first, as browsers expect of
+/// an https endpoint.
+const LISTENER_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 impl ListenerTls {
     /// The listener's TLS from `cert_file` and `key_file`; `Err` says what

@@ -240,3 +240,76 @@ async fn serve_reloads_its_certificate_on_sighup() {
     assert!(healthz(&second).await);
     assert!(!healthz(&first).await);
 }
+
+/// Browsers speak HTTP/2 to an https endpoint (ALPN): sign-in, forward-auth
+/// and the proxied app behave over it exactly as over HTTP/1.1, and the
+/// upstream hears HTTP/1.1 with the host the browser named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_speaking_http2_get_the_same_answers() {
+    let pki = TestPki::new();
+    let upstream_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = upstream_listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(upstream_listener, latchkey::demo::sample_app())
+            .await
+            .unwrap()
+    });
+    let h = https_latchkey(&pki.cert_file, &pki.key_file, |raw| {
+        raw.upstream = Some(format!("http://{upstream}"));
+    })
+    .await;
+    for (browser, version) in [
+        (pki.browser(), reqwest::Version::HTTP_2),
+        (
+            reqwest::Client::builder()
+                .cookie_store(true)
+                .redirect(reqwest::redirect::Policy::none())
+                .add_root_certificate(
+                    reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap(),
+                )
+                .http1_only()
+                .build()
+                .unwrap(),
+            reqwest::Version::HTTP_11,
+        ),
+    ] {
+        let health = browser.get(https(&h, "/healthz")).send().await.unwrap();
+        assert_eq!(health.version(), version);
+        let callback = to_callback(&browser, &https(&h, "/oauth2/start?rd=/app"), "alice").await;
+        let done = browser
+            .get(callback)
+            .header(ACCEPT, HTML)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(done.version(), version);
+        assert_eq!(done.status(), 302);
+        assert_eq!(done.headers()[LOCATION], "/app");
+        let app = browser
+            .get(https(&h, "/app?x=1"))
+            .header(ACCEPT, "application/json")
+            .header("x-forwarded-user", "mallory")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(app.status(), 200, "{version:?}");
+        let seen: serde_json::Value = app.json().await.unwrap();
+        assert_eq!(seen["path"], "/app");
+        assert_eq!(seen["headers"]["x-forwarded-user"], "alice", "{version:?}");
+        assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
+        let host = format!("127.0.0.1:{}", h.proxy.port());
+        assert_eq!(
+            seen["headers"]["x-forwarded-host"],
+            host.as_str(),
+            "{version:?}"
+        );
+        let anonymous = pki
+            .browser()
+            .get(https(&h, "/app"))
+            .header(ACCEPT, "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(anonymous.status(), 401);
+    }
+}

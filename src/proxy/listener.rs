@@ -361,11 +361,14 @@ async fn serve_connection<S>(
         activity: activity.clone(),
     };
     match tls {
-        None => serve_http(TokioIo::new(watched), activity, connection).await,
+        None => serve_http(TokioIo::new(watched), false, activity, connection).await,
         Some(acceptor) => {
             let handshake = acceptor.accept(watched);
             match tokio::time::timeout(limits.header_read_timeout, handshake).await {
-                Ok(Ok(tls)) => serve_http(TokioIo::new(tls), activity, connection).await,
+                Ok(Ok(tls)) => {
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    serve_http(TokioIo::new(tls), h2, activity, connection).await
+                }
                 Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
                 Err(_) => tracing::debug!("TLS handshake timed out"),
             }
@@ -373,9 +376,14 @@ async fn serve_connection<S>(
     }
 }
 
-/// Serves HTTP/1.1 on one connection's `io` within `limits`.
-async fn serve_http<I, S>(io: TokioIo<I>, activity: Arc<Activity>, connection: Connection<S>)
-where
+/// Serves HTTP/1.1 (or, when ALPN chose it, HTTP/2) on one connection's
+/// `io` within `limits`.
+async fn serve_http<I, S>(
+    io: TokioIo<I>,
+    h2: bool,
+    activity: Arc<Activity>,
+    connection: Connection<S>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: AppService,
 {
@@ -392,6 +400,17 @@ where
         let in_flight = InFlight(per_request.clone());
         let mut request = request.map(Body::new);
         request.extensions_mut().insert(ConnectInfo(peer.clone()));
+        // HTTP/2 names the host in `:authority`; everything after the
+        // listener reads `Host`, as in HTTP/1.1.
+        if request.version() == axum::http::Version::HTTP_2
+            && !request.headers().contains_key(axum::http::header::HOST)
+            && let Some(host) = request
+                .uri()
+                .authority()
+                .and_then(|a| axum::http::HeaderValue::from_str(a.as_str()).ok())
+        {
+            request.headers_mut().insert(axum::http::header::HOST, host);
+        }
         // The router is always ready (axum's `Router::poll_ready` is), so it
         // is called without the `poll_ready` round of `oneshot`.
         let called = service.clone().call(request);
@@ -403,11 +422,62 @@ where
             }))
         }
     });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .max_buf_size(limits.max_header_bytes)
-        .keep_alive(true);
-    let connection = builder.serve_connection(io, handler).with_upgrades();
+    if h2 {
+        let mut builder =
+            hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+        builder.max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        let connection = builder.serve_connection(io, handler);
+        drive(connection, activity, limits, stop, shed).await;
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .max_buf_size(limits.max_header_bytes)
+            .keep_alive(true);
+        let connection = builder.serve_connection(io, handler).with_upgrades();
+        drive(connection, activity, limits, stop, shed).await;
+    }
+}
+
+/// A connection that can be asked to finish its requests and close.
+trait Graceful: Future<Output = Result<(), hyper::Error>> {
+    fn shut_down(self: Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shut_down(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E> Graceful for hyper::server::conn::http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn shut_down(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Drives `connection` to its end, closing it when its watchdog says so.
+async fn drive(
+    connection: impl Graceful,
+    activity: Arc<Activity>,
+    limits: ListenerLimits,
+    stop: watch::Receiver<bool>,
+    shed: watch::Receiver<u64>,
+) {
     let mut connection = std::pin::pin!(connection);
     // The watchdog runs in a task of its own, so that the connection's task
     // polls nothing else per request: it tells this task what to do.
@@ -430,7 +500,7 @@ where
             }
             _ = orders.given.notified() => match orders.order.load(Ordering::Acquire) {
                 CLOSE => break,
-                _ => connection.as_mut().graceful_shutdown(),
+                _ => connection.as_mut().shut_down(),
             },
         }
     }

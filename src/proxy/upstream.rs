@@ -271,6 +271,9 @@ impl Upstream {
             .map_err(|e| ForwardError::Unreachable(format!("bad upstream URI: {e}")))?;
         let (mut parts, body) = request.into_parts();
         parts.uri = uri;
+        // Whatever the client spoke (HTTP/2 over TLS), the upstream hears
+        // HTTP/1.1.
+        parts.version = axum::http::Version::HTTP_11;
         let headers = &mut parts.headers;
         let original_host = headers.get(header::HOST).cloned();
         let named = connection_named(headers);
