@@ -402,6 +402,7 @@ async fn session_memory(n: usize) -> f64 {
                 groups: vec!["staff".into(), "engineering".into()],
                 sid: Some(latchkey::secret::random_token()),
                 issued_at: Some(1_700_000_000_000),
+                userinfo_claims: Default::default(),
             },
             TokenSet {
                 access_token: latchkey::secret::random_token().into(),

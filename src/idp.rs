@@ -61,6 +61,11 @@ pub struct Identity {
     /// logout the provider issued at or after it covers this sign-in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued_at: Option<UnixMillis>,
+    /// Claims of the userinfo response that headers are made of
+    /// (`claim_headers`, `user_id_claim`) and the ID token does not carry;
+    /// only the ones configured are kept.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub userinfo_claims: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Tokens from the token endpoint.

@@ -510,6 +510,11 @@ impl Sessions {
                     None => record.identity,
                     Some(fresh) if grant.partial_identity => Identity {
                         email: fresh.email.or(record.identity.email),
+                        userinfo_claims: if fresh.userinfo_claims.is_empty() {
+                            record.identity.userinfo_claims
+                        } else {
+                            fresh.userinfo_claims
+                        },
                         groups: if fresh.groups.is_empty() {
                             record.identity.groups
                         } else {

@@ -18,6 +18,7 @@ fn user(name: &str, email: &str, verified: bool) -> DevUser {
         email_verified: verified,
         groups: vec![],
         claims: Default::default(),
+        userinfo_claims: Default::default(),
     }
 }
 

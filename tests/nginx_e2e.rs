@@ -14,7 +14,7 @@ mod common;
 use std::process::{Command, Stdio};
 
 use common::process::KillOnDrop;
-use common::proxy::{HTML, Harness, to_callback};
+use common::proxy::{HTML, Harness, complete_sign_in};
 use reqwest::header::{ACCEPT, LOCATION};
 use serde_json::Value;
 
@@ -158,16 +158,8 @@ async fn latchkey_behind_nginx_as_oauth2_proxy_users_run_it() {
         assert_eq!(asked.status(), 302, "{path}");
         let start = asked.headers()[LOCATION].to_str().unwrap().to_owned();
         assert!(start.starts_with("/oauth2/start?rd="), "{start}");
-        let callback = to_callback(browser, &format!("{front}{start}"), user).await;
-        assert_eq!(callback.host_str(), Some(HOST));
-        let done = browser
-            .get(callback)
-            .header(ACCEPT, HTML)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(done.status(), 302);
-        assert_eq!(done.headers()[LOCATION], path);
+        let landed = complete_sign_in(browser, &format!("{front}{start}"), user).await;
+        assert_eq!(landed, path);
     };
     let json = async |browser: &reqwest::Client, path: &str| {
         let response = browser

@@ -205,6 +205,7 @@ async fn forward_auth_query_parameters_narrow_the_policy() {
                 email_verified: true,
                 groups: vec!["admins".into()],
                 claims: Default::default(),
+                userinfo_claims: Default::default(),
             })
         },
         |raw| {
@@ -800,6 +801,11 @@ async fn claims_become_headers_and_clients_cannot_forge_them() {
         .as_object()
         .unwrap()
         .clone(),
+        // What only userinfo tells.
+        userinfo_claims: serde_json::json!({ "office": "Basel 3.14" })
+            .as_object()
+            .unwrap()
+            .clone(),
     };
     let users = vec![carol];
     let rules = |raw: &mut latchkey::config::RawSettings| {
@@ -809,6 +815,7 @@ async fn claims_become_headers_and_clients_cannot_forge_them() {
             "X-Org=org/name".into(),
             "X-Cost-Centre=org/cost_centre".into(),
             "X-Motto=motto".into(),
+            "X-Office=office".into(),
             "X-Missing=no/such/claim".into(),
         ]);
         raw.groups_separator = Some(";".into());
@@ -840,6 +847,10 @@ async fn claims_become_headers_and_clients_cannot_forge_them() {
     assert_eq!(headers["x-org"], "Acme");
     assert_eq!(headers["x-cost-centre"], "4711");
     assert_eq!(headers["x-motto"], "line one%0D%0AX-Injected: yes");
+    assert_eq!(
+        headers["x-office"], "Basel 3.14",
+        "a claim only userinfo has"
+    );
     assert!(!headers.contains_key("x-injected"), "{headers:?}");
     for name in ["x-missing", "x_department"] {
         let names: Vec<_> = headers.keys().collect();
@@ -866,6 +877,7 @@ async fn claims_become_headers_and_clients_cannot_forge_them() {
     assert_eq!(out["x-auth-request-groups"], "ops;staff");
     assert_eq!(out["x-department"], "R&D Z%C3%BCrich");
     assert_eq!(out["x-org"], "Acme");
+    assert_eq!(out["x-office"], "Basel 3.14");
     assert!(out.contains_key("x-auth-request-id-token"));
     assert!(
         out["authorization"]

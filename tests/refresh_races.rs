@@ -417,12 +417,18 @@ async fn a_refresh_without_userinfo_keeps_the_sessions_claims(backend: TestBacke
     assert_eq!(rig.idp.refreshes(), 1);
     assert_eq!(refreshed.identity().email, before.identity().email);
     assert_eq!(refreshed.identity().groups, before.identity().groups);
+    assert!(!before.identity().userinfo_claims.is_empty());
+    assert_eq!(
+        refreshed.identity().userinfo_claims,
+        before.identity().userinfo_claims
+    );
     // Negative control: a complete answer without them means they are gone.
     let other = rig.session(Token::Expired).await;
     rig.idp.refresh_without_claims(false);
     let refreshed = rig.sessions.load(&other).await.unwrap();
     assert_eq!(refreshed.identity().email, None);
     assert!(refreshed.identity().groups.is_empty());
+    assert!(refreshed.identity().userinfo_claims.is_empty());
 }
 
 async fn sign_out_during_refresh_is_not_undone(backend: TestBackend) {

@@ -7,11 +7,10 @@
 
 mod common;
 
-use common::proxy::{HTML, Harness, to_callback};
+use common::proxy::{Harness, complete_sign_in};
 use common::tls::TestPki;
 use latchkey::config::RawSettings;
 use latchkey::proxy::App;
-use reqwest::header::{ACCEPT, LOCATION};
 
 /// latchkey (forward-auth) in front of the development IdP serving https
 /// with `pki`'s certificate, trusting `pki`'s CA.
@@ -37,15 +36,8 @@ async fn a_provider_behind_a_private_ca_works_with_provider_ca_files() {
         h.idp.issuer()
     );
     let browser = pki.browser();
-    let callback = to_callback(&browser, &h.url("/oauth2/start?rd=/after"), "alice").await;
-    let done = browser
-        .get(callback)
-        .header(ACCEPT, HTML)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(done.status(), 302, "{}", done.text().await.unwrap());
-    assert_eq!(done.headers()[LOCATION], "/after");
+    let landed = complete_sign_in(&browser, &h.url("/oauth2/start?rd=/after"), "alice").await;
+    assert_eq!(landed, "/after");
     let auth = browser.get(h.url("/oauth2/auth")).send().await.unwrap();
     assert_eq!(auth.status(), 202);
     assert_eq!(auth.headers()["x-auth-request-user"], "alice");

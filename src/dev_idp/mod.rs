@@ -60,6 +60,10 @@ pub struct DevUser {
     /// `claims = { department = "R&D", org = { name = "Acme" } }`.
     #[serde(default)]
     pub claims: serde_json::Map<String, serde_json::Value>,
+    /// Claims only `/userinfo` tells (as many providers keep profile
+    /// claims out of the ID token).
+    #[serde(default)]
+    pub userinfo_claims: serde_json::Map<String, serde_json::Value>,
 }
 
 fn verified() -> bool {
@@ -136,6 +140,7 @@ impl Default for DevIdpConfig {
             email_verified: true,
             groups: groups.iter().map(|g| (*g).into()).collect(),
             claims: serde_json::Map::new(),
+            userinfo_claims: serde_json::Map::new(),
         };
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 4181)),
@@ -719,14 +724,21 @@ async fn userinfo(State(idp): Shared, headers: HeaderMap) -> Response {
         .unwrap_or_else(|e| e.into_inner())
         .clone()
         .unwrap_or_else(|| user.username.clone());
-    axum::Json(serde_json::json!({
-        "sub": subject,
-        "email": user.email,
-        "email_verified": user.email_verified,
-        "preferred_username": user.username,
-        "groups": user.groups,
-    }))
-    .into_response()
+    let mut answer = user.claims.clone();
+    answer.extend(user.userinfo_claims.clone());
+    answer.extend(
+        serde_json::json!({
+            "sub": subject,
+            "email": user.email,
+            "email_verified": user.email_verified,
+            "preferred_username": user.username,
+            "groups": user.groups,
+        })
+        .as_object()
+        .cloned()
+        .unwrap_or_default(),
+    );
+    axum::Json(answer).into_response()
 }
 
 #[derive(Debug, Deserialize)]

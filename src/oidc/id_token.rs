@@ -267,6 +267,7 @@ impl IdTokenValidator {
                     .filter(|sid| !sid.is_empty() && sid.len() <= 256)
                     .map(str::to_owned),
                 issued_at: u64::try_from(claims.issue_time().timestamp_millis()).ok(),
+                userinfo_claims: Default::default(),
             },
             claims: claims.clone(),
         })

@@ -77,6 +77,8 @@ pub struct OidcSettings {
     /// latchkey's own (web roots, no redirects). Every call is bounded by
     /// `request_timeout` either way.
     pub http_client: Option<reqwest::Client>,
+    /// Top-level userinfo claims to keep in the identity (for headers).
+    pub userinfo_claims: Vec<String>,
     /// CA certificates (DER) trusted for the provider besides the system's
     /// and the bundled web roots (`provider_ca_files`); unused with
     /// `http_client`.
@@ -115,6 +117,7 @@ impl OidcSettings {
             extra_auth_params: Vec::new(),
             http_client: None,
             ca_certificates: Vec::new(),
+            userinfo_claims: Vec::new(),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             jwks_refetch_interval: Duration::from_secs(30),
@@ -244,6 +247,8 @@ pub struct OidcProvider {
     end_session: Option<EndSessionUrl>,
     revocation: Option<openidconnect::RevocationUrl>,
     client_id: String,
+    /// Userinfo claims kept in identities (see [`OidcSettings::userinfo_claims`]).
+    userinfo_claims: Vec<String>,
     client_secret: Option<secret::ClientSecret>,
     /// `client_secret_post` rather than `client_secret_basic`.
     auth_type_is_body: bool,
@@ -428,6 +433,7 @@ impl OidcProvider {
             end_session,
             revocation,
             client_id: settings.client_id.clone(),
+            userinfo_claims: settings.userinfo_claims.clone(),
             client_secret: settings.client_secret.clone(),
             auth_type_is_body,
             default_access_ttl: settings.default_access_ttl,
@@ -682,7 +688,15 @@ impl OidcProvider {
                 other => IdpError::Invalid(format!("userinfo endpoint: {other}")),
             })?;
         let groups = claims.additional_claims().strings(self.groups_claim());
+        let userinfo_claims = match serde_json::to_value(&claims) {
+            Ok(serde_json::Value::Object(all)) => all
+                .into_iter()
+                .filter(|(name, _)| self.userinfo_claims.contains(name))
+                .collect(),
+            _ => serde_json::Map::new(),
+        };
         Ok(Identity {
+            userinfo_claims,
             email: identity.email.or_else(|| {
                 id_token::usable_email(
                     claims.email().map(|e| e.as_str()),

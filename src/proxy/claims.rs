@@ -5,8 +5,9 @@
 //! offer them.
 //!
 //! Values come from the ID token the session holds (validated when it was
-//! received) and from the identity latchkey keeps (`sub`, verified email,
-//! groups). Every value is made safe for a header: ASCII controls,
+//! received), else from the userinfo claims kept at sign-in for the
+//! configured headers, and from the identity latchkey keeps (`sub`,
+//! verified email, groups). Every value is made safe for a header: ASCII controls,
 //! non-ASCII characters and `%` itself are percent-encoded (UTF-8), so a
 //! claim is never dropped for holding a name with an accent, and never
 //! splits or ends a header.
@@ -85,10 +86,13 @@ impl IdentityHeaders {
     /// The headers for `identity` and its raw ID token under `rules`.
     pub fn new(identity: &Identity, id_token: Option<&str>, rules: &HeaderRules) -> Self {
         let claims = id_token.and_then(claims_of);
+        let userinfo = Value::Object(identity.userinfo_claims.clone());
+        // The ID token's claim, else userinfo's (kept at sign-in).
         let claim = |path: &[String]| {
             claims
                 .as_ref()
                 .and_then(|c| claim_at(c, path))
+                .or_else(|| claim_at(&userinfo, path))
                 .and_then(|v| header_value(v, &rules.groups_separator))
         };
         let user = match rules.user_claim.as_str() {

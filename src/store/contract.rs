@@ -407,6 +407,7 @@ async fn logout_ends_indexed_sessions(store: &Arc<dyn Store>, p: &str) -> StoreR
         groups: Vec::new(),
         sid: None,
         issued_at: Some(issued_at),
+        userinfo_claims: Default::default(),
     };
     let (login, in_flight, before, after) = (
         format!("{p}login"),

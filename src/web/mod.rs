@@ -611,5 +611,14 @@ fn oidc_settings(settings: &Settings, http_client: Option<reqwest::Client>) -> O
     oidc.extra_auth_params = settings.extra_auth_params.clone();
     oidc.http_client = http_client;
     oidc.ca_certificates = settings.provider_ca.clone();
+    // The claims headers are made of, from userinfo when the ID token lacks them.
+    oidc.userinfo_claims = (settings.claim_headers.iter())
+        .filter_map(|header| header.path.first().cloned())
+        .chain([
+            "preferred_username".to_owned(),
+            settings.user_id_claim.clone(),
+        ])
+        .filter(|name| name != "sub" && name != "email")
+        .collect();
     oidc
 }

@@ -222,6 +222,7 @@ mod tests {
             groups: groups.iter().map(|g| (*g).to_owned()).collect(),
             sid: None,
             issued_at: None,
+            userinfo_claims: Default::default(),
         }
     }
 

@@ -79,6 +79,11 @@ pub fn identity(subject: &str) -> Identity {
         groups: vec!["staff".into()],
         sid: None,
         issued_at: None,
+        // What a provider's userinfo tells beyond the ID token.
+        userinfo_claims: serde_json::json!({ "office": "Basel" })
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
     }
 }
 
@@ -201,6 +206,7 @@ impl IdentityProvider for ControlledIdp {
             identity: Some(Identity {
                 sid: Some(format!("sid-of-{code}")),
                 issued_at: Some(issued_at),
+                userinfo_claims: Default::default(),
                 ..identity(&subject)
             }),
             tokens: self.issue_tokens(),
@@ -238,6 +244,7 @@ impl IdentityProvider for ControlledIdp {
             (Some(subject), Some(_)) => Some(Identity {
                 email: None,
                 groups: Vec::new(),
+                userinfo_claims: Default::default(),
                 ..identity(&subject)
             }),
             (subject, _) => subject.map(|s| identity(&s)),

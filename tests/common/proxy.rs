@@ -203,6 +203,24 @@ pub async fn to_callback(browser: &reqwest::Client, url: &str, user: &str) -> Ur
     panic!("never reached the callback");
 }
 
+/// Signs `user` in from the sign-in URL `start` (any host or scheme):
+/// follows it to the IdP and back, completes the callback, and returns
+/// where latchkey sent the browser (its `Location`), checking it was a 302.
+pub async fn complete_sign_in(browser: &reqwest::Client, start: &str, user: &str) -> String {
+    let callback = to_callback(browser, start, user).await;
+    let done = browser
+        .get(callback)
+        .header(ACCEPT, HTML)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 302, "the callback did not redirect");
+    done.headers()[reqwest::header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// Signs `user` in starting from `path`; returns where the callback sent the browser.
 pub async fn sign_in(h: &Harness, browser: &reqwest::Client, path: &str, user: &str) -> Url {
     let callback = to_callback(browser, &h.url(path), user).await;
