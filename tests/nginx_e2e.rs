@@ -81,26 +81,76 @@ fn nginx_config(dir: &std::path::Path, port: u16, auth: u16, app: u16) -> String
     )
 }
 
+/// A free loopback port, for nginx to bind.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The sample app on a port of its own.
+async fn sample_app() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, latchkey::demo::sample_app())
+            .await
+            .unwrap()
+    });
+    app
+}
+
+/// nginx (`binary`) running `config` from `dir`, once it answers on `port`.
+async fn start_nginx(binary: &str, dir: &std::path::Path, config: &str, port: u16) -> KillOnDrop {
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, config).unwrap();
+    let mut started = Command::new(binary)
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&conf)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start nginx");
+    // Up when its port answers (bounded: the child may have died).
+    let deadline = std::time::Instant::now() + common::TEST_TIMEOUT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.try_wait().unwrap().is_none(),
+            "nginx exited: {}",
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        );
+        assert!(std::time::Instant::now() < deadline, "nginx never listened");
+        tokio::task::yield_now().await;
+    }
+    KillOnDrop(started)
+}
+
+/// A browser (cookie jar, no redirects followed) for which every name in
+/// `hosts` is 127.0.0.1.
+fn browser_resolving(hosts: &[&str], port: u16) -> reqwest::Client {
+    hosts
+        .iter()
+        .fold(reqwest::Client::builder(), |b, host| {
+            b.resolve(host, ([127, 0, 0, 1], port).into())
+        })
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latchkey_behind_nginx_as_oauth2_proxy_users_run_it() {
     let Ok(nginx) = std::env::var("LATCHKEY_TEST_NGINX") else {
         eprintln!("skipping: set LATCHKEY_TEST_NGINX to the nginx binary to run it");
         return;
     };
-    // nginx's port, chosen free now and bound by nginx below.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let front = format!("http://{HOST}:{port}");
-    let app_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = app_listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(app_listener, latchkey::demo::sample_app())
-            .await
-            .unwrap()
-    });
+    let app = sample_app().await;
     let callback = format!("{front}/oauth2/callback");
     let h = Harness::start_with_idp(
         None,
@@ -112,40 +162,9 @@ async fn latchkey_behind_nginx_as_oauth2_proxy_users_run_it() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("nginx.conf");
-    std::fs::write(
-        &conf,
-        nginx_config(dir.path(), port, h.proxy.port(), app.port()),
-    )
-    .unwrap();
-    let mut started = Command::new(&nginx)
-        .arg("-p")
-        .arg(dir.path())
-        .arg("-c")
-        .arg(&conf)
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start nginx");
-    // nginx is up when its port answers (bounded: the child may have died).
-    let deadline = std::time::Instant::now() + common::TEST_TIMEOUT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.try_wait().unwrap().is_none(),
-            "nginx exited: {}",
-            std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
-        );
-        assert!(std::time::Instant::now() < deadline, "nginx never listened");
-        tokio::task::yield_now().await;
-    }
-    let _nginx = KillOnDrop(started);
-    let browser_for = || {
-        reqwest::Client::builder()
-            .cookie_store(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .resolve(HOST, ([127, 0, 0, 1], port).into())
-            .build()
-            .unwrap()
-    };
+    let config = nginx_config(dir.path(), port, h.proxy.port(), app.port());
+    let _nginx = start_nginx(&nginx, dir.path(), &config, port).await;
+    let browser_for = || browser_resolving(&[HOST], port);
     let sign_in = async |browser: &reqwest::Client, path: &str, user: &str| {
         // Not signed in: nginx's 401 goes to /oauth2/sign_in, which starts
         // the login for the page asked for.
@@ -192,5 +211,142 @@ async fn latchkey_behind_nginx_as_oauth2_proxy_users_run_it() {
     assert_eq!(status, 200);
     assert_eq!(seen["headers"]["x-forwarded-user"], "bob");
     let (status, _) = json(&bob, "/admin/panel").await;
+    assert_eq!(status, 403, "the location's allowed_groups held");
+}
+
+/// The ingress-nginx pattern through a real nginx: two apps'
+/// servers ask one central latchkey at `auth.example.test` (nginx's
+/// `auth-url`), and send browsers that are not signed in to its
+/// `/oauth2/start?rd=` with the page they asked for (`auth-signin`). With
+/// `cookie_domain` and `whitelist_domains`, a login that starts on app1
+/// lands back on app1's page, the session works on app2 too, and app1's
+/// admin location (`?allowed_groups=admins`) refuses bob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_central_auth_host_behind_nginx_like_ingress_nginx() {
+    let Ok(nginx) = std::env::var("LATCHKEY_TEST_NGINX") else {
+        eprintln!("skipping: set LATCHKEY_TEST_NGINX to the nginx binary to run it");
+        return;
+    };
+    let port = free_port();
+    let app = sample_app().await;
+    let auth_host = format!("auth.example.test:{port}");
+    let callback = format!("http://{auth_host}/oauth2/callback");
+    let h = Harness::start_with_idp(
+        None,
+        |idp| idp.clients[0].redirect_uris = vec![callback.clone()],
+        |raw| {
+            raw.redirect_url = Some(callback.clone());
+            raw.cookie_domain = Some(".example.test".into());
+            raw.whitelist_domains = Some(vec![".example.test:*".into()]);
+        },
+    )
+    .await;
+    let latchkey = h.proxy.port();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let external_auth = |name: &str, query: &str| {
+        format!(
+            "location = {name} {{
+                internal;
+                proxy_pass http://127.0.0.1:{latchkey}/oauth2/auth{query};
+                proxy_pass_request_body off;
+                proxy_set_header Content-Length \"\";
+                proxy_set_header Host {auth_host};
+            }}"
+        )
+    };
+    let protected = |path: &str, auth_name: &str| {
+        format!(
+            "location {path} {{
+                auth_request {auth_name};
+                error_page 401 = @sign_in;
+                auth_request_set $user $upstream_http_x_auth_request_user;
+                proxy_set_header X-Forwarded-User $user;
+                proxy_pass http://127.0.0.1:{app};
+            }}",
+            app = app.port()
+        )
+    };
+    let config = format!(
+        "daemon off;
+        worker_processes 1;
+        pid {d}/nginx.pid;
+        error_log {d}/error.log warn;
+        events {{ worker_connections 64; }}
+        http {{
+            access_log off;
+            client_body_temp_path {d}/body;
+            proxy_temp_path {d}/proxy;
+            fastcgi_temp_path {d}/fastcgi;
+            uwsgi_temp_path {d}/uwsgi;
+            scgi_temp_path {d}/scgi;
+            server {{
+                listen 127.0.0.1:{port};
+                server_name auth.example.test;
+                location / {{
+                    proxy_pass http://127.0.0.1:{latchkey};
+                    proxy_set_header Host $http_host;
+                }}
+            }}
+            server {{
+                listen 127.0.0.1:{port};
+                server_name app1.example.test app2.example.test;
+                {}
+                {}
+                {}
+                {}
+                location @sign_in {{
+                    return 302 http://{auth_host}/oauth2/start?rd=$scheme://$http_host$request_uri;
+                }}
+            }}
+        }}",
+        external_auth("/_external_auth", ""),
+        external_auth("/_external_auth_admins", "?allowed_groups=admins"),
+        protected("/", "/_external_auth"),
+        protected("/admin/", "/_external_auth_admins"),
+    );
+    let _nginx = start_nginx(&nginx, dir.path(), &config, port).await;
+    let hosts = [
+        "auth.example.test",
+        "app1.example.test",
+        "app2.example.test",
+    ];
+    let on = |host: &str, path: &str| format!("http://{host}:{port}{path}");
+    let sign_in = async |browser: &reqwest::Client, page: &str, user: &str| {
+        let asked = browser.get(page).header(ACCEPT, HTML).send().await.unwrap();
+        assert_eq!(asked.status(), 302, "{page}");
+        let start = asked.headers()[LOCATION].to_str().unwrap().to_owned();
+        assert!(
+            start.starts_with(&on("auth.example.test", "/oauth2/start?rd=")),
+            "{start}"
+        );
+        let landed = complete_sign_in(browser, &start, user).await;
+        assert_eq!(landed, page, "back on the page asked for, on its own host");
+    };
+    let user_at = async |browser: &reqwest::Client, url: &str| {
+        let response = browser
+            .get(url)
+            .header(ACCEPT, "application/json")
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let seen = response.json::<Value>().await.unwrap_or(Value::Null);
+        (status, seen["headers"]["x-forwarded-user"].clone())
+    };
+
+    let alice = browser_resolving(&hosts, port);
+    sign_in(&alice, &on("app1.example.test", "/reports/q3"), "alice").await;
+    let (status, user) = user_at(&alice, &on("app1.example.test", "/reports/q3")).await;
+    assert_eq!((status, user), (200, Value::from("alice")));
+    // The domain cookie signs her in on the other app as well.
+    let (status, user) = user_at(&alice, &on("app2.example.test", "/wiki")).await;
+    assert_eq!((status, user), (200, Value::from("alice")));
+    let (status, _) = user_at(&alice, &on("app1.example.test", "/admin/panel")).await;
+    assert_eq!(status, 200);
+
+    let bob = browser_resolving(&hosts, port);
+    sign_in(&bob, &on("app2.example.test", "/home"), "bob").await;
+    let (status, _) = user_at(&bob, &on("app1.example.test", "/admin/panel")).await;
     assert_eq!(status, 403, "the location's allowed_groups held");
 }
