@@ -22,7 +22,6 @@ const HOST: &str = "app.example.test";
 
 /// nginx in front of latchkey (`auth`) and the app (`app`) on `port`.
 fn nginx_config(dir: &std::path::Path, port: u16, auth: u16, app: u16) -> String {
-    let d = dir.display();
     let auth_location = |name: &str, query: &str| {
         format!(
             "location = {name} {{
@@ -47,6 +46,34 @@ fn nginx_config(dir: &std::path::Path, port: u16, auth: u16, app: u16) -> String
             }}"
         )
     };
+    with_http_block(
+        dir,
+        &format!(
+            "server {{
+                listen 127.0.0.1:{port};
+                server_name {HOST};
+                location /oauth2/ {{
+                    proxy_pass http://127.0.0.1:{auth};
+                    proxy_set_header Host $http_host;
+                    proxy_set_header X-Auth-Request-Redirect $request_uri;
+                }}
+                {}
+                {}
+                {}
+                {}
+            }}",
+            auth_location("/_auth", ""),
+            auth_location("/_auth_admins", "?allowed_groups=admins"),
+            protected("/", "/_auth"),
+            protected("/admin/", "/_auth_admins"),
+        ),
+    )
+}
+
+/// A whole nginx configuration run from `dir` (pid, logs and temporary
+/// files there, in the foreground) with `servers` in its http block.
+fn with_http_block(dir: &std::path::Path, servers: &str) -> String {
+    let d = dir.display();
     format!(
         "daemon off;
         worker_processes 1;
@@ -60,24 +87,8 @@ fn nginx_config(dir: &std::path::Path, port: u16, auth: u16, app: u16) -> String
             fastcgi_temp_path {d}/fastcgi;
             uwsgi_temp_path {d}/uwsgi;
             scgi_temp_path {d}/scgi;
-            server {{
-                listen 127.0.0.1:{port};
-                server_name {HOST};
-                location /oauth2/ {{
-                    proxy_pass http://127.0.0.1:{auth};
-                    proxy_set_header Host $http_host;
-                    proxy_set_header X-Auth-Request-Redirect $request_uri;
-                }}
-                {}
-                {}
-                {}
-                {}
-            }}
-        }}",
-        auth_location("/_auth", ""),
-        auth_location("/_auth_admins", "?allowed_groups=admins"),
-        protected("/", "/_auth"),
-        protected("/admin/", "/_auth_admins"),
+            {servers}
+        }}"
     )
 }
 
@@ -243,7 +254,6 @@ async fn one_central_auth_host_behind_nginx_like_ingress_nginx() {
     .await;
     let latchkey = h.proxy.port();
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
     let external_auth = |name: &str, query: &str| {
         format!(
             "location = {name} {{
@@ -267,20 +277,10 @@ async fn one_central_auth_host_behind_nginx_like_ingress_nginx() {
             app = app.port()
         )
     };
-    let config = format!(
-        "daemon off;
-        worker_processes 1;
-        pid {d}/nginx.pid;
-        error_log {d}/error.log warn;
-        events {{ worker_connections 64; }}
-        http {{
-            access_log off;
-            client_body_temp_path {d}/body;
-            proxy_temp_path {d}/proxy;
-            fastcgi_temp_path {d}/fastcgi;
-            uwsgi_temp_path {d}/uwsgi;
-            scgi_temp_path {d}/scgi;
-            server {{
+    let config = with_http_block(
+        dir.path(),
+        &format!(
+            "server {{
                 listen 127.0.0.1:{port};
                 server_name auth.example.test;
                 location / {{
@@ -298,12 +298,12 @@ async fn one_central_auth_host_behind_nginx_like_ingress_nginx() {
                 location @sign_in {{
                     return 302 http://{auth_host}/oauth2/start?rd=$scheme://$http_host$request_uri;
                 }}
-            }}
-        }}",
-        external_auth("/_external_auth", ""),
-        external_auth("/_external_auth_admins", "?allowed_groups=admins"),
-        protected("/", "/_external_auth"),
-        protected("/admin/", "/_external_auth_admins"),
+            }}",
+            external_auth("/_external_auth", ""),
+            external_auth("/_external_auth_admins", "?allowed_groups=admins"),
+            protected("/", "/_external_auth"),
+            protected("/admin/", "/_external_auth_admins"),
+        ),
     );
     let _nginx = start_nginx(&nginx, dir.path(), &config, port).await;
     let hosts = [
