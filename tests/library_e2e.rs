@@ -894,6 +894,25 @@ async fn signing_out_at_the_idp_sends_its_logout_token(backend: TestBackend) {
         let me = phone.get(apps.url(app, "/me")).send().await.unwrap();
         assert_eq!(me.status(), 200, "{}", backend.name);
     }
+    // The IdP's test knob: nothing named is a 400 that sends nothing; a
+    // user named sends that user's token, which the app accepts.
+    let knob = format!("{}/_dev/backchannel-logout", apps.idp.issuer());
+    let http = reqwest::Client::new();
+    assert_eq!(http.post(&knob).send().await.unwrap().status(), 400);
+    let metrics = apps.latchkeys[1].metrics().render();
+    assert!(metrics.contains(accepted), "{metrics}");
+    let sent: Value = (http.post(format!("{knob}?sub=alice")).send().await.unwrap())
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sent[0]["status"], 200, "{sent}");
+    let me = phone.get(apps.url(0, "/me")).send().await.unwrap();
+    assert_eq!(
+        me.status(),
+        401,
+        "{}: the knob's logout ended alice's sessions",
+        backend.name
+    );
     // A hint the IdP did not sign sends nothing.
     let forged = format!(
         "{}/end_session?id_token_hint=eyJhbGciOiJub25lIn0.e30.",
@@ -909,7 +928,8 @@ async fn signing_out_at_the_idp_sends_its_logout_token(backend: TestBackend) {
             .is_success()
     );
     let metrics = apps.latchkeys[1].metrics().render();
-    assert!(metrics.contains(accepted), "{metrics}");
+    let twice = r#"latchkey_backchannel_logouts_total{result="accepted"} 2"#;
+    assert!(metrics.contains(twice), "{metrics}");
 }
 
 backend_tests!(
