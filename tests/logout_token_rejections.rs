@@ -484,3 +484,42 @@ async fn signatures_keys_and_algorithms_are_enforced() {
         assert!(rig.check(junk).await.is_err(), "{junk:.20} accepted");
     }
 }
+
+/// A token naming a key the cache does not know, while the provider's key
+/// set cannot be fetched: the provider's fault (the endpoint answers 503 so
+/// that it retries), not a bad token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_key_set_is_unavailable_not_invalid() {
+    let rsa = rsa_key("r1");
+    let keys: CoreJsonWebKeySet = JsonWebKeySet::new(vec![rsa.as_verification_key()]);
+    // Nothing listens on port 1.
+    let cache = JwksCache::new(
+        JsonWebKeySetUrl::new("http://127.0.0.1:1/jwks".into()).unwrap(),
+        IdpHttp::new(Duration::from_secs(2), Duration::from_secs(5)),
+        keys,
+        Duration::from_secs(3600),
+    );
+    let validator = LogoutTokenValidator::new(
+        IdTokenRules {
+            client_id: CLIENT.into(),
+            issuer: ISSUER.into(),
+            allowed_algs: vec![CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256],
+            clock_skew: Duration::from_secs(60),
+            groups_claim: "groups".into(),
+            trusted_audiences: vec![],
+            allow_unverified_email: false,
+        },
+        cache,
+    );
+    let rotated = rsa_key("r2");
+    let token = jws(json!({"alg": "RS256", "kid": "r2"}), &good_claims(), |m| {
+        rotated
+            .sign(&CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256, m)
+            .unwrap()
+    });
+    let refused = validator.validate(&token, now_ms()).await;
+    assert!(
+        matches!(refused, Err(LogoutTokenError::KeySetUnavailable(_))),
+        "{refused:?}"
+    );
+}

@@ -80,6 +80,10 @@ pub enum LogoutTokenError {
     /// Neither `sub` nor `sid`, no `jti`, or one of them unusable.
     #[error("missing claim: {0}")]
     MissingClaim(String),
+    /// The token names a key the cache does not know, and the provider's
+    /// key set could not be fetched to look for it.
+    #[error("the provider's key set is unavailable: {0}")]
+    KeySetUnavailable(String),
     /// This provider takes no logout tokens.
     #[error("this provider accepts no logout tokens")]
     Unsupported,
@@ -132,7 +136,10 @@ impl LogoutTokenValidator {
                         .await
                         .map_err(|e| match e {
                             RefetchError::RateLimited => LogoutTokenError::UnknownKey(first),
-                            other => LogoutTokenError::UnknownKey(other.to_string()),
+                            // The provider's fault, not the token's: it may retry.
+                            failed @ RefetchError::Failed { .. } => {
+                                LogoutTokenError::KeySetUnavailable(failed.to_string())
+                            }
                         })?;
                 self.verify(raw, &header, &newer.keys)?
             }

@@ -110,7 +110,6 @@ impl std::ops::Deref for Forwarder {
 impl App {
     /// Opens the store, discovers the provider and prepares the upstream.
     pub async fn new(settings: Settings) -> Result<Arc<Self>, StartError> {
-        let rules = claims::HeaderRules::new(&settings);
         let upstream = settings
             .upstream
             .as_ref()
@@ -122,8 +121,7 @@ impl App {
                 };
                 Upstream::with_tls(url, settings.pass_routing_headers, &tls)
             })
-            .transpose()?
-            .map(|upstream| upstream.reserving(rules.header_names().cloned().collect()));
+            .transpose()?;
         let latchkey = Latchkey::from_settings(settings).await?;
         Ok(Arc::new(Self::around(latchkey, upstream)))
     }
@@ -135,6 +133,9 @@ impl App {
             latchkey.provider().clone(),
         ));
         let headers = Arc::new(claims::HeaderRules::new(latchkey.settings()));
+        // Whatever upstream it is given, the claim headers are latchkey's.
+        let upstream =
+            upstream.map(|upstream| upstream.reserving(headers.header_names().cloned().collect()));
         Self {
             latchkey,
             upstream,

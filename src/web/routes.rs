@@ -16,6 +16,7 @@ use super::pages::{self, ErrorCode, Link};
 use super::{Latchkey, Reason, Rejection, observe_user, redirect};
 use crate::login::{Callback, FailureReason, LoginError, idp_error_code};
 use crate::logout::Handle;
+use crate::oidc::logout_token::LogoutTokenError;
 use crate::secret::RefreshToken;
 
 type AppState = State<Latchkey>;
@@ -686,6 +687,18 @@ pub(crate) async fn backchannel_logout(
     let provider = &app.inner.provider;
     let token = match provider.validate_logout_token(&form.logout_token).await {
         Ok(token) => token,
+        // Not the token's fault: the provider can try again.
+        Err(error @ LogoutTokenError::KeySetUnavailable(_)) => {
+            tracing::warn!(reason = %escaped(&error.to_string()), "back-channel logout could not be checked");
+            metrics.backchannel_logout("unavailable");
+            return backchannel_answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some((
+                    "temporarily_unavailable",
+                    "the provider's signing keys cannot be fetched",
+                )),
+            );
+        }
         Err(error) => {
             tracing::info!(reason = %escaped(&error.to_string()), "back-channel logout refused");
             metrics.backchannel_logout("rejected");
