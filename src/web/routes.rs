@@ -14,7 +14,7 @@ use super::caller::{self, escaped};
 use super::cookies::LoginCookie;
 use super::pages::{self, ErrorCode, Link};
 use super::{Latchkey, Reason, Rejection, observe_user, redirect};
-use crate::login::{Callback, FailureReason, LoginError, idp_error_code};
+use crate::login::{Callback, CompletedLogin, FailureReason, LoginError, idp_error_code};
 use crate::logout::Handle;
 use crate::oidc::logout_token::LogoutTokenError;
 use crate::secret::RefreshToken;
@@ -327,10 +327,40 @@ pub(crate) async fn callback(
             Some(again),
         );
     };
-    match app.inner.login.complete(callback(code)).await {
+    let completed = complete_detached(&app, state, code, login_cookie.clone()).await;
+    match completed {
         Ok(done) => signed_in(&app, jar, state, &done),
         Err(error) => login_failure(&app, &headers, &error, Some(again)),
     }
+}
+
+/// Completes the login in a task of its own, so that a browser that gives
+/// up on a slow callback (a reload, a double click, a closed tab) does not
+/// cancel the exchange: hyper drops a request's handler when its connection
+/// closes, and a dropped exchange marks the login `Cancelled`, which would
+/// turn the browser's next try of the same callback into an error page. The
+/// task runs to its outcome, and that next try joins it (I2).
+async fn complete_detached(
+    app: &Latchkey,
+    state: &str,
+    code: &str,
+    login_cookie: Option<LoginCookie>,
+) -> Result<CompletedLogin, LoginError> {
+    let app = app.clone();
+    let (state, code) = (state.to_owned(), code.to_owned());
+    let task = tokio::spawn(async move {
+        let callback = Callback {
+            state: &state,
+            code: &code,
+            binding: login_cookie.as_ref().map(|l| l.binding.secret()),
+            pending: login_cookie.as_ref().map(|l| &l.pending),
+        };
+        app.inner.login.complete(callback).await
+    });
+    task.await.unwrap_or_else(|error| {
+        tracing::error!(%error, "a login's completion task failed");
+        Err(LoginError::Failed(FailureReason::Cancelled))
+    })
 }
 
 /// Whether the authorization response ends the login without an exchange:
