@@ -234,6 +234,22 @@ pub struct RawSettings {
     /// The oldest TLS version the listener accepts: 1.2 or 1.3 [default: 1.2].
     #[arg(long, env = "LATCHKEY_TLS_MIN_VERSION")]
     pub tls_min_version: Option<String>,
+    /// A directory whose error.html, sign_in.html, signed_out.html or
+    /// layout.html replace latchkey's own (minijinja templates; see the
+    /// README) [default: none, the built-in pages].
+    #[arg(long, env = "LATCHKEY_CUSTOM_TEMPLATES_DIR")]
+    pub custom_templates_dir: Option<PathBuf>,
+    /// A line of text above every page's content and after its title: the
+    /// app's or organisation's name [default: none].
+    #[arg(long, env = "LATCHKEY_BANNER")]
+    pub banner: Option<String>,
+    /// A line of text below every page's content [default: none].
+    #[arg(long, env = "LATCHKEY_FOOTER")]
+    pub footer: Option<String>,
+    /// A logo above every page's content: an https:// URL, or a .png, .jpg,
+    /// .gif, .svg or .webp file of at most 100 KiB [default: none].
+    #[arg(long, env = "LATCHKEY_CUSTOM_SIGN_IN_LOGO")]
+    pub custom_sign_in_logo: Option<String>,
 }
 
 macro_rules! layer {
@@ -306,6 +322,10 @@ impl RawSettings {
             tls_cert_file,
             tls_key_file,
             tls_min_version,
+            custom_templates_dir,
+            banner,
+            footer,
+            custom_sign_in_logo,
         )
     }
 
@@ -497,6 +517,9 @@ pub struct Settings {
     pub listener_tls: Option<crate::tls::ListenerTls>,
     /// Sign-in requests per minute per client address (0: no limit).
     pub login_rate_per_minute: u32,
+    /// The pages latchkey shows (`custom_templates_dir`, `banner`,
+    /// `footer`, `custom_sign_in_logo`), checked and loaded.
+    pub pages: std::sync::Arc<crate::web::templates::Pages>,
 }
 
 /// What one client connection may hold of the server: the defence against
@@ -1065,6 +1088,49 @@ fn claim_header(entry: &str) -> Result<ClaimHeader, ConfigError> {
     Ok(ClaimHeader { header, path })
 }
 
+/// The pages from `custom_templates_dir` and the branding settings.
+fn pages(
+    dir: Option<&Path>,
+    banner: Option<String>,
+    footer: Option<String>,
+    logo: Option<&str>,
+) -> Result<std::sync::Arc<crate::web::templates::Pages>, ConfigError> {
+    use crate::web::templates::{Branding, Pages, logo_url};
+    let text = |value: Option<String>, setting: &str| match value {
+        Some(v) if v.chars().any(char::is_control) || v.len() > 500 => Err(error(
+            setting,
+            "holds a control character or is longer than 500 bytes",
+            "write one line of text (it is shown as text, never as HTML)",
+        )),
+        Some(v) if v.trim().is_empty() => Ok(None),
+        other => Ok(other),
+    };
+    let logo_url = logo
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            logo_url(l.trim()).map_err(|why| {
+                error(
+                    "custom_sign_in_logo",
+                    why,
+                    "give an https:// URL or the path of a small image file",
+                )
+            })
+        })
+        .transpose()?;
+    let branding = Branding {
+        banner: text(banner, "banner")?,
+        footer: text(footer, "footer")?,
+        logo_url,
+    };
+    Pages::new(dir, branding).map(std::sync::Arc::new).map_err(|why| {
+        error(
+            "custom_templates_dir",
+            why,
+            "fix the template (see the README's page templates section), or remove it to use the built-in page",
+        )
+    })
+}
+
 fn user_id_claim(value: Option<String>) -> Result<String, ConfigError> {
     let claim = value
         .map(|v| v.trim().to_owned())
@@ -1370,8 +1436,15 @@ impl RawSettings {
                 "give the two probes different paths",
             )));
         }
+        let pages = problems.check(pages(
+            self.custom_templates_dir.as_deref(),
+            self.banner,
+            self.footer,
+            self.custom_sign_in_logo.as_deref(),
+        ));
         // Every value is there exactly when no problem was found.
         let (
+            Some(pages),
             Some(listener),
             Some(listen),
             Some(issuer),
@@ -1395,6 +1468,7 @@ impl RawSettings {
             Some((claim_headers, user_id_claim, groups_separator)),
             Some((session_ttl, login_ttl, exchange_lease, refresh_before_expiry, clock_skew)),
         ) = (
+            pages,
             listener,
             listen,
             issuer,
@@ -1484,6 +1558,7 @@ impl RawSettings {
             upstream_client_cert_file,
             upstream_client_key_file,
             listener_tls,
+            pages,
         })
     }
 

@@ -70,7 +70,7 @@ impl Demo {
                 client_id: "latchkey".into(),
                 client_secret: secret.clone(),
                 redirect_uris: vec![format!("http://{proxy}/oauth2/callback")],
-                post_logout_redirect_uris: vec![format!("http://{proxy}/")],
+                post_logout_redirect_uris: vec![format!("http://{proxy}/oauth2/signed_out")],
                 backchannel_logout_uri: Some(format!("http://{proxy}/oauth2/backchannel_logout")),
             }],
             ..DevIdpConfig::default()
@@ -93,7 +93,7 @@ impl Demo {
             upstream: Some(format!("http://{upstream_addr}")),
             store: Some(store.into()),
             cookie_secret: Some(base64::engine::general_purpose::STANDARD.encode(key).into()),
-            post_logout_redirect_url: Some(format!("http://{proxy}/")),
+            post_logout_redirect_url: Some(format!("http://{proxy}/oauth2/signed_out")),
             // The development IdP's users, all of them.
             email_domains: Some(vec!["example.com".into()]),
             ..RawSettings::default()

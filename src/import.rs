@@ -227,6 +227,32 @@ pub fn convert(options: &BTreeMap<String, Value>) -> Imported {
                     ));
                 }
             }
+            "banner" | "footer" => match text(value).as_deref() {
+                // oauth2-proxy's "-": no banner (latchkey has none by default).
+                Some("-") | None => {}
+                Some(line) if line.contains('<') => w.note(format!(
+                    "{key}: oauth2-proxy shows it as HTML, latchkey as text; it was left out \
+                     (write it as plain text, or put the markup in custom_templates_dir's layout.html)"
+                )),
+                Some(line) => w.set(key, Value::String(line.to_owned())),
+            },
+            "custom_sign_in_logo" => match text(value).as_deref() {
+                Some("-") | None => {}
+                Some(logo) if logo.starts_with("http://") => w.note(
+                    "custom_sign_in_logo: an http:// image would not load on an https page; give an https:// URL or a file".into(),
+                ),
+                Some(logo) if !logo.starts_with("https://") && !std::path::Path::new(logo).is_file() => {
+                    w.note(format!(
+                        "custom_sign_in_logo = {logo:?}: no such file here; left out (copy the image and name its path)"
+                    ))
+                }
+                Some(logo) => w.set(key, Value::String(logo.to_owned())),
+            },
+            "custom_templates_dir" => w.note(
+                "custom_templates_dir: oauth2-proxy's templates are Go templates with other variables; \
+                 write latchkey's (see the README's page templates) and set custom_templates_dir to them"
+                    .into(),
+            ),
             "cookie_expire" => {
                 if let Some(ttl) = text(value) {
                     w.set("session_ttl", Value::String(ttl));
@@ -345,7 +371,9 @@ session_store_type = "redis"
 redis_connection_url = "redis://redis:6379/0"
 ssl_insecure_skip_verify = true
 pass_access_token = true
-footer = "-"
+footer = "Questions? Call IT on 1234"
+banner = "<b>ACME</b>"
+custom_templates_dir = "/etc/oauth2-proxy/templates"
 "#;
 
     #[test]
@@ -365,11 +393,15 @@ footer = "-"
             ["openid", "email", "profile", "groups"]
         );
         assert_eq!(raw.skip_auth_routes.unwrap(), ["GET=^/health$"]);
+        // Text carries over; HTML (shown as text here) is noted instead.
+        assert_eq!(raw.footer.as_deref(), Some("Questions? Call IT on 1234"));
+        assert_eq!(raw.banner, None);
         for expected in [
             "upstreams",
             "ssl_insecure_skip_verify",
             "cookie_secure",
-            "footer",
+            "banner",
+            "custom_templates_dir",
         ] {
             assert!(
                 imported.not_carried.iter().any(|n| n.starts_with(expected)),

@@ -1519,3 +1519,120 @@ async fn an_unreachable_upstream_gets_a_502_page_not_a_hang() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], "upstream_unavailable");
 }
+
+/// The operator's templates and branding replace latchkey's pages
+/// everywhere a page is shown (the layer's refusals, the login routes, the
+/// edge's 400), keeping each answer's status and headers; what the request
+/// carries is shown escaped; the built-in signed-out page is the landing of
+/// a sign-out with nothing else configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_templates_and_branding_replace_every_page() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("error.html"),
+        "<!doctype html><title>{{ title }}</title><main>ACME-ERROR {{ status }} {{ code }}: {{ message }} [{{ banner }}]</main>",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("signed_out.html"),
+        "<!doctype html><title>Bye</title><main>ACME-BYE <a href=\"{{ sign_in_url }}\">again</a> {{ footer }}</main>",
+    )
+    .unwrap();
+    let templates = dir.path().to_path_buf();
+    let h = Harness::start(move |raw| {
+        raw.allowed_groups = Some(vec!["admins".into()]);
+        raw.custom_templates_dir = Some(templates);
+        raw.banner = Some("Acme <Corp>".into());
+        raw.footer = Some("Call \"IT\"".into());
+    })
+    .await;
+    let bob = browser();
+    let landed = sign_in(&h, &bob, "/", "bob").await;
+    let denied = (bob.get(landed).header(ACCEPT, "text/html").send().await).unwrap();
+    assert_eq!(denied.status(), 403);
+    assert_eq!(denied.headers()["x-frame-options"], "DENY");
+    assert!(
+        denied.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'")
+    );
+    let page = denied.text().await.unwrap();
+    assert!(
+        page.contains("ACME-ERROR 403 access_denied: You are signed in as bob@example.com"),
+        "{page}"
+    );
+    assert!(page.contains("[Acme &lt;Corp&gt;]"), "{page}");
+    // The edge's refusal, before any route.
+    let refused = (bob
+        .get(h.url("/a%2Fb"))
+        .header(ACCEPT, "text/html")
+        .send()
+        .await)
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let page = refused.text().await.unwrap();
+    assert!(page.contains("ACME-ERROR 400 bad_request"), "{page}");
+    // A login route's refusal, with hostile text in the request: only
+    // latchkey's fixed message is shown.
+    let callback = (bob
+        .get(h.url("/oauth2/callback?state=<script>x</script>&code=c"))
+        .header(ACCEPT, "text/html")
+        .send()
+        .await)
+        .unwrap();
+    assert_eq!(callback.status(), 400);
+    let page = callback.text().await.unwrap();
+    assert!(page.contains("ACME-ERROR 400 login_expired"), "{page}");
+    assert!(!page.contains("<script>"), "{page}");
+    // JSON stays JSON.
+    let api = (reqwest::Client::new()
+        .get(h.url("/"))
+        .header(ACCEPT, "application/json")
+        .send()
+        .await)
+        .unwrap();
+    assert_eq!(api.status(), 401);
+    assert_eq!(
+        api.json::<serde_json::Value>().await.unwrap()["error"],
+        "not_signed_in"
+    );
+    // The signed-out page, custom; the sign-in page, built in with the banner.
+    let bye = (bob.get(h.url("/oauth2/signed_out")).send().await).unwrap();
+    assert_eq!(bye.status(), 200);
+    let page = bye.text().await.unwrap();
+    assert!(
+        page.contains("ACME-BYE <a href=\"/oauth2/start?rd=%2F\">again</a> Call &quot;IT&quot;"),
+        "{page}"
+    );
+    let sign_in_page = (bob.get(h.url("/oauth2/sign_in?rd=/x")).send().await).unwrap();
+    let page = sign_in_page.text().await.unwrap();
+    assert!(
+        page.contains("<p class=\"banner\">Acme &lt;Corp&gt;</p>"),
+        "{page}"
+    );
+    assert!(page.contains("/oauth2/start?rd=%2Fx"), "{page}");
+}
+
+/// A template that does not compile stops `serve` at startup, naming the
+/// setting and the file.
+#[tokio::test]
+async fn a_broken_template_is_refused_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("sign_in.html"), "{% for %}").unwrap();
+    let raw = latchkey::config::RawSettings {
+        issuer: Some("http://127.0.0.1:1".into()),
+        client_id: Some("c".into()),
+        client_secret: Some("s".to_owned().into()),
+        redirect_url: Some("http://127.0.0.1:4180/oauth2/callback".into()),
+        cookie_secret: Some("0123456789abcdef0123456789abcdef".to_owned().into()),
+        email_domains: Some(vec!["example.com".into()]),
+        custom_templates_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let error = raw.validate().unwrap_err().to_string();
+    assert!(
+        error.contains("custom_templates_dir") && error.contains("sign_in.html"),
+        "{error}"
+    );
+}

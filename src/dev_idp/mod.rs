@@ -150,7 +150,10 @@ impl Default for DevIdpConfig {
                 client_id: "latchkey".into(),
                 client_secret: "latchkey-dev-secret".into(),
                 redirect_uris: vec!["http://127.0.0.1:4180/oauth2/callback".into()],
-                post_logout_redirect_uris: vec!["http://127.0.0.1:4180/".into()],
+                post_logout_redirect_uris: vec![
+                    "http://127.0.0.1:4180/".into(),
+                    "http://127.0.0.1:4180/oauth2/signed_out".into(),
+                ],
                 backchannel_logout_uri: Some(
                     "http://127.0.0.1:4180/oauth2/backchannel_logout".into(),
                 ),

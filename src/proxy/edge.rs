@@ -3,6 +3,8 @@
 //! request that fails either is answered here with a 400 and never reaches a
 //! handler or the upstream.
 
+use std::sync::Arc;
+
 use axum::extract::Request;
 use axum::http::uri::{self, PathAndQuery};
 use axum::http::{HeaderMap, Uri, header};
@@ -11,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use super::path;
 use crate::web::cookies::Cookies;
 use crate::web::pages::{self, ErrorCode, Link};
+use crate::web::templates::Pages;
 
 /// The largest `Cookie` header accepted; browsers send at most a few KiB.
 pub(crate) const MAX_COOKIE_HEADER: usize = 16 * 1024;
@@ -19,17 +22,20 @@ pub(crate) const MAX_COOKIE_HEADER: usize = 16 * 1024;
 #[derive(Clone)]
 pub(super) struct Edge {
     cookies: Cookies,
+    pages: Arc<Pages>,
 }
 
 impl Edge {
-    pub(super) fn new(cookies: Cookies) -> Self {
-        Self { cookies }
+    pub(super) fn new(cookies: Cookies, pages: Arc<Pages>) -> Self {
+        Self { cookies, pages }
     }
 
     /// Lets `request` through, with its path made canonical (`None`), or
     /// answers it (`Some`).
     pub(super) fn admit(&self, request: &mut Request) -> Option<Response> {
-        self.check(request).err()
+        self.check(request)
+            .err()
+            .map(|refused| self.pages.restyle(refused))
     }
 
     #[allow(clippy::result_large_err)] // an answer, built only on refusal

@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::handler::Handler;
 use axum::routing::get;
 use tokio::net::TcpListener;
@@ -208,7 +208,7 @@ pub fn router(app: &App) -> Router {
     } else {
         routes
     };
-    hardened(routes)
+    hardened(routes, app)
         .with_state(app.state())
         .merge(app.latchkey.login_routes().layer(
             // The sign-in rate limit is keyed by the client's address, which
@@ -234,14 +234,19 @@ pub fn ops_router(app: &App) -> Router {
             .route("/metrics", get(routes::metrics))
             .route("/healthz", get(routes::healthz))
             .route("/readyz", get(routes::readyz)),
+        app,
     )
     .with_state(app.state())
 }
 
-/// latchkey's own answers (not the app's): never cached, framed or sniffed.
-fn hardened(routes: Router<Proxy>) -> Router<Proxy> {
-    routes.route_layer(axum::middleware::map_response(
-        |response: axum::response::Response| async move { pages::hardened(response) },
+/// latchkey's own answers (not the app's): never cached, framed or sniffed,
+/// and its pages in the configured templates.
+fn hardened(routes: Router<Proxy>, app: &App) -> Router<Proxy> {
+    routes.route_layer(axum::middleware::map_response_with_state(
+        app.latchkey.clone(),
+        |State(latchkey): State<Latchkey>, response: axum::response::Response| async move {
+            pages::hardened(latchkey.restyle(response))
+        },
     ))
 }
 
@@ -279,7 +284,7 @@ impl Server {
         }
         // The observe layer wraps the router once rather than each route (a
         // per-route layer costs every request another boxed service).
-        let edge = edge::Edge::new(app.latchkey.cookies().clone());
+        let edge = edge::Edge::new(app.latchkey.cookies().clone(), app.settings().pages.clone());
         let observed = ObserveLayer::new(app.metrics().clone(), edge).layer(router(&app));
         listeners.push(listener::Running::spawn(
             listener,

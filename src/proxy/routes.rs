@@ -186,7 +186,8 @@ fn identity_headers(signed_in: &SignedIn, rules: &HeaderRules) -> Arc<IdentityHe
 /// A `skip_auth_routes` match: forwarded with nobody signed in.
 pub(super) async fn open(State(forwarder): State<Forwarder>, request: Request) -> Response {
     let upstream = forwarder.upstream.as_ref();
-    forward(&forwarder, upstream, request, None, None).await
+    let response = forward(&forwarder, upstream, request, None, None).await;
+    forwarder.latchkey.restyle(response)
 }
 
 /// Behind the layer: the signed-in caller's request, to the upstream.
@@ -206,7 +207,8 @@ pub(super) async fn signed_in(
     };
     let cookies = signed_in.take_upstream_cookies();
     let upstream = forwarder.upstream.as_ref();
-    forward(&forwarder, upstream, request, Some(&signed_in), cookies).await
+    let response = forward(&forwarder, upstream, request, Some(&signed_in), cookies).await;
+    forwarder.latchkey.restyle(response)
 }
 
 async fn forward(
@@ -223,7 +225,7 @@ async fn forward(
         return match signed_in {
             Some(signed_in) if request.uri().path() == "/" => {
                 let identity = signed_in.identity();
-                pages::hardened(Html(pages::page(
+                pages::hardened(Html(latchkey.settings().pages.plain(
                     "Signed in",
                     &format!(
                         "<h1>Signed in</h1><p>You are signed in as {}.</p><p><a href=\"/oauth2/sign_out\">Sign out</a></p>",

@@ -150,7 +150,7 @@ where
                 let upstream_cookies = layer.upstream_cookies.then(|| sent.into_upstream());
                 let found = match found {
                     Ok(found) => found,
-                    Err(rejection) => return Ok(rejection.into_response()),
+                    Err(rejection) => return Ok(latchkey.restyle(rejection.into_response())),
                 };
                 let Authentication {
                     signed_in,
@@ -162,7 +162,7 @@ where
                         if let Err(rejection) =
                             latchkey.authorize(request.headers(), &signed_in, policy)
                         {
-                            return Ok(rejection.into_response());
+                            return Ok(latchkey.restyle(rejection.into_response()));
                         }
                         Some(signed_in)
                     }
@@ -176,7 +176,7 @@ where
                         let rejection = Rejection::not_signed_in(request.headers(), &rd)
                             .with_cookies(set_cookies)
                             .with_error_page(latchkey.inner.error_page.clone());
-                        return Ok(rejection.into_response());
+                        return Ok(latchkey.restyle(rejection.into_response()));
                     }
                 };
                 // Named on the response for the request log, when it is on.

@@ -54,11 +54,12 @@ pub mod rate_limit;
 pub mod redirect;
 mod rejection;
 mod routes;
+pub mod templates;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::FromRef;
+use axum::extract::{FromRef, State};
 use axum::routing::get;
 use axum_extra::extract::cookie::Key;
 
@@ -455,8 +456,10 @@ impl Latchkey {
 
     /// The sign-in endpoints, to merge into the app's router (no fallback,
     /// so `merge` never conflicts): `/oauth2/start?rd=PATH`, `/oauth2/sign_in`,
-    /// `/oauth2/callback`, `/oauth2/sign_out` (GET and POST) and
-    /// `/oauth2/userinfo`. Their answers are never cached, framed or sniffed.
+    /// `/oauth2/callback`, `/oauth2/sign_out` (GET and POST), the page it
+    /// lands on (`/oauth2/signed_out`) and `/oauth2/userinfo`. Their answers
+    /// are never cached, framed or sniffed, and their pages use the
+    /// configured templates and branding.
     ///
     /// Rate limiting of start and callback per client address needs
     /// `ConnectInfo<SocketAddr>` (serve with
@@ -475,6 +478,7 @@ impl Latchkey {
                 get(routes::sign_out).post(routes::sign_out),
             )
             .route("/oauth2/userinfo", get(routes::userinfo))
+            .route(routes::SIGNED_OUT, get(routes::signed_out))
             .route(
                 "/oauth2/frontchannel_logout",
                 get(routes::frontchannel_logout),
@@ -485,10 +489,19 @@ impl Latchkey {
                     axum::extract::DefaultBodyLimit::max(routes::MAX_LOGOUT_REQUEST),
                 ),
             )
-            .route_layer(axum::middleware::map_response(
-                |response: axum::response::Response| async move { pages::hardened(response) },
+            .route_layer(axum::middleware::map_response_with_state(
+                self.clone(),
+                |State(latchkey): State<Latchkey>, response: axum::response::Response| async move {
+                    pages::hardened(latchkey.restyle(response))
+                },
             ))
             .with_state(self.clone())
+    }
+
+    /// `response` with latchkey's page in it (if it is one) rendered with
+    /// the configured templates and branding.
+    pub(crate) fn restyle(&self, response: axum::response::Response) -> axum::response::Response {
+        self.inner.settings.pages.restyle(response)
     }
 
     /// A layer that admits callers who are signed in and pass this

@@ -3,7 +3,9 @@
 //! carrying a stable machine-readable error code.
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
+
+use super::templates::{Page, Pages, page_csp};
 
 /// `text` safe to place in HTML text or a double-quoted attribute.
 pub fn escape_html(text: &str) -> String {
@@ -104,7 +106,8 @@ impl ErrorCode {
         }
     }
 
-    fn title(self) -> &'static str {
+    /// The page's heading.
+    pub fn title(self) -> &'static str {
         match self {
             Self::NotSignedIn => "Sign-in required",
             Self::AccessDenied => "Access denied",
@@ -154,32 +157,19 @@ pub fn error(
 
 /// An error response: a page when `html`, JSON otherwise.
 pub fn error_for(html: bool, code: ErrorCode, message: &str, link: Option<Link<'_>>) -> Response {
-    let status = code.status();
     let mut response = if html {
-        let link = link
-            .map(|l| {
-                format!(
-                    "<p><a href=\"{}\">{}</a></p>",
-                    escape_html(l.href),
-                    escape_html(l.text)
-                )
-            })
-            .unwrap_or_default();
-        Html(page(
-            code.title(),
-            &format!(
-                "<h1>{}</h1><p>{}</p>{link}<p class=\"code\">error code: {}</p>",
-                escape_html(code.title()),
-                escape_html(message),
-                code.as_str()
-            ),
-        ))
-        .into_response()
+        Pages::built_in().render(Page::Error {
+            code,
+            message: message.to_owned(),
+            link: link.map(|l| (l.href.to_owned(), l.text.to_owned())),
+        })
     } else {
-        axum::Json(serde_json::json!({ "error": code.as_str(), "message": message }))
-            .into_response()
+        let mut json =
+            axum::Json(serde_json::json!({ "error": code.as_str(), "message": message }))
+                .into_response();
+        *json.status_mut() = code.status();
+        json
     };
-    *response.status_mut() = status;
     harden(&mut response);
     response
 }
@@ -191,11 +181,6 @@ pub(crate) fn framed_page_csp(origin: &str) -> String {
         "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors {origin}; base-uri 'none'"
     )
 }
-
-/// The `Content-Security-Policy` of latchkey's pages: they have no scripts,
-/// no frames, no external assets and one inline style sheet.
-const PAGE_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; \
-                        form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// `response` with the headers of [`harden`].
 pub fn hardened(response: impl IntoResponse) -> Response {
@@ -223,36 +208,27 @@ pub fn harden(response: &mut Response) {
     );
     // A page that names who may frame it (front-channel logout: the
     // provider) keeps its own policy; every other answer is never framed.
-    let framed_by_policy = headers
-        .get(header::CONTENT_SECURITY_POLICY)
-        .is_some_and(|csp| {
-            csp.to_str()
-                .is_ok_and(|csp| csp.contains("frame-ancestors") && !csp.contains('*'))
-        });
-    if framed_by_policy {
-        return;
+    let csp = headers.get(header::CONTENT_SECURITY_POLICY);
+    let framed_by_policy = csp.is_some_and(|csp| {
+        csp.to_str().is_ok_and(|csp| {
+            csp.contains("frame-ancestors")
+                && !csp.contains("frame-ancestors 'none'")
+                && !csp.contains('*')
+        })
+    });
+    if !framed_by_policy {
+        headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     }
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     let html = headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|t| t.as_bytes().starts_with(b"text/html"));
-    if html {
-        headers.insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(PAGE_CSP),
-        );
+    if html && !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, page_csp(None));
     }
 }
 
-/// A complete HTML page with latchkey's minimal style and no external assets.
+/// A complete HTML page in latchkey's built-in layout (no external assets)
+/// around `body`, which must be HTML made safe by the caller.
 pub fn page(title: &str, body: &str) -> String {
-    format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width\"><title>{}</title><style>\
-         body{{font-family:system-ui,sans-serif;max-width:34rem;margin:4rem auto;padding:0 1rem;color:#222;line-height:1.5}}\
-         h1{{font-size:1.4rem}}a{{color:#0b57d0}}.code{{color:#777;font-size:.85rem}}\
-         table{{border-collapse:collapse}}td,th{{border:1px solid #ddd;padding:.2rem .6rem;text-align:left}}\
-         </style></head><body>{body}</body></html>",
-        escape_html(title)
-    )
+    Pages::built_in().plain(title, body)
 }

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::caller::{self, escaped};
 use super::cookies::LoginCookie;
 use super::pages::{self, ErrorCode, Link};
+use super::templates::Page;
 use super::{Latchkey, Reason, Rejection, observe_user, redirect};
 use crate::login::{Callback, CompletedLogin, FailureReason, LoginError, idp_error_code};
 use crate::logout::Handle;
@@ -130,15 +131,20 @@ pub(crate) async fn sign_in(
     if app.inner.settings.skip_provider_button {
         return found(&start);
     }
-    Html(pages::page(
-        "Sign in",
-        &format!(
-            "<h1>Sign in</h1><p>This app needs you to sign in with your organisation's account.</p>\
-             <p><a href=\"{}\">Sign in</a></p>",
-            pages::escape_html(&start)
-        ),
-    ))
-    .into_response()
+    app.inner
+        .settings
+        .pages
+        .render(Page::SignIn { sign_in_url: start })
+}
+
+/// The landing after sign-out when nothing else is configured: "you are
+/// signed out", with a link that signs in again.
+pub(crate) async fn signed_out(State(app): AppState) -> Response {
+    let sign_in_url = app.inner.destinations.start_url("/");
+    app.inner
+        .settings
+        .pages
+        .render(Page::SignedOut { sign_in_url })
 }
 
 #[derive(Debug, Deserialize)]
@@ -530,17 +536,13 @@ pub(crate) async fn sign_out(
     let after = app.inner.settings.post_logout_redirect_url.as_deref();
     let response = match app.inner.provider.end_session_url(id_token.as_ref(), after) {
         Some(url) => found(&url),
-        None => match after {
-            Some(url) => found(url),
-            None => Html(pages::page(
-                "Signed out",
-                "<h1>Signed out</h1><p>You are signed out.</p><p><a href=\"/oauth2/start\">Sign in again</a></p>",
-            ))
-            .into_response(),
-        },
+        None => found(after.unwrap_or(SIGNED_OUT)),
     };
     (jar, response).into_response()
 }
+
+/// latchkey's signed-out page.
+pub(crate) const SIGNED_OUT: &str = "/oauth2/signed_out";
 
 /// Revokes a signed-out session's refresh token at the provider (RFC 7009),
 /// best effort and off the request: the sign-out never waits for it.
