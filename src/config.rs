@@ -175,6 +175,12 @@ pub struct RawSettings {
     /// [default: /ping].
     #[arg(long, env = "LATCHKEY_PING_PATH")]
     pub ping_path: Option<String>,
+    /// The Cache-Control given to a signed-in caller's upstream response
+    /// that sets none, so that a shared computer's back button or cache does
+    /// not show a signed-out user's pages; empty: none [default: private,
+    /// no-store].
+    #[arg(long, env = "LATCHKEY_UPSTREAM_CACHE_CONTROL")]
+    pub upstream_cache_control: Option<String>,
     /// Readiness path besides /readyz, as oauth2-proxy's; empty: none
     /// [default: /ready].
     #[arg(long, env = "LATCHKEY_READY_PATH")]
@@ -307,6 +313,7 @@ impl RawSettings {
             login_rate_per_minute,
             skip_provider_button,
             ping_path,
+            upstream_cache_control,
             ready_path,
             cookie_domain,
             whitelist_domains,
@@ -486,6 +493,9 @@ pub struct Settings {
     pub skip_provider_button: bool,
     /// oauth2-proxy's liveness path (`/ping`), if served.
     pub ping_path: Option<String>,
+    /// The `Cache-Control` for signed-in upstream responses that set none
+    /// (`upstream_cache_control`; `None`: left as they are).
+    pub upstream_cache_control: Option<String>,
     /// oauth2-proxy's readiness path (`/ready`), if served.
     pub ready_path: Option<String>,
     /// The `Domain` of every cookie (lowercase, no leading dot), if not
@@ -1160,6 +1170,24 @@ fn groups_separator(value: Option<String>) -> Result<String, ConfigError> {
     Ok(separator)
 }
 
+/// `upstream_cache_control`: a header value of visible ASCII (at most 256
+/// characters); empty: none.
+fn cache_control(value: Option<String>) -> Result<Option<String>, ConfigError> {
+    let value = value.unwrap_or_else(|| "private, no-store".to_owned());
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if value.len() > 256 || !value.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return Err(error(
+            "upstream_cache_control",
+            "is not a Cache-Control value",
+            "write directives such as \"private, no-store\" (visible ASCII, at most 256 characters), or \"\" to leave upstream responses as they are",
+        ));
+    }
+    Ok(Some(value.to_owned()))
+}
+
 /// Paths latchkey serves itself, which a probe path may not take.
 const RESERVED_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
 
@@ -1442,9 +1470,10 @@ impl RawSettings {
             self.footer,
             self.custom_sign_in_logo.as_deref(),
         ));
+        let upstream_cache_control = problems.check(cache_control(self.upstream_cache_control));
         // Every value is there exactly when no problem was found.
         let (
-            Some(pages),
+            Some((pages, upstream_cache_control)),
             Some(listener),
             Some(listen),
             Some(issuer),
@@ -1468,7 +1497,7 @@ impl RawSettings {
             Some((claim_headers, user_id_claim, groups_separator)),
             Some((session_ttl, login_ttl, exchange_lease, refresh_before_expiry, clock_skew)),
         ) = (
-            pages,
+            pages.zip(upstream_cache_control),
             listener,
             listen,
             issuer,
@@ -1544,6 +1573,7 @@ impl RawSettings {
             login_rate_per_minute: self.login_rate_per_minute.unwrap_or(120),
             skip_provider_button: self.skip_provider_button.unwrap_or(false),
             ping_path,
+            upstream_cache_control,
             ready_path,
             cookie_domain,
             whitelist_domains,
@@ -2026,6 +2056,36 @@ mod tests {
             .unwrap_err();
             assert_eq!(err.setting, "extra_jwt_issuers", "{bad}");
             assert!(err.fix.contains("ISSUER=AUDIENCE"));
+        }
+    }
+
+    #[test]
+    fn upstream_cache_control_defaults_to_no_store_and_refuses_what_is_no_header() {
+        let settings = minimal().validate().unwrap();
+        assert_eq!(
+            settings.upstream_cache_control.as_deref(),
+            Some("private, no-store")
+        );
+        let off = RawSettings {
+            upstream_cache_control: Some(" ".into()),
+            ..minimal()
+        };
+        assert_eq!(off.validate().unwrap().upstream_cache_control, None);
+        let long = "x".repeat(257);
+        for bad in [
+            "no-store\r\nSet-Cookie: a=b",
+            "no-store\0",
+            "privé",
+            long.as_str(),
+        ] {
+            let err = RawSettings {
+                upstream_cache_control: Some(bad.into()),
+                ..minimal()
+            }
+            .validate()
+            .unwrap_err();
+            assert_eq!(err.setting, "upstream_cache_control", "{bad:?}");
+            assert!(!err.to_string().contains("Set-Cookie"), "not echoed: {err}");
         }
     }
 

@@ -540,6 +540,31 @@ impl LoginFlow {
         }
     }
 
+    /// Where a callback of a completed login goes when it comes without the
+    /// login's cookie (spent when the login completed) from the browser
+    /// that holds the session this login made: the history's forward
+    /// button re-sending the provider's form, a reopened tab, a bookmarked
+    /// callback. The login's `return_to` when `session_id` is the one this
+    /// login made (only that browser can show it: I4, nothing is
+    /// exchanged); `None` for any other login, phase or session.
+    pub async fn replayed_by_its_session(
+        &self,
+        state: &str,
+        session_id: &SessionId,
+    ) -> Result<Option<String>, LoginError> {
+        let Some(current) = self.store.get(&login_key(state)).await? else {
+            return Ok(None);
+        };
+        let record = LoginRecord::decode(&current.value)?;
+        let Phase::Completed { lease_id } = &record.phase else {
+            return Ok(None);
+        };
+        let made = derive_session_id(&self.settings.seal, state, lease_id);
+        let same =
+            subtle::ConstantTimeEq::ct_eq(made.secret().as_bytes(), session_id.secret().as_bytes());
+        Ok(bool::from(same).then(|| record.return_to.clone()))
+    }
+
     /// Ends a login whose authorization response was an error (`error=` from
     /// the provider, or a failed `iss` check): it becomes `Failed` and no code is
     /// ever exchanged for it. Needs the browser binding like a callback.

@@ -14,6 +14,7 @@ use common::within;
 use latchkey::clock::ManualClock;
 use latchkey::idp::IdpError;
 use latchkey::login::{Callback, FailureReason, LoginError, LoginFlow, LoginSettings};
+use latchkey::secret::SessionId;
 use latchkey::store::Store;
 use tokio::sync::Barrier;
 
@@ -296,6 +297,54 @@ async fn replay_with_binding_is_idempotent(backend: TestBackend) {
     assert_eq!(rig.sessions().await, 1);
 }
 
+/// A used callback from the browser its login signed in, after the login
+/// cookie was spent (the history's forward button, a reopened tab): it is
+/// sent back to where the login was going with nothing exchanged (I4); any
+/// other session, a login still in flight or an unknown one, gets `None`.
+async fn replay_by_its_own_session_goes_back_without_an_exchange(backend: TestBackend) {
+    let rig = rig(backend, patient());
+    let begun = LoginDriver::begin(rig.flow.as_ref()).await;
+    let other = LoginDriver::begin(rig.flow.as_ref()).await;
+    let before = SessionId::new("a-session-of-nobody");
+    assert_eq!(
+        rig.flow
+            .replayed_by_its_session(&begun.state, &before)
+            .await
+            .unwrap(),
+        None,
+        "a pending login has made no session yet"
+    );
+    let done = rig
+        .flow
+        .complete(Callback {
+            state: &begun.state,
+            code: "the-code",
+            binding: Some(&begun.binding),
+            pending: begun.pending.as_ref(),
+        })
+        .await
+        .unwrap();
+    let replay = rig
+        .flow
+        .replayed_by_its_session(&begun.state, &done.session_id);
+    assert_eq!(replay.await.unwrap().as_deref(), Some("/after-login"));
+    // Another browser's session, or this session on another login: nothing.
+    for (state, session) in [
+        (begun.state.as_str(), &before),
+        (other.state.as_str(), &done.session_id),
+        ("never-started", &done.session_id),
+    ] {
+        let found = rig
+            .flow
+            .replayed_by_its_session(state, session)
+            .await
+            .unwrap();
+        assert_eq!(found, None, "{state}");
+    }
+    assert_eq!(rig.idp.exchanges(), 1);
+    assert_eq!(rig.sessions().await, 1);
+}
+
 async fn replay_without_binding_is_rejected(backend: TestBackend) {
     let rig = rig(backend, patient());
     let begun = LoginDriver::begin(rig.flow.as_ref()).await;
@@ -374,6 +423,7 @@ backend_tests!(
     expired_lease_is_failed_and_late_commit_is_fenced,
     replay_with_binding_is_idempotent,
     replay_without_binding_is_rejected,
+    replay_by_its_own_session_goes_back_without_an_exchange,
     unknown_state_is_rejected,
     parallel_tabs_get_separate_sessions,
 );

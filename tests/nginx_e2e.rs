@@ -11,133 +11,10 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-
-use common::process::KillOnDrop;
-use common::proxy::{HTML, Harness, complete_sign_in};
+use common::nginx::{HOST, free_port, latchkey_behind_nginx, start_nginx, with_http_block};
+use common::proxy::{HTML, Harness, complete_sign_in, serve_sample_app};
 use reqwest::header::{ACCEPT, LOCATION};
 use serde_json::Value;
-
-const HOST: &str = "app.example.test";
-
-/// nginx in front of latchkey (`auth`) and the app (`app`) on `port`.
-fn nginx_config(dir: &std::path::Path, port: u16, auth: u16, app: u16) -> String {
-    let auth_location = |name: &str, query: &str| {
-        format!(
-            "location = {name} {{
-                internal;
-                proxy_pass http://127.0.0.1:{auth}/oauth2/auth{query};
-                proxy_pass_request_body off;
-                proxy_set_header Content-Length \"\";
-                proxy_set_header Host $http_host;
-            }}"
-        )
-    };
-    let protected = |path: &str, auth_name: &str| {
-        format!(
-            "location {path} {{
-                auth_request {auth_name};
-                error_page 401 = /oauth2/sign_in;
-                auth_request_set $user $upstream_http_x_auth_request_user;
-                auth_request_set $groups $upstream_http_x_auth_request_groups;
-                proxy_set_header X-Forwarded-User $user;
-                proxy_set_header X-Forwarded-Groups $groups;
-                proxy_pass http://127.0.0.1:{app};
-            }}"
-        )
-    };
-    with_http_block(
-        dir,
-        &format!(
-            "server {{
-                listen 127.0.0.1:{port};
-                server_name {HOST};
-                location /oauth2/ {{
-                    proxy_pass http://127.0.0.1:{auth};
-                    proxy_set_header Host $http_host;
-                    proxy_set_header X-Auth-Request-Redirect $request_uri;
-                }}
-                {}
-                {}
-                {}
-                {}
-            }}",
-            auth_location("/_auth", ""),
-            auth_location("/_auth_admins", "?allowed_groups=admins"),
-            protected("/", "/_auth"),
-            protected("/admin/", "/_auth_admins"),
-        ),
-    )
-}
-
-/// A whole nginx configuration run from `dir` (pid, logs and temporary
-/// files there, in the foreground) with `servers` in its http block.
-fn with_http_block(dir: &std::path::Path, servers: &str) -> String {
-    let d = dir.display();
-    format!(
-        "daemon off;
-        worker_processes 1;
-        pid {d}/nginx.pid;
-        error_log {d}/error.log warn;
-        events {{ worker_connections 64; }}
-        http {{
-            access_log off;
-            client_body_temp_path {d}/body;
-            proxy_temp_path {d}/proxy;
-            fastcgi_temp_path {d}/fastcgi;
-            uwsgi_temp_path {d}/uwsgi;
-            scgi_temp_path {d}/scgi;
-            {servers}
-        }}"
-    )
-}
-
-/// A free loopback port, for nginx to bind.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The sample app on a port of its own.
-async fn sample_app() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, latchkey::demo::sample_app())
-            .await
-            .unwrap()
-    });
-    app
-}
-
-/// nginx (`binary`) running `config` from `dir`, once it answers on `port`.
-async fn start_nginx(binary: &str, dir: &std::path::Path, config: &str, port: u16) -> KillOnDrop {
-    let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, config).unwrap();
-    let mut started = Command::new(binary)
-        .arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(&conf)
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start nginx");
-    // Up when its port answers (bounded: the child may have died).
-    let deadline = std::time::Instant::now() + common::TEST_TIMEOUT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.try_wait().unwrap().is_none(),
-            "nginx exited: {}",
-            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-        );
-        assert!(std::time::Instant::now() < deadline, "nginx never listened");
-        tokio::task::yield_now().await;
-    }
-    KillOnDrop(started)
-}
 
 /// A browser (cookie jar, no redirects followed) for which every name in
 /// `hosts` is 127.0.0.1.
@@ -155,26 +32,11 @@ fn browser_resolving(hosts: &[&str], port: u16) -> reqwest::Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latchkey_behind_nginx_as_oauth2_proxy_users_run_it() {
-    let Ok(nginx) = std::env::var("LATCHKEY_TEST_NGINX") else {
-        eprintln!("skipping: set LATCHKEY_TEST_NGINX to the nginx binary to run it");
+    let Some(nginx) = common::nginx::binary() else {
         return;
     };
-    let port = free_port();
-    let front = format!("http://{HOST}:{port}");
-    let app = sample_app().await;
-    let callback = format!("{front}/oauth2/callback");
-    let h = Harness::start_with_idp(
-        None,
-        |idp| idp.clients[0].redirect_uris = vec![callback.clone()],
-        |raw| {
-            raw.redirect_url = Some(callback.clone());
-            raw.skip_provider_button = Some(true);
-        },
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = nginx_config(dir.path(), port, h.proxy.port(), app.port());
-    let _nginx = start_nginx(&nginx, dir.path(), &config, port).await;
+    let behind = latchkey_behind_nginx(&nginx).await;
+    let (front, port) = (&behind.front, behind.port);
     let browser_for = || browser_resolving(&[HOST], port);
     let sign_in = async |browser: &reqwest::Client, path: &str, user: &str| {
         // Not signed in: nginx's 401 goes to /oauth2/sign_in, which starts
@@ -234,12 +96,11 @@ async fn latchkey_behind_nginx_as_oauth2_proxy_users_run_it() {
 /// admin location (`?allowed_groups=admins`) refuses bob.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_central_auth_host_behind_nginx_like_ingress_nginx() {
-    let Ok(nginx) = std::env::var("LATCHKEY_TEST_NGINX") else {
-        eprintln!("skipping: set LATCHKEY_TEST_NGINX to the nginx binary to run it");
+    let Some(nginx) = common::nginx::binary() else {
         return;
     };
     let port = free_port();
-    let app = sample_app().await;
+    let app = serve_sample_app().await;
     let auth_host = format!("auth.example.test:{port}");
     let callback = format!("http://{auth_host}/oauth2/callback");
     let h = Harness::start_with_idp(

@@ -594,7 +594,7 @@ async fn oauth2_proxy_sign_in_page() {
     let html = page.text().await.unwrap();
     assert!(!html.contains("<b>"), "{html}");
     let href = html
-        .split("href=\"")
+        .split("class=\"button\" href=\"")
         .nth(1)
         .unwrap()
         .split('"')

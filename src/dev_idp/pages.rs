@@ -13,7 +13,7 @@ td,th{border:1px solid #ccc;padding:.2rem .6rem;text-align:left}";
 fn page(title: &str, body: &str) -> String {
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title>\
-         <meta name=\"viewport\" content=\"width=device-width\"><style>{STYLE}</style></head><body>\
+         <meta name=\"viewport\" content=\"width=device-width\"><link rel=\"icon\" href=\"data:,\"><style>{STYLE}</style></head><body>\
          <p class=\"banner\">latchkey development IdP: development only, never use it in production</p>{body}</body></html>",
         escape(title)
     )

@@ -97,6 +97,8 @@ pub(crate) struct ForwarderInner {
     pub(crate) latchkey: Latchkey,
     pub(crate) upstream: Option<Upstream>,
     pub(crate) headers: Arc<claims::HeaderRules>,
+    /// `upstream_cache_control`, for signed-in responses that set none.
+    pub(crate) cache_control: Option<axum::http::HeaderValue>,
 }
 
 impl std::ops::Deref for Forwarder {
@@ -177,6 +179,8 @@ impl App {
             latchkey: self.latchkey.clone(),
             upstream: self.upstream.clone(),
             headers: self.headers.clone(),
+            cache_control: (self.settings().upstream_cache_control.as_deref())
+                .and_then(|value| axum::http::HeaderValue::from_str(value).ok()),
         }));
         let open = routes::open.with_state(forwarder.clone());
         let guarded = self

@@ -207,7 +207,15 @@ pub(super) async fn signed_in(
     };
     let cookies = signed_in.take_upstream_cookies();
     let upstream = forwarder.upstream.as_ref();
-    let response = forward(&forwarder, upstream, request, Some(&signed_in), cookies).await;
+    let mut response = forward(&forwarder, upstream, request, Some(&signed_in), cookies).await;
+    // A signed-in page is not kept where the next user of the browser could
+    // see it (its cache, its back button) unless the app says otherwise.
+    if let Some(cache_control) = &forwarder.cache_control {
+        let headers = response.headers_mut();
+        if !headers.contains_key(header::CACHE_CONTROL) {
+            headers.insert(header::CACHE_CONTROL, cache_control.clone());
+        }
+    }
     forwarder.latchkey.restyle(response)
 }
 

@@ -30,6 +30,10 @@ pub const MAX_LOGIN_COOKIES: usize = 4;
 /// How many decrypted session cookies a process remembers.
 const DECRYPTED_SESSION_COOKIES: usize = 10_000;
 
+/// How long a sign-out's mark lasts if the signed-out page is never shown:
+/// long enough for a provider's "do you want to sign out?" page.
+pub const SIGNED_OUT_MARK_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// What a login cookie holds: everything the callback needs, since the
 /// store holds nothing of a login before its first callback.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,6 +83,8 @@ pub struct Cookies {
     previous: Arc<[Key]>,
     session: String,
     login_prefix: String,
+    /// The sign-out mark's name (see [`Cookies::mark_signed_out`]).
+    signed_out_mark: String,
     /// `cookie_domain`, when cookies are not host-only.
     domain: Option<String>,
     secure: bool,
@@ -113,6 +119,7 @@ impl Cookies {
                 .collect(),
             session: settings.session_cookie(),
             login_prefix: format!("{}latchkey-login-", settings.cookie_prefix()),
+            signed_out_mark: format!("{}latchkey-signed-out", settings.cookie_prefix()),
             domain: settings.cookie_domain.clone(),
             secure,
             session_max_age: settings.session_ttl.as_secs(),
@@ -145,7 +152,30 @@ impl Cookies {
 
     /// Whether `name` is one of latchkey's cookies (never sent upstream).
     pub fn is_ours(&self, name: &str) -> bool {
-        name == self.session || self.is_login_cookie(name)
+        name == self.session || self.is_login_cookie(name) || name == self.signed_out_mark
+    }
+
+    /// Marks a browser as just signed out (a cookie holding nothing, for
+    /// [`SIGNED_OUT_MARK_TTL`]): the signed-out page's hidden image removes
+    /// it, and that later cookie change is what makes Chromium drop the
+    /// signed-in pages from its back/forward cache. The sign-out's own
+    /// cookie changes come too early for that: they arrive before the page
+    /// the user left is stored there.
+    pub fn mark_signed_out(&self, jar: PrivateCookieJar) -> PrivateCookieJar {
+        jar.add(self.build(
+            self.signed_out_mark.clone(),
+            String::new(),
+            SIGNED_OUT_MARK_TTL.as_secs(),
+        ))
+    }
+
+    /// Removes the sign-out's mark, if the browser sent it.
+    pub fn clear_signed_out_mark(
+        &self,
+        jar: PrivateCookieJar,
+        headers: &HeaderMap,
+    ) -> PrivateCookieJar {
+        self.expire_sent(jar, headers, |name| name == self.signed_out_mark)
     }
 
     /// Whether `name` is one of latchkey's login cookies.
@@ -482,7 +512,10 @@ pub(crate) mod tests {
             UpstreamCookies::Replaced(HeaderValue::from_static("app=1; theme=dark"))
         );
 
-        let only_ours = cookie_headers(&["_latchkey=abc; latchkey-login-0123abcd=xyz"]);
+        let only_ours = cookie_headers(&[
+            "_latchkey=abc; latchkey-login-0123abcd=xyz",
+            "latchkey-signed-out=1",
+        ]);
         assert_eq!(
             cookies.sent(&only_ours).into_upstream(),
             UpstreamCookies::Removed

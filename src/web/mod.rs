@@ -480,6 +480,10 @@ impl Latchkey {
             .route("/oauth2/userinfo", get(routes::userinfo))
             .route(routes::SIGNED_OUT, get(routes::signed_out))
             .route(
+                routes::FORGET_SIGNED_IN_PAGES,
+                get(routes::forget_signed_in_pages),
+            )
+            .route(
                 "/oauth2/frontchannel_logout",
                 get(routes::frontchannel_logout),
             )

@@ -147,6 +147,26 @@ pub(crate) async fn signed_out(State(app): AppState) -> Response {
         .render(Page::SignedOut { sign_in_url })
 }
 
+/// The signed-out page's hidden image, loaded once that page is shown.
+pub(crate) const FORGET_SIGNED_IN_PAGES: &str = "/oauth2/signed_out/forget";
+
+/// Ends the sign-out's mark (see [`Cookies::mark_signed_out`]): a cookie
+/// change that comes after the signed-in pages went into the browser's
+/// back/forward cache, which makes Chromium drop them, so that the back
+/// button asks again (and is sent to sign in) instead of showing a
+/// signed-out user's page from memory. Changes nothing else; a browser
+/// without the mark gets an empty answer.
+///
+/// [`Cookies::mark_signed_out`]: super::cookies::Cookies::mark_signed_out
+pub(crate) async fn forget_signed_in_pages(
+    State(app): AppState,
+    jar: PrivateCookieJar,
+    headers: HeaderMap,
+) -> Response {
+    let jar = app.inner.cookies.clear_signed_out_mark(jar, &headers);
+    (jar, StatusCode::NO_CONTENT).into_response()
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct StartQuery {
     rd: Option<String>,
@@ -336,6 +356,12 @@ pub(crate) async fn callback(
     let completed = complete_detached(&app, state, code, login_cookie.clone()).await;
     match completed {
         Ok(done) => signed_in(&app, jar, state, &done),
+        Err(LoginError::BindingMismatch) if login_cookie.is_none() => {
+            match replayed_by_its_session(&app, &headers, state).await {
+                Some(return_to) => found(&app.inner.destinations.checked(Some(&return_to))),
+                None => login_failure(&app, &headers, &LoginError::BindingMismatch, Some(again)),
+            }
+        }
         Err(error) => login_failure(&app, &headers, &error, Some(again)),
     }
 }
@@ -367,6 +393,31 @@ async fn complete_detached(
         tracing::error!(%error, "a login's completion task failed");
         Err(LoginError::Failed(FailureReason::Cancelled))
     })
+}
+
+/// Where a used callback goes when it comes again from the browser its login
+/// signed in (see [`LoginFlow::replayed_by_its_session`]): `None` for any
+/// other browser, which then sees `login_not_bound` as before.
+///
+/// [`LoginFlow::replayed_by_its_session`]: crate::login::LoginFlow::replayed_by_its_session
+async fn replayed_by_its_session(
+    app: &Latchkey,
+    headers: &HeaderMap,
+    state: &str,
+) -> Option<String> {
+    let session_id = app.inner.cookies.session_id_in(headers)?;
+    match app
+        .inner
+        .login
+        .replayed_by_its_session(state, &session_id)
+        .await
+    {
+        Ok(return_to) => return_to,
+        Err(error) => {
+            tracing::warn!(%error, "could not look up a replayed callback's login");
+            None
+        }
+    }
 }
 
 /// Whether the authorization response ends the login without an exchange:
@@ -530,13 +581,15 @@ pub(crate) async fn sign_out(
         }
     }
     let jar = app.inner.cookies.clear_all(jar, &headers);
-    if let Some(rd) = rd {
-        return (jar, found(&rd)).into_response();
-    }
+    let jar = app.inner.cookies.mark_signed_out(jar);
     let after = app.inner.settings.post_logout_redirect_url.as_deref();
-    let response = match app.inner.provider.end_session_url(id_token.as_ref(), after) {
-        Some(url) => found(&url),
-        None => found(after.unwrap_or(SIGNED_OUT)),
+    let response = match (
+        rd,
+        app.inner.provider.end_session_url(id_token.as_ref(), after),
+    ) {
+        (Some(rd), _) => found(&rd),
+        (None, Some(url)) => found(&url),
+        (None, None) => found(after.unwrap_or(SIGNED_OUT)),
     };
     (jar, response).into_response()
 }

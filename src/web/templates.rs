@@ -103,7 +103,11 @@ impl Page {
                 link_text => link.as_ref().map(|(_, text)| text),
             },
             Self::SignIn { sign_in_url } => context! { title => "Sign in", sign_in_url },
-            Self::SignedOut { sign_in_url } => context! { title => "Signed out", sign_in_url },
+            Self::SignedOut { sign_in_url } => context! {
+                title => "Signed out",
+                sign_in_url,
+                forget_url => super::routes::FORGET_SIGNED_IN_PAGES,
+            },
         }
     }
 
@@ -178,10 +182,10 @@ pub(crate) fn page_csp(logo_url: Option<&str>) -> HeaderValue {
     let img = match logo_url {
         Some(url) if url.starts_with("data:") => "'self' data:".to_owned(),
         Some(url) => match url::Url::parse(url) {
-            Ok(url) => format!("'self' {}", url.origin().ascii_serialization()),
-            Err(_) => "'self'".to_owned(),
+            Ok(url) => format!("'self' data: {}", url.origin().ascii_serialization()),
+            Err(_) => "'self' data:".to_owned(),
         },
-        None => "'self'".to_owned(),
+        None => "'self' data:".to_owned(),
     };
     let csp = format!(
         "default-src 'none'; style-src 'unsafe-inline'; img-src {img}; \
@@ -412,7 +416,7 @@ mod tests {
             .to_str()
             .unwrap();
         assert!(
-            csp.contains("img-src 'self' https://cdn.example.com;"),
+            csp.contains("img-src 'self' data: https://cdn.example.com;"),
             "{csp}"
         );
         let html = pages.render_html(&Page::SignedOut {

@@ -5,9 +5,11 @@
 
 pub mod backends;
 pub mod browser;
+pub mod chromium;
 pub mod idp_double;
 pub mod jws;
 pub mod naive;
+pub mod nginx;
 pub mod observed_store;
 pub mod process;
 pub mod proxy;

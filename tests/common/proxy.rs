@@ -36,9 +36,7 @@ impl Harness {
     }
 
     pub async fn start_with(with_upstream: bool, customize: impl FnOnce(&mut RawSettings)) -> Self {
-        let upstream_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let upstream = upstream_listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(upstream_listener, sample_app()).await.unwrap() });
+        let upstream = serve_sample_app().await;
         Self::start_in_front_of(with_upstream.then_some(upstream), customize).await
     }
 
@@ -178,6 +176,14 @@ impl Harness {
     pub async fn metric(&self, name: &str) -> f64 {
         super::process::scrape(&self.url("/metrics"), name).await
     }
+}
+
+/// The sample app on a port of its own.
+pub async fn serve_sample_app() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, sample_app()).await.unwrap() });
+    app
 }
 
 /// Follows redirects from `url`, signing in at the dev IdP as `user` when its

@@ -17,6 +17,9 @@ pub struct TestPki {
     pub cert_file: PathBuf,
     /// Its private key (PEM).
     pub key_file: PathBuf,
+    /// The base64 SHA-256 of the server key's SubjectPublicKeyInfo: what
+    /// Chromium's `--ignore-certificate-errors-spki-list` trusts.
+    pub server_spki_sha256: String,
     /// A client certificate the CA signed (PEM), for mutual TLS.
     pub client_cert_file: PathBuf,
     /// Its private key (PEM).
@@ -51,6 +54,13 @@ impl TestPki {
             path
         };
         let ca_pem = ca_cert.pem();
+        let server_spki_sha256 = {
+            use base64::Engine;
+            use sha2::Digest;
+            base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(
+                rcgen::PublicKeyData::subject_public_key_info(&server_key),
+            ))
+        };
         Self {
             ca_file: write("ca.pem", &ca_pem),
             cert_file: write("server.pem", &server.pem()),
@@ -58,6 +68,7 @@ impl TestPki {
             client_cert_file: write("client.pem", &client.pem()),
             client_key_file: write("client.key", &client_key.serialize_pem()),
             ca_pem,
+            server_spki_sha256,
             dir,
         }
     }
