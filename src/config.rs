@@ -171,6 +171,11 @@ pub struct RawSettings {
     /// showing a page with a sign-in button [default: false, as oauth2-proxy].
     #[arg(long, env = "LATCHKEY_SKIP_PROVIDER_BUTTON", num_args = 0..=1, default_missing_value = "true")]
     pub skip_provider_button: Option<bool>,
+    /// Sign-out only by POST (a button on latchkey's "Sign out?" page), so
+    /// that another site cannot sign users out with a link [default: false,
+    /// GET works too, as oauth2-proxy].
+    #[arg(long, env = "LATCHKEY_SIGN_OUT_POST_ONLY", num_args = 0..=1, default_missing_value = "true")]
+    pub sign_out_post_only: Option<bool>,
     /// Liveness path besides /healthz, as oauth2-proxy's; empty: none
     /// [default: /ping].
     #[arg(long, env = "LATCHKEY_PING_PATH")]
@@ -240,7 +245,7 @@ pub struct RawSettings {
     /// The oldest TLS version the listener accepts: 1.2 or 1.3 [default: 1.2].
     #[arg(long, env = "LATCHKEY_TLS_MIN_VERSION")]
     pub tls_min_version: Option<String>,
-    /// A directory whose error.html, sign_in.html, signed_out.html or
+    /// A directory whose error.html, sign_in.html, signed_out.html, sign_out.html or
     /// layout.html replace latchkey's own (minijinja templates; see the
     /// README) [default: none, the built-in pages].
     #[arg(long, env = "LATCHKEY_CUSTOM_TEMPLATES_DIR")]
@@ -312,6 +317,7 @@ impl RawSettings {
             pass_auth_params,
             login_rate_per_minute,
             skip_provider_button,
+            sign_out_post_only,
             ping_path,
             upstream_cache_control,
             ready_path,
@@ -491,6 +497,8 @@ pub struct Settings {
     pub pass_auth_params: Vec<String>,
     /// `/oauth2/sign_in` goes straight to the provider (no button page).
     pub skip_provider_button: bool,
+    /// `GET /oauth2/sign_out` asks first; only a same-site POST signs out.
+    pub sign_out_post_only: bool,
     /// oauth2-proxy's liveness path (`/ping`), if served.
     pub ping_path: Option<String>,
     /// The `Cache-Control` for signed-in upstream responses that set none
@@ -1572,6 +1580,7 @@ impl RawSettings {
             pass_auth_params,
             login_rate_per_minute: self.login_rate_per_minute.unwrap_or(120),
             skip_provider_button: self.skip_provider_button.unwrap_or(false),
+            sign_out_post_only: self.sign_out_post_only.unwrap_or(false),
             ping_path,
             upstream_cache_control,
             ready_path,

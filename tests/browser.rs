@@ -409,3 +409,115 @@ async fn signing_in_through_nginx_forward_auth_reaches_the_app() {
     browser.wait_for_text("alice").await;
     browser.close().await;
 }
+
+/// latchkey on `http://localhost` (a site of its own: the IdP stays on
+/// 127.0.0.1, another site) in front of the sample app, straight to the
+/// IdP, with `post_only` as `sign_out_post_only`.
+async fn demo_on_localhost(post_only: bool) -> Harness {
+    Harness::start_named(
+        Some("localhost"),
+        Some(common::proxy::serve_sample_app().await),
+        |idp| {
+            for client in &mut idp.clients {
+                client.post_logout_redirect_uris = (client.post_logout_redirect_uris.iter())
+                    .map(|u| format!("{u}oauth2/signed_out"))
+                    .collect();
+            }
+        },
+        |raw| {
+            raw.skip_provider_button = Some(true);
+            raw.post_logout_redirect_url =
+                (raw.post_logout_redirect_url.as_deref()).map(|u| format!("{u}oauth2/signed_out"));
+            raw.sign_out_post_only = Some(post_only);
+        },
+    )
+    .await
+}
+
+/// Has the browser (signed in at `h`) leave for a page of another site
+/// (the IdP's) and come back to `/oauth2/sign_out` from there the way
+/// `how` says: `"link"` (a top-level navigation, which carries `SameSite=Lax`
+/// cookies) or `"form"` (a cross-site POST), and waits for the answer to
+/// show `answer`. Returns whether alice is still signed in afterwards.
+async fn sent_from_another_site(browser: &Browser, h: &Harness, how: &str, answer: &str) -> bool {
+    let at = |path: &str| format!("http://localhost:{}{path}", h.proxy.port());
+    let elsewhere = format!("{}/.well-known/openid-configuration", h.idp.issuer());
+    browser.goto(&elsewhere).await;
+    let target = at("/oauth2/sign_out");
+    let script = match how {
+        "link" => "location.href = arguments[0];",
+        _ => {
+            "const form = document.createElement('form');
+             form.method = 'post'; form.action = arguments[0];
+             document.body.append(form); form.submit();"
+        }
+    };
+    browser
+        .client
+        .execute(script, vec![target.into()])
+        .await
+        .unwrap();
+    browser.wait_for_text(answer).await;
+    browser.shot(how).await;
+    browser.goto(&at("/private")).await;
+    let still = browser.wait_for("body").await.text().await.unwrap();
+    still.contains("Hello from the app")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_sign_out_post_only_another_site_cannot_sign_anyone_out() {
+    let Some(driver) = driver() else { return };
+    let h = demo_on_localhost(true).await;
+    let browser = Browser::start(&driver, "post-only", Options::default()).await;
+    let private = format!("http://localhost:{}/private", h.proxy.port());
+    browser.goto(&private).await;
+    browser.sign_in_at_idp("alice").await;
+    browser.wait_for_text("alice@example.com").await;
+    // A link from another site: the "Sign out?" page, nothing ended.
+    let signed_in = sent_from_another_site(&browser, &h, "link", "Sign out?").await;
+    assert!(signed_in, "a cross-site link signed alice out");
+    // A form posted from another site: refused, nothing ended.
+    let signed_in = sent_from_another_site(&browser, &h, "form", "cross_site_request").await;
+    assert!(signed_in, "a cross-site form signed alice out");
+    // The app's own link asks, and the button signs out. (The console's
+    // errors so far are the IdP's JSON page's missing favicon: not ours.)
+    let _ = browser.console_errors().await;
+    browser
+        .client
+        .find(fantoccini::Locator::LinkText("Sign out"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.wait_for_text("Sign out?").await;
+    browser.check_page("sign-out-asks").await;
+    browser
+        .wait_for("button.button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.wait_for_path("/oauth2/signed_out", None).await;
+    browser.goto(&private).await;
+    browser.wait_for("input#username").await;
+    browser.close().await;
+}
+
+/// The negative control of the one above: without `sign_out_post_only`, a
+/// link from another site does sign the user out (oauth2-proxy's behaviour,
+/// the default), so the test above can tell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_sign_out_post_only_a_link_from_another_site_signs_out() {
+    let Some(driver) = driver() else { return };
+    let h = demo_on_localhost(false).await;
+    let browser = Browser::start(&driver, "get-sign-out", Options::default()).await;
+    browser
+        .goto(&format!("http://localhost:{}/private", h.proxy.port()))
+        .await;
+    browser.sign_in_at_idp("alice").await;
+    browser.wait_for_text("alice@example.com").await;
+    let signed_in = sent_from_another_site(&browser, &h, "link", "Signed out").await;
+    assert!(!signed_in, "the default GET sign-out works from a link");
+    browser.close().await;
+}

@@ -332,6 +332,82 @@ async fn sign_out_ends_the_session_everywhere() {
     );
 }
 
+/// `sign_out_post_only`, as an attacker probes it: a GET (link, image,
+/// API client) ends nothing; a POST the browser marks as another site's is
+/// refused even when it carries the cookie (a browser without SameSite);
+/// the site's own POST signs out, and the marker cookie it sets is one
+/// latchkey's, never the upstream's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_sign_out_post_only_nothing_but_a_same_site_post_signs_out() {
+    let h = Harness::start(|raw| raw.sign_out_post_only = Some(true)).await;
+    let b = browser();
+    sign_in(&h, &b, "/", "alice").await;
+    let signed_in = async || b.get(h.url("/oauth2/auth")).send().await.unwrap().status();
+    let api = b
+        .get(h.url("/oauth2/sign_out"))
+        .header(ACCEPT, "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 405);
+    assert_eq!(api.headers()["allow"], "POST");
+    let body: Value = api.json().await.unwrap();
+    assert_eq!(body["error"], "method_not_allowed");
+    let page = b
+        .get(h.url("/oauth2/sign_out?rd=/after%22%3E"))
+        .header(ACCEPT, HTML)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(!csp.contains("form-action") && csp.contains("default-src 'none'"));
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains(r#"<form method="post" action="/oauth2/sign_out?rd=%2Fafter%22%3E">"#),
+        "{html}"
+    );
+    assert_eq!(signed_in().await, 202, "a GET ended the session");
+    for (name, value) in [
+        ("sec-fetch-site", "cross-site"),
+        ("origin", "https://evil.example"),
+        ("origin", "null"),
+    ] {
+        let refused = b
+            .post(h.url("/oauth2/sign_out"))
+            .header(ACCEPT, HTML)
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 403, "{name}: {value}");
+        assert!(refused.headers().get("set-cookie").is_none());
+        assert!(refused.text().await.unwrap().contains("cross_site_request"));
+        assert_eq!(signed_in().await, 202, "{name}: {value} ended the session");
+    }
+    let out = b
+        .post(h.url("/oauth2/sign_out"))
+        .header("sec-fetch-site", "same-origin")
+        .header("origin", format!("http://{}", h.proxy))
+        .send()
+        .await
+        .unwrap();
+    assert!(out.status().is_redirection(), "{}", out.status());
+    let marked = (out.headers().get_all("set-cookie").iter())
+        .any(|c| c.to_str().unwrap().starts_with("latchkey-signed-out="));
+    assert!(marked, "sign-out sets its marker");
+    assert_eq!(signed_in().await, 401);
+    // The marker is latchkey's cookie: signed in again, the upstream never
+    // sees it (the browser still holds it: nothing here loaded the image).
+    sign_in(&h, &b, "/", "alice").await;
+    let (status, seen) = upstream_json(&b, &h.url("/x"), &[("accept", "application/json")]).await;
+    assert_eq!(status, 200);
+    assert!(!seen.to_string().contains("latchkey-signed-out"), "{seen}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_out_revokes_the_refresh_token_at_the_provider() {
     let h = Harness::start(|_| {}).await;

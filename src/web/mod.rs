@@ -475,7 +475,7 @@ impl Latchkey {
             .route("/oauth2/callback", get(routes::callback))
             .route(
                 "/oauth2/sign_out",
-                get(routes::sign_out).post(routes::sign_out),
+                get(routes::sign_out_by_get).post(routes::sign_out_by_post),
             )
             .route("/oauth2/userinfo", get(routes::userinfo))
             .route(routes::SIGNED_OUT, get(routes::signed_out))

@@ -60,6 +60,11 @@ pub enum ErrorCode {
     NotFound,
     /// This client made too many sign-in requests; try again later.
     TooManyRequests,
+    /// A sign-out sent from another site while `sign_out_post_only` is set.
+    CrossSiteRequest,
+    /// A method the endpoint does not take (`GET /oauth2/sign_out` from an
+    /// API client while `sign_out_post_only` is set).
+    MethodNotAllowed,
 }
 
 impl ErrorCode {
@@ -82,6 +87,8 @@ impl ErrorCode {
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::NotFound => "not_found",
             Self::TooManyRequests => "too_many_requests",
+            Self::CrossSiteRequest => "cross_site_request",
+            Self::MethodNotAllowed => "method_not_allowed",
         }
     }
 
@@ -90,7 +97,10 @@ impl ErrorCode {
     pub fn status(self) -> StatusCode {
         match self {
             Self::NotSignedIn => StatusCode::UNAUTHORIZED,
-            Self::AccessDenied | Self::LoginNotBound | Self::LoginRefused => StatusCode::FORBIDDEN,
+            Self::AccessDenied
+            | Self::LoginNotBound
+            | Self::LoginRefused
+            | Self::CrossSiteRequest => StatusCode::FORBIDDEN,
             Self::LoginExpired
             | Self::BadRequest
             | Self::LoginCodeRejected
@@ -103,6 +113,7 @@ impl ErrorCode {
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -125,6 +136,8 @@ impl ErrorCode {
             Self::UpstreamUnavailable => "Application unavailable",
             Self::NotFound => "Not found",
             Self::TooManyRequests => "Too many sign-in attempts",
+            Self::CrossSiteRequest => "Request from another site",
+            Self::MethodNotAllowed => "Method not allowed",
         }
     }
 }

@@ -548,6 +548,103 @@ pub(crate) struct SignOutQuery {
     rd: Option<String>,
 }
 
+/// `GET /oauth2/sign_out`: signs out, as oauth2-proxy does, unless
+/// `sign_out_post_only` is set: a browser is then asked first (a button
+/// that posts the sign-out, `rd` kept) and an API client is told to POST,
+/// so that a link on another site cannot sign anyone out.
+pub(crate) async fn sign_out_by_get(
+    state: AppState,
+    jar: PrivateCookieJar,
+    headers: HeaderMap,
+    query: Result<Query<SignOutQuery>, QueryRejection>,
+) -> Response {
+    let State(app) = &state;
+    if !app.inner.settings.sign_out_post_only {
+        return sign_out(state, jar, headers, query).await;
+    }
+    let query = match parameters(&headers, query) {
+        Ok(query) => query,
+        Err(refused) => return refused,
+    };
+    if !pages::wants_html(&headers) {
+        let mut refused = pages::error(
+            &headers,
+            ErrorCode::MethodNotAllowed,
+            "Sign out with POST.",
+            None,
+        );
+        refused
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return refused;
+    }
+    let sign_out_url = match &query.rd {
+        Some(rd) => {
+            let rd: String = url::form_urlencoded::byte_serialize(rd.as_bytes()).collect();
+            format!("{SIGN_OUT}?rd={rd}")
+        }
+        None => SIGN_OUT.to_owned(),
+    };
+    app.inner
+        .settings
+        .pages
+        .render(Page::SignOut { sign_out_url })
+}
+
+/// `POST /oauth2/sign_out`: signs out; with `sign_out_post_only`, not when
+/// the browser says another site sent it (a cross-site form carries no
+/// `SameSite=Lax` session cookie anyway; this refuses it outright).
+pub(crate) async fn sign_out_by_post(
+    state: AppState,
+    jar: PrivateCookieJar,
+    headers: HeaderMap,
+    query: Result<Query<SignOutQuery>, QueryRejection>,
+) -> Response {
+    let State(app) = &state;
+    if app.inner.settings.sign_out_post_only && sent_by_another_site(&headers) {
+        tracing::info!("refused a sign-out sent from another site");
+        return pages::error(
+            &headers,
+            ErrorCode::CrossSiteRequest,
+            "This sign-out came from another site, so you are still signed in. Sign out from the app itself.",
+            None,
+        );
+    }
+    sign_out(state, jar, headers, query).await
+}
+
+/// The sign-out endpoint.
+pub(crate) const SIGN_OUT: &str = "/oauth2/sign_out";
+
+/// Whether the browser says another site sent this request: `Sec-Fetch-Site:
+/// cross-site`, or, from a browser that sends no `Sec-Fetch-Site`, an
+/// `Origin` that is not the request's own host.
+fn sent_by_another_site(headers: &HeaderMap) -> bool {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    if let Some(site) = text(header::HeaderName::from_static("sec-fetch-site")) {
+        return site.eq_ignore_ascii_case("cross-site");
+    }
+    match text(header::ORIGIN) {
+        None => false,
+        Some(origin) => {
+            let host = url::Url::parse(origin).ok().and_then(|url| {
+                let host = url.host_str()?.to_owned();
+                Some(match url.port() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host,
+                })
+            });
+            host.is_none_or(|host| {
+                text(header::HOST).is_none_or(|own| !own.eq_ignore_ascii_case(&host))
+            })
+        }
+    }
+}
+
 pub(crate) async fn sign_out(
     State(app): AppState,
     jar: PrivateCookieJar,
@@ -869,6 +966,44 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn a_sign_out_from_another_site_is_told_apart() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.insert(*name, HeaderValue::from_static(value));
+            }
+            headers
+        };
+        let host = ("host", "app.example.com");
+        for (sent, cross) in [
+            (headers(&[host, ("sec-fetch-site", "cross-site")]), true),
+            (headers(&[host, ("sec-fetch-site", "CROSS-SITE")]), true),
+            (headers(&[host, ("sec-fetch-site", "same-origin")]), false),
+            (headers(&[host, ("sec-fetch-site", "same-site")]), false),
+            // Browsers without Sec-Fetch-Site: the Origin decides.
+            (headers(&[host, ("origin", "https://evil.example")]), true),
+            (headers(&[host, ("origin", "null")]), true),
+            (
+                headers(&[host, ("origin", "https://app.example.com:8443")]),
+                true,
+            ),
+            (
+                headers(&[host, ("origin", "https://app.example.com")]),
+                false,
+            ),
+            (
+                headers(&[host, ("origin", "https://APP.example.com")]),
+                false,
+            ),
+            (headers(&[("origin", "https://app.example.com")]), true),
+            // Neither header (curl, a server): not a browser's cross-site form.
+            (headers(&[host]), false),
+        ] {
+            assert_eq!(sent_by_another_site(&sent), cross, "{sent:?}");
+        }
+    }
 
     fn query() -> impl Strategy<Value = String> {
         let piece = prop::sample::select(vec![

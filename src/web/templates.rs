@@ -24,18 +24,20 @@ use minijinja::{Environment, Value, context};
 use super::pages::ErrorCode;
 
 /// The templates an operator may replace, each with what it shows.
-pub const TEMPLATE_NAMES: [&str; 4] = [
+pub const TEMPLATE_NAMES: [&str; 5] = [
     "layout.html",
     "error.html",
     "sign_in.html",
     "signed_out.html",
+    "sign_out.html",
 ];
 
-const BUILT_IN: [(&str, &str); 5] = [
+const BUILT_IN: [(&str, &str); 6] = [
     ("layout.html", include_str!("templates/layout.html")),
     ("error.html", include_str!("templates/error.html")),
     ("sign_in.html", include_str!("templates/sign_in.html")),
     ("signed_out.html", include_str!("templates/signed_out.html")),
+    ("sign_out.html", include_str!("templates/sign_out.html")),
     ("page.html", include_str!("templates/page.html")),
 ];
 
@@ -69,6 +71,9 @@ pub(crate) enum Page {
     SignIn { sign_in_url: String },
     /// `/oauth2/signed_out`: the landing after sign-out.
     SignedOut { sign_in_url: String },
+    /// `GET /oauth2/sign_out` with `sign_out_post_only`: a button that
+    /// posts the sign-out.
+    SignOut { sign_out_url: String },
 }
 
 impl Page {
@@ -77,13 +82,14 @@ impl Page {
             Self::Error { .. } => "error.html",
             Self::SignIn { .. } => "sign_in.html",
             Self::SignedOut { .. } => "signed_out.html",
+            Self::SignOut { .. } => "sign_out.html",
         }
     }
 
     fn status(&self) -> StatusCode {
         match self {
             Self::Error { code, .. } => code.status(),
-            Self::SignIn { .. } | Self::SignedOut { .. } => StatusCode::OK,
+            Self::SignIn { .. } | Self::SignedOut { .. } | Self::SignOut { .. } => StatusCode::OK,
         }
     }
 
@@ -108,11 +114,12 @@ impl Page {
                 sign_in_url,
                 forget_url => super::routes::FORGET_SIGNED_IN_PAGES,
             },
+            Self::SignOut { sign_out_url } => context! { title => "Sign out", sign_out_url },
         }
     }
 
     /// One of each, for checking templates at startup.
-    fn samples() -> [Page; 3] {
+    fn samples() -> [Page; 4] {
         [
             Page::Error {
                 code: ErrorCode::AccessDenied,
@@ -125,6 +132,9 @@ impl Page {
             Page::SignedOut {
                 sign_in_url: "/oauth2/start?rd=%2F".into(),
             },
+            Page::SignOut {
+                sign_out_url: "/oauth2/sign_out?rd=%2F".into(),
+            },
         ]
     }
 }
@@ -136,6 +146,9 @@ pub struct Pages {
     /// The `Content-Security-Policy` of every page (the logo's origin may
     /// be allowed for images).
     csp: HeaderValue,
+    /// The same for the "Sign out?" page, whose form may be redirected on
+    /// (see [`sign_out_page_csp`]).
+    sign_out_csp: HeaderValue,
     /// Whether anything differs from the built-in pages.
     customized: bool,
 }
@@ -198,6 +211,20 @@ pub(crate) fn page_csp(logo_url: Option<&str>) -> HeaderValue {
     })
 }
 
+/// [`page_csp`] without `form-action`, for the "Sign out?" page: its form
+/// posts to latchkey's own sign-out, whose answer redirects to the
+/// provider's logout or an `rd` destination on another origin, and
+/// browsers hold a form's redirects to `form-action` too. The form's own
+/// target is latchkey's, and the page still runs no script.
+pub(crate) fn sign_out_page_csp(logo_url: Option<&str>) -> HeaderValue {
+    let csp = page_csp(logo_url);
+    let without = csp
+        .to_str()
+        .unwrap_or_default()
+        .replace("form-action 'self'; ", "");
+    HeaderValue::from_str(&without).unwrap_or(csp)
+}
+
 impl Pages {
     /// The built-in pages with no branding.
     pub fn built_in() -> &'static Pages {
@@ -250,6 +277,7 @@ impl Pages {
         let pages = Self {
             env,
             csp: page_csp(branding.logo_url.as_deref()),
+            sign_out_csp: sign_out_page_csp(branding.logo_url.as_deref()),
             customized: replaced || branding != Branding::default(),
             branding,
         };
@@ -284,9 +312,13 @@ impl Pages {
             }
         };
         let mut response = (page.status(), Html(html)).into_response();
+        let csp = match page {
+            Page::SignOut { .. } => &self.sign_out_csp,
+            _ => &self.csp,
+        };
         response
             .headers_mut()
-            .insert(header::CONTENT_SECURITY_POLICY, self.csp.clone());
+            .insert(header::CONTENT_SECURITY_POLICY, csp.clone());
         response.extensions_mut().insert(page);
         response
     }
@@ -379,6 +411,22 @@ pub fn logo_url(setting: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn only_the_sign_out_question_may_be_redirected_elsewhere() {
+        let pages = Pages::built_in();
+        let csp = |page| pages.render(page).headers()[header::CONTENT_SECURITY_POLICY].clone();
+        let asks = csp(Page::SignOut {
+            sign_out_url: "/oauth2/sign_out".into(),
+        });
+        assert!(!asks.to_str().unwrap().contains("form-action"), "{asks:?}");
+        assert!(asks.to_str().unwrap().starts_with("default-src 'none'"));
+        let signed_out = csp(Page::SignedOut {
+            sign_in_url: "/oauth2/start".into(),
+        });
+        assert!(signed_out.to_str().unwrap().contains("form-action 'self'"));
+    }
+
     use super::*;
 
     #[test]
