@@ -39,7 +39,7 @@ enum Command {
     /// afterwards. Exit status 0 only if every guarantee held.
     CheckStore {
         /// The store URL: memory://, sqlite://PATH, redis://HOST:PORT/DB,
-        /// postgres://USER@HOST/DB.
+        /// redis+cluster://HOST:PORT,HOST:PORT/, postgres://USER@HOST/DB.
         #[arg(long, env = "LATCHKEY_STORE")]
         store: String,
     },

@@ -22,7 +22,22 @@ fn latchkey(args: &[&str]) -> (i32, String, String) {
 fn check_store_reports_every_guarantee_on_a_healthy_store() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("check.db").display());
-    let (code, stdout, stderr) = latchkey(&["check-store", "--store", &url]);
+    every_guarantee_holds_on(&url);
+}
+
+/// The same on a Redis Cluster, whose rules (one slot per script, a scan per
+/// primary) the checks obey as the engine does.
+#[test]
+fn check_store_holds_on_a_redis_cluster() {
+    let Ok(url) = std::env::var("LATCHKEY_TEST_REDIS_CLUSTER") else {
+        eprintln!("skipping: set LATCHKEY_TEST_REDIS_CLUSTER to run it");
+        return;
+    };
+    every_guarantee_holds_on(&url);
+}
+
+fn every_guarantee_holds_on(url: &str) {
+    let (code, stdout, stderr) = latchkey(&["check-store", "--store", url]);
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     let checks = latchkey::store::contract::CHECKS;
     for check in checks {

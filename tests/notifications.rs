@@ -77,7 +77,12 @@ async fn redis_wakes_waiters_across_instances() {
     across_instances(|ns| {
         let url = url.clone();
         async move {
-            let store = RedisStore::connect_with_poll(&url, &ns, NO_POLLING).await;
+            let store = RedisStore::connect_with_poll(
+                &latchkey::store::redis::Target::Server(url.clone()),
+                &ns,
+                NO_POLLING,
+            )
+            .await;
             Arc::new(store.unwrap()) as Arc<dyn Store>
         }
     })
@@ -96,6 +101,39 @@ async fn postgres_wakes_waiters_across_instances() {
         let url = url.clone();
         async move {
             let store = PostgresStore::connect_with_poll(&url, &ns, NO_POLLING).await;
+            Arc::new(store.unwrap()) as Arc<dyn Store>
+        }
+    })
+    .await;
+}
+
+/// On a Redis Cluster, each instance listens on one node, and a write's
+/// message is published on the primary of the key's slot: the cluster
+/// relays it to every node. The waiter listens on one seed node, the writer
+/// on another, and the key lives wherever its slot is.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_wakes_waiters_across_instances_and_nodes() {
+    use latchkey::store::redis::{RedisStore, Target};
+    let Ok(url) = std::env::var("LATCHKEY_TEST_REDIS_CLUSTER") else {
+        eprintln!("skipping: set LATCHKEY_TEST_REDIS_CLUSTER to run it");
+        return;
+    };
+    let hosts = url
+        .trim_start_matches("redis+cluster://")
+        .trim_end_matches('/')
+        .split(',')
+        .map(|host| format!("redis://{host}"))
+        .collect::<Vec<_>>();
+    assert!(hosts.len() >= 2, "name two nodes or more: {url}");
+    let turn = std::sync::atomic::AtomicUsize::new(0);
+    across_instances(|ns| {
+        // Each instance's first seed (where it subscribes) is another node.
+        let mut seeds = hosts.clone();
+        seeds.rotate_left(turn.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % hosts.len());
+        async move {
+            let store =
+                RedisStore::connect_with_poll(&Target::Cluster(seeds), &ns, NO_POLLING).await;
             Arc::new(store.unwrap()) as Arc<dyn Store>
         }
     })

@@ -94,6 +94,13 @@ pub async fn run(name: &str, store: Arc<dyn Store>, prefix: &str) -> CheckResult
     result.unwrap_or_else(|e| Err(format!("store error: {e}")))
 }
 
+/// `p` with a Redis Cluster hash tag after it: a login commit writes two
+/// keys at once, and the engine gives a login's keys one tag (see
+/// `crate::keys`), so the checks that commit do too.
+fn one_slot(p: &str) -> String {
+    format!("{p}{{commit}}:")
+}
+
 /// Fails the check with `message` unless `condition` holds.
 fn ensure(condition: bool, message: impl FnOnce() -> String) -> Result<(), String> {
     if condition { Ok(()) } else { Err(message()) }
@@ -335,6 +342,7 @@ fn commit<'a>(login_key: &'a str, version: u64, session_key: &'a str) -> LoginCo
 }
 
 async fn commit_all_or_nothing(store: &Arc<dyn Store>, p: &str) -> StoreResult<CheckResult> {
+    let p = &one_slot(p);
     let login = format!("{p}login");
     let Some(v) = pending_login(store, &login).await? else {
         return Ok(Err("an inserted record was not readable".into()));
@@ -392,6 +400,7 @@ async fn commit_all_or_nothing(store: &Arc<dyn Store>, p: &str) -> StoreResult<C
 /// logout relies on. Its records live under `logout:` (hashed, for a
 /// made-up user) and expire within seconds.
 async fn logout_ends_indexed_sessions(store: &Arc<dyn Store>, p: &str) -> StoreResult<CheckResult> {
+    let p = &one_slot(p);
     use crate::clock::{Clock, SystemClock};
     use crate::idp::Identity;
     use crate::logout::{Handle, Registration, SessionIndex};
@@ -456,6 +465,7 @@ async fn logout_ends_indexed_sessions(store: &Arc<dyn Store>, p: &str) -> StoreR
 }
 
 async fn concurrent_commit_one_winner(store: &Arc<dyn Store>, p: &str) -> StoreResult<CheckResult> {
+    let p = &one_slot(p);
     const CALLERS: usize = 8;
     let login = format!("{p}login");
     let Some(v) = pending_login(store, &login).await? else {

@@ -101,7 +101,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies a [`LoginCommit`] all-or-nothing. Returns `false`, having written
     /// nothing, when the login record's version moved on or the session key is
-    /// already taken.
+    /// already taken. Its two keys carry one Redis Cluster hash tag
+    /// (`{…}`), as the engine's login and session keys do, so that a
+    /// sharded store can write them in one place.
     async fn commit_login(&self, commit: LoginCommit<'_>) -> StoreResult<bool>;
 
     /// Waits until the record under `key` may no longer have version `seen`
@@ -182,6 +184,13 @@ pub async fn connect(url: &str) -> StoreResult<Arc<dyn Store>> {
         return Ok(Arc::new(sqlite::SqliteStore::open(path).await?));
     }
     #[cfg(feature = "redis")]
+    if url.starts_with("redis+cluster://") || url.starts_with("rediss+cluster://") {
+        let (nodes, prefix) = cluster_nodes(url)?;
+        return Ok(Arc::new(
+            redis::RedisStore::connect_cluster(&nodes, &prefix).await?,
+        ));
+    }
+    #[cfg(feature = "redis")]
     if url.starts_with("redis://") || url.starts_with("rediss://") {
         let (url, prefix) = split_prefix(url)?;
         return Ok(Arc::new(redis::RedisStore::connect(&url, &prefix).await?));
@@ -197,7 +206,7 @@ pub async fn connect(url: &str) -> StoreResult<Arc<dyn Store>> {
         "unsupported store URL scheme in {:?}: use memory://, sqlite://PATH{}{}",
         redact_url(url),
         if cfg!(feature = "redis") {
-            ", redis://HOST:PORT/DB"
+            ", redis://HOST:PORT/DB, redis+cluster://HOST:PORT,HOST:PORT/"
         } else {
             " (redis:// needs the `redis` feature)"
         },
@@ -207,6 +216,64 @@ pub async fn connect(url: &str) -> StoreResult<Arc<dyn Store>> {
             " (postgres:// needs the `postgres` feature)"
         },
     )))
+}
+
+/// `redis+cluster://[USER:PASSWORD@]HOST:PORT[,HOST:PORT…]/[?prefix=…]`
+/// (`rediss+cluster://` for TLS): one `redis://` URL per seed node, with the
+/// credentials on each, and the key prefix. A cluster has no databases, so
+/// a path is refused, as is any option but `prefix`.
+#[cfg(feature = "redis")]
+fn cluster_nodes(url: &str) -> StoreResult<(Vec<String>, String)> {
+    let wrong = |problem: &str| {
+        StoreError::Config(format!(
+            "store URL {}: {problem} (write redis+cluster://HOST:PORT,HOST:PORT/?prefix=NAME)",
+            redact_url(url)
+        ))
+    };
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| wrong("no scheme"))?;
+    let node_scheme = scheme.strip_suffix("+cluster").unwrap_or(scheme);
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let (credentials, hosts) = match authority.rsplit_once('@') {
+        Some((credentials, hosts)) => (Some(credentials), hosts),
+        None => (None, authority),
+    };
+    let (path, query) = tail.split_once('?').unwrap_or((tail, ""));
+    if !path.is_empty() && path != "/" {
+        return Err(wrong("a cluster has no databases, so no path"));
+    }
+    let mut prefix = None;
+    for (key, value) in ::url::form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "prefix" if prefix.is_none() => prefix = Some(value.into_owned()),
+            _ => return Err(wrong(&format!("unknown or repeated option {key:?}"))),
+        }
+    }
+    let nodes = hosts
+        .split(',')
+        .map(|host| {
+            let node = match credentials {
+                Some(credentials) => format!("{node_scheme}://{credentials}@{host}"),
+                None => format!("{node_scheme}://{host}"),
+            };
+            match ::url::Url::parse(&node) {
+                Ok(parsed)
+                    if parsed.host_str().is_some_and(|h| !h.is_empty())
+                        && parsed.port().is_some()
+                        && parsed.path().is_empty() =>
+                {
+                    Ok(node)
+                }
+                _ => Err(wrong(&format!("{host:?} is not HOST:PORT"))),
+            }
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    let prefix = prefix.unwrap_or_else(|| "latchkey".into());
+    let prefix = if prefix.ends_with(':') {
+        prefix
+    } else {
+        format!("{prefix}:")
+    };
+    Ok((nodes, prefix))
 }
 
 /// The key prefix of a shared store: the URL's `prefix` query parameter
@@ -342,6 +409,42 @@ impl ChangeSignal {
 #[cfg(test)]
 mod tests {
     use super::redact_url;
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn a_cluster_url_names_its_seed_nodes_and_nothing_else() {
+        use super::cluster_nodes;
+        assert_eq!(
+            cluster_nodes("redis+cluster://10.0.0.1:7000,10.0.0.2:7001/?prefix=app").unwrap(),
+            (
+                vec![
+                    "redis://10.0.0.1:7000".into(),
+                    "redis://10.0.0.2:7001".into()
+                ],
+                "app:".into()
+            )
+        );
+        assert_eq!(
+            cluster_nodes("rediss+cluster://:s3cret@h:6380").unwrap(),
+            (vec!["rediss://:s3cret@h:6380".into()], "latchkey:".into())
+        );
+        for bad in [
+            "redis+cluster://h:7000/0",
+            "redis+cluster://h:7000,/",
+            "redis+cluster://h/",
+            "redis+cluster://:pw@h:7000/?prefix=a&prefix=b",
+            "redis+cluster://:pw@h:7000/?db=1",
+            "redis+cluster://:pw@h:70000/",
+        ] {
+            let error = cluster_nodes(bad).unwrap_err().to_string();
+            assert!(!error.contains("pw"), "{error}");
+            assert!(
+                error.contains("redis+cluster://HOST:PORT"),
+                "{bad}: {error}"
+            );
+        }
+        assert!(!redact_url("redis+cluster://u:pw@h:1,h:2/").contains("pw"));
+    }
 
     #[test]
     fn redacts_passwords_only() {

@@ -9,9 +9,12 @@
 //! Every write also publishes the changed key on `<namespace>changes`, and
 //! each store subscribes, so waiters in every replica wake at once.
 //!
-//! Redis Cluster: the keys of one login and its session share a hash tag
-//! (`{…}`; see `crate::keys`), so the login commit's script
-//! touches one slot; only single-node Redis is tested so far.
+//! Redis Cluster (`redis+cluster://HOST:PORT,HOST:PORT…/`): the keys of one
+//! login and its session share a hash tag (`{…}`; see `crate::keys`), so
+//! every script touches one slot; `count_live` and `purge` scan each primary;
+//! the change channel is a plain pub/sub channel, which a cluster delivers
+//! on every node, so the subscriber listens on one node (the next one when
+//! it goes away).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{AsyncCommands, Script};
 
 use super::{ChangeSignal, LoginCommit, Store, StoreError, StoreResult, Versioned, redact_url};
@@ -61,9 +65,58 @@ redis.call('PUBLISH', ARGV[8], KEYS[1])
 redis.call('PUBLISH', ARGV[8], KEYS[2])
 return 1";
 
+/// A connection to one server (reconnecting) or to a cluster (following
+/// its topology).
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where a store connects: one server, or the seed nodes of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `redis://…` / `rediss://…`, as the redis crate reads it.
+    Server(String),
+    /// `redis+cluster://` / `rediss+cluster://`: one `redis://HOST:PORT`
+    /// (or `rediss://`) URL per seed node, credentials included.
+    Cluster(Vec<String>),
+}
+
 /// The Redis backend.
 pub struct RedisStore {
-    connection: ConnectionManager,
+    connection: Connection,
     namespace: String,
     channel: String,
     insert_script: Script,
@@ -92,6 +145,10 @@ fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(format!("redis: {e}"))
 }
 
+fn unreadable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("redis answered something unexpected: {e}"))
+}
+
 fn ttl_ms(ttl: Duration) -> u64 {
     duration_ms(ttl).max(1)
 }
@@ -116,34 +173,69 @@ impl RedisStore {
     /// Connects (with automatic reconnection) and keys every record under
     /// `namespace`, so several deployments or test runs can share a server.
     pub async fn connect(url: &str, namespace: &str) -> StoreResult<Self> {
-        Self::connect_with_poll(url, namespace, POLL_INTERVAL).await
+        Self::connect_with_poll(&Target::Server(url.to_owned()), namespace, POLL_INTERVAL).await
     }
 
-    /// [`RedisStore::connect`] with another fallback poll interval.
+    /// [`RedisStore::connect`] to a cluster, given the URLs of some of its
+    /// nodes (`redis://HOST:PORT` each).
+    pub async fn connect_cluster(nodes: &[String], namespace: &str) -> StoreResult<Self> {
+        Self::connect_with_poll(&Target::Cluster(nodes.to_vec()), namespace, POLL_INTERVAL).await
+    }
+
+    /// Connects to `target` with another fallback poll interval.
     pub async fn connect_with_poll(
-        url: &str,
+        target: &Target,
         namespace: &str,
         poll_interval: Duration,
     ) -> StoreResult<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Config(format!("redis URL {}: {e}", redact_url(url))))?;
-        let config = ConnectionManagerConfig::new()
-            // Fail fast when the server is away: requests get a 503 instead of hanging.
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let connection = ConnectionManager::new_with_config(client.clone(), config)
-            .await
-            .map_err(|e| {
-                StoreError::Unavailable(format!("connecting to {}: {e}", redact_url(url)))
-            })?;
+        let config_error = |url: &str, e: redis::RedisError| {
+            StoreError::Config(format!("redis URL {}: {e}", redact_url(url)))
+        };
+        let connecting = |url: &str, e: redis::RedisError| {
+            StoreError::Unavailable(format!("connecting to {}: {e}", redact_url(url)))
+        };
+        let (connection, subscribers) = match target {
+            Target::Server(url) => {
+                let client = redis::Client::open(url.as_str()).map_err(|e| config_error(url, e))?;
+                let config = ConnectionManagerConfig::new()
+                    // Fail fast when the server is away: requests get a 503 instead of hanging.
+                    .set_connection_timeout(Some(STORE_TIMEOUT))
+                    .set_response_timeout(Some(STORE_TIMEOUT))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500));
+                let connection = ConnectionManager::new_with_config(client.clone(), config)
+                    .await
+                    .map_err(|e| connecting(url, e))?;
+                (Connection::Single(connection), vec![client])
+            }
+            Target::Cluster(nodes) => {
+                let first = nodes.first().map(String::as_str).unwrap_or_default();
+                let client =
+                    redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
+                        .connection_timeout(STORE_TIMEOUT)
+                        .response_timeout(STORE_TIMEOUT)
+                        .retries(2)
+                        .build()
+                        .map_err(|e| config_error(first, e))?;
+                let connection = client
+                    .get_async_connection()
+                    .await
+                    .map_err(|e| connecting(first, e))?;
+                let subscribers = nodes
+                    .iter()
+                    .map(|url| redis::Client::open(url.as_str()).map_err(|e| config_error(url, e)))
+                    .collect::<StoreResult<Vec<_>>>()?;
+                (Connection::Cluster(connection), subscribers)
+            }
+        };
         let channel = format!("{namespace}changes");
         let changes = Arc::new(ChangeSignal::new(poll_interval));
-        let mut pubsub = client.get_async_pubsub().await.map_err(unavailable)?;
-        pubsub.subscribe(&channel).await.map_err(unavailable)?;
+        let (at, pubsub) = subscribe(&subscribers, 0, &channel)
+            .await
+            .map_err(unavailable)?;
         let subscriber = tokio::spawn(relay_messages(
-            client,
+            subscribers,
+            at,
             pubsub,
             channel.clone(),
             changes.clone(),
@@ -172,10 +264,47 @@ impl RedisStore {
     }
 }
 
+/// How long a store command or connection attempt may take before the
+/// request that needed it gets a 503.
+const STORE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A subscription to `channel` on the first of `nodes` (from `start`, going
+/// round) that takes it; with the index of that node.
+async fn subscribe(
+    nodes: &[redis::Client],
+    start: usize,
+    channel: &str,
+) -> redis::RedisResult<(usize, redis::aio::PubSub)> {
+    let mut last = None;
+    for offset in 0..nodes.len().max(1) {
+        let at = (start + offset) % nodes.len().max(1);
+        let Some(node) = nodes.get(at) else { break };
+        let attempt = async {
+            let mut pubsub = node.get_async_pubsub().await?;
+            pubsub.subscribe(channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(STORE_TIMEOUT, attempt).await {
+            Ok(Ok(pubsub)) => return Ok((at, pubsub)),
+            Ok(Err(error)) => last = Some(error),
+            Err(_) => {
+                last = Some(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "timed out subscribing",
+                )))
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        redis::RedisError::from((redis::ErrorKind::Client, "no node to subscribe on"))
+    }))
+}
+
 /// Wakes local waiters for every published change; resubscribes after a lost
-/// connection (polling covers the gap).
+/// connection, on the next node of a cluster (polling covers the gap).
 async fn relay_messages(
-    client: redis::Client,
+    nodes: Vec<redis::Client>,
+    mut at: usize,
     mut pubsub: redis::aio::PubSub,
     channel: String,
     changes: Arc<ChangeSignal>,
@@ -191,11 +320,8 @@ async fn relay_messages(
         changes.notify();
         loop {
             tokio::time::sleep(POLL_INTERVAL).await;
-            let Ok(mut fresh) = client.get_async_pubsub().await else {
-                continue;
-            };
-            if fresh.subscribe(&channel).await.is_ok() {
-                pubsub = fresh;
+            if let Ok((now_at, fresh)) = subscribe(&nodes, at + 1, &channel).await {
+                (at, pubsub) = (now_at, fresh);
                 break;
             }
         }
@@ -324,8 +450,18 @@ impl Store for RedisStore {
     async fn purge(&self, prefix: &str) -> StoreResult<u64> {
         let keys = self.keys_under(prefix).await?;
         let mut con = self.connection.clone();
-        for batch in keys.chunks(500) {
-            let _: () = con.del(batch).await.map_err(unavailable)?;
+        match &self.connection {
+            Connection::Single(_) => {
+                for batch in keys.chunks(500) {
+                    let _: () = con.del(batch).await.map_err(unavailable)?;
+                }
+            }
+            // One DEL per key: a cluster refuses keys of several slots in one.
+            Connection::Cluster(_) => {
+                for key in &keys {
+                    let _: () = con.del(key).await.map_err(unavailable)?;
+                }
+            }
         }
         self.changes.notify();
         Ok(keys.len() as u64)
@@ -336,26 +472,120 @@ impl RedisStore {
     /// Every key under `prefix` in this namespace (live keys only: Redis drops
     /// expired ones).
     async fn keys_under(&self, prefix: &str) -> StoreResult<Vec<String>> {
-        let mut con = self.connection.clone();
         let pattern = format!("{}*", glob_escape(&self.key(prefix)));
-        let mut cursor: u64 = 0;
         // SCAN may return a key more than once.
         let mut seen = std::collections::HashSet::new();
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut con)
-                .await
-                .map_err(unavailable)?;
-            seen.extend(keys);
-            if next == 0 {
-                return Ok(seen.into_iter().collect());
+        match &self.connection {
+            Connection::Single(con) => {
+                let mut con = con.clone();
+                let mut cursor: u64 = 0;
+                loop {
+                    let (next, keys): (u64, Vec<String>) = scan(cursor, &pattern)
+                        .query_async(&mut con)
+                        .await
+                        .map_err(unavailable)?;
+                    seen.extend(keys);
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
             }
-            cursor = next;
+            // A cluster's keys are spread over its primaries: each is scanned.
+            Connection::Cluster(con) => {
+                let mut con = con.clone();
+                for (host, port) in cluster_primaries(&mut con).await? {
+                    let mut cursor: u64 = 0;
+                    loop {
+                        let node = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port,
+                        });
+                        let answer = con
+                            .route_command(scan(cursor, &pattern), node)
+                            .await
+                            .map_err(unavailable)?;
+                        let (next, keys): (u64, Vec<String>) =
+                            redis::from_redis_value(answer).map_err(unreadable)?;
+                        seen.extend(keys);
+                        if next == 0 {
+                            break;
+                        }
+                        cursor = next;
+                    }
+                }
+            }
         }
+        Ok(seen.into_iter().collect())
+    }
+}
+
+/// `SCAN cursor MATCH pattern COUNT 1000`.
+fn scan(cursor: u64, pattern: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("SCAN");
+    cmd.arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(1000);
+    cmd
+}
+
+/// The address of every primary of the cluster (`CLUSTER NODES`, asked
+/// of any node), failed ones left out.
+async fn cluster_primaries(
+    con: &mut redis::cluster_async::ClusterConnection,
+) -> StoreResult<Vec<(String, u16)>> {
+    let answer = con
+        .route_command(
+            redis::cmd("CLUSTER").arg("NODES").clone(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        )
+        .await
+        .map_err(unavailable)?;
+    let text: String = redis::from_redis_value(answer).map_err(unreadable)?;
+    Ok(primaries_in(&text))
+}
+
+/// The primaries of a `CLUSTER NODES` answer: `id ip:port@cport flags …`
+/// lines whose flags say `master` and not `fail`.
+fn primaries_in(nodes: &str) -> Vec<(String, u16)> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_, address, flags) = (fields.next()?, fields.next()?, fields.next()?);
+            let flags: Vec<&str> = flags.split(',').collect();
+            if !flags.contains(&"master") || flags.iter().any(|f| f.starts_with("fail")) {
+                return None;
+            }
+            let address = address.split('@').next()?;
+            let (host, port) = address.rsplit_once(':')?;
+            Some((host.to_owned(), port.parse().ok()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_primaries_of_a_cluster_nodes_answer() {
+        let nodes = "\
+07c37dfeb235213a872192d90877d0cd55635b91 127.0.0.1:30004@31004,hostname4 slave e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 0 1426238317239 4 connected
+67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1 127.0.0.1:30002@31002,hostname2 master - 0 1426238316232 2 connected 5461-10922
+292f8b365bb7edb5e285caf0b7e6ddc7265d2f4f 127.0.0.1:30003@31003 master - 0 1426238318243 3 connected 10923-16383
+e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460
+824fe116063bc5fcf9f4ffd895bc17aee7731ac3 127.0.0.1:30006@31006 master,fail - 1426238316232 0 6 disconnected
+";
+        assert_eq!(
+            primaries_in(nodes),
+            [
+                ("127.0.0.1".to_owned(), 30002),
+                ("127.0.0.1".to_owned(), 30003),
+                ("127.0.0.1".to_owned(), 30001),
+            ]
+        );
     }
 }

@@ -78,6 +78,22 @@ pub async fn redis(test: &str) -> Option<TestBackend> {
     }
 }
 
+/// A Redis Cluster (`LATCHKEY_TEST_REDIS_CLUSTER`, a `redis+cluster://`
+/// URL; `.ci/run` starts one with `tests/redis/cluster.sh`).
+pub async fn redis_cluster(test: &str) -> Option<TestBackend> {
+    let url = external_url("LATCHKEY_TEST_REDIS_CLUSTER", cfg!(feature = "redis"), test)?;
+    let namespace: String =
+        url::form_urlencoded::byte_serialize(unique_namespace(test).as_bytes()).collect();
+    let store = latchkey::store::connect(&format!("{url}?prefix={namespace}"))
+        .await
+        .expect("connect to the Redis Cluster named by LATCHKEY_TEST_REDIS_CLUSTER");
+    Some(TestBackend {
+        store,
+        name: "redis_cluster",
+        _dir: None,
+    })
+}
+
 pub async fn postgres(test: &str) -> Option<TestBackend> {
     let url = external_url("LATCHKEY_TEST_POSTGRES", cfg!(feature = "postgres"), test)?;
     #[cfg(feature = "postgres")]

@@ -32,14 +32,16 @@ pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
 
 /// Generates, for each named scenario `async fn name(backend: TestBackend)`,
 /// one test per store backend: `memory::name`, `sqlite::name`, `redis::name`,
-/// `postgres::name`. Redis and PostgreSQL tests run when their URL variables
-/// are set (CI sets them) and otherwise print why they skip.
+/// `redis_cluster::name`, `postgres::name`. Redis, Redis Cluster and
+/// PostgreSQL tests run when their URL variables are set (CI sets them) and
+/// otherwise print why they skip.
 #[macro_export]
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {
         $crate::backend_tests!(@backend memory, $($name),*);
         $crate::backend_tests!(@backend sqlite, $($name),*);
         $crate::backend_tests!(@backend redis, $($name),*);
+        $crate::backend_tests!(@backend redis_cluster, $($name),*);
         $crate::backend_tests!(@backend postgres, $($name),*);
     };
     (@backend $backend:ident, $($name:ident),*) => {

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# A Redis Cluster for the tests, from Debian's redis-server on loopback:
+# three primaries with one replica each, nothing kept on disk.
+#
+#   tests/redis/cluster.sh start DIR FIRST_PORT   # ports FIRST_PORT..+5; prints the store URL
+#   tests/redis/cluster.sh stop DIR
+set -euo pipefail
+
+command=${1:?start or stop}
+dir=${2:?a directory for the nodes}
+
+case "$command" in
+start)
+    first=${3:?the first port}
+    mkdir -p "$dir"
+    nodes=()
+    for i in 0 1 2 3 4 5; do
+        port=$((first + i))
+        redis-server --port "$port" --bind 127.0.0.1 --daemonize yes \
+            --cluster-enabled yes --cluster-config-file "$dir/nodes-$port.conf" \
+            --cluster-node-timeout 2000 --save "" --appendonly no --dir "$dir" \
+            --pidfile "$dir/redis-$port.pid" --logfile "$dir/redis-$port.log"
+        nodes+=("127.0.0.1:$port")
+    done
+    for node in "${nodes[@]}"; do
+        for _ in $(seq 1 50); do
+            redis-cli -h 127.0.0.1 -p "${node#*:}" ping >/dev/null 2>&1 && break
+            sleep 0.1
+        done
+    done
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log"
+    # Every node must agree the cluster is up before a test may use it.
+    for node in "${nodes[@]}"; do
+        for _ in $(seq 1 100); do
+            redis-cli -h 127.0.0.1 -p "${node#*:}" cluster info 2>/dev/null | grep -q '^cluster_state:ok' && break
+            sleep 0.1
+        done
+        redis-cli -h 127.0.0.1 -p "${node#*:}" cluster info | grep -q '^cluster_state:ok' \
+            || { echo "node $node never saw the cluster up" >&2; cat "$dir/create.log" >&2; exit 1; }
+    done
+    echo "redis+cluster://$(IFS=,; echo "${nodes[*]}")/"
+    ;;
+stop)
+    for pidfile in "$dir"/redis-*.pid; do
+        [ -e "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+    done
+    rm -rf "$dir"
+    ;;
+*)
+    echo "usage: $0 start DIR FIRST_PORT | stop DIR" >&2
+    exit 2
+    ;;
+esac
