@@ -1,5 +1,9 @@
 //! The `latchkey` command.
 
+// The command's one future holds every subcommand's, the Redis Sentinel
+// client's among them: deeper than the default limit lets rustc lay out.
+#![recursion_limit = "256"]
+
 use std::process::ExitCode;
 
 #[cfg(feature = "dev-tools")]

@@ -36,6 +36,16 @@ fn check_store_holds_on_a_redis_cluster() {
     every_guarantee_holds_on(&url);
 }
 
+/// And on Redis behind Sentinel.
+#[test]
+fn check_store_holds_behind_redis_sentinel() {
+    let Ok(url) = std::env::var("LATCHKEY_TEST_REDIS_SENTINEL") else {
+        eprintln!("skipping: set LATCHKEY_TEST_REDIS_SENTINEL to run it");
+        return;
+    };
+    every_guarantee_holds_on(&url);
+}
+
 fn every_guarantee_holds_on(url: &str) {
     let (code, stdout, stderr) = latchkey(&["check-store", "--store", url]);
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");

@@ -3,8 +3,8 @@
 //! a replica killed with SIGKILL in the middle of its code exchange, and a
 //! refresh storm across both, and a back-channel logout delivered to one
 //! that signs the user out on both. Runs when LATCHKEY_TEST_REDIS,
-//! LATCHKEY_TEST_REDIS_CLUSTER and LATCHKEY_TEST_POSTGRES are set (CI sets
-//! them).
+//! LATCHKEY_TEST_REDIS_CLUSTER, LATCHKEY_TEST_REDIS_SENTINEL and
+//! LATCHKEY_TEST_POSTGRES are set (CI sets them).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -359,6 +359,16 @@ macro_rules! on_shared_stores {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     if let Some(url) = super::store_url("LATCHKEY_TEST_REDIS_CLUSTER", cfg!(feature = "redis")) {
+                        super::$name(url).await;
+                    }
+                }
+            )*
+        }
+        mod redis_sentinel {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(url) = super::store_url("LATCHKEY_TEST_REDIS_SENTINEL", cfg!(feature = "redis")) {
                         super::$name(url).await;
                     }
                 }

@@ -184,6 +184,21 @@ pub async fn connect(url: &str) -> StoreResult<Arc<dyn Store>> {
         return Ok(Arc::new(sqlite::SqliteStore::open(path).await?));
     }
     #[cfg(feature = "redis")]
+    if url.starts_with("redis+sentinel://") {
+        let (target, prefix) = sentinel_target(url)?;
+        let target = redis::Target::Sentinel(target);
+        let store =
+            redis::RedisStore::connect_with_poll(&target, &prefix, redis::POLL_INTERVAL).await?;
+        return Ok(Arc::new(store));
+    }
+    #[cfg(feature = "redis")]
+    if url.starts_with("rediss+sentinel://") {
+        return Err(StoreError::Config(format!(
+            "store URL {}: Sentinel over TLS is not supported yet; use redis+sentinel:// on a private network, or rediss:// to the master",
+            redact_url(url)
+        )));
+    }
+    #[cfg(feature = "redis")]
     if url.starts_with("redis+cluster://") || url.starts_with("rediss+cluster://") {
         let (nodes, prefix) = cluster_nodes(url)?;
         return Ok(Arc::new(
@@ -206,7 +221,7 @@ pub async fn connect(url: &str) -> StoreResult<Arc<dyn Store>> {
         "unsupported store URL scheme in {:?}: use memory://, sqlite://PATH{}{}",
         redact_url(url),
         if cfg!(feature = "redis") {
-            ", redis://HOST:PORT/DB, redis+cluster://HOST:PORT,HOST:PORT/"
+            ", redis://HOST:PORT/DB, redis+cluster://HOST:PORT,HOST:PORT/, redis+sentinel://HOST:PORT,HOST:PORT/MASTER/DB"
         } else {
             " (redis:// needs the `redis` feature)"
         },
@@ -274,6 +289,99 @@ fn cluster_nodes(url: &str) -> StoreResult<(Vec<String>, String)> {
         format!("{prefix}:")
     };
     Ok((nodes, prefix))
+}
+
+/// `redis+sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT…]/MASTER_NAME[/DB][?prefix=…&sentinel_password=…]`:
+/// the sentinels, the name they watch the master under, its database
+/// (default 0: the number is honoured, unlike some other proxies), the
+/// master's credentials (in the URL's user part) and the sentinels' own
+/// password.
+#[cfg(feature = "redis")]
+fn sentinel_target(url: &str) -> StoreResult<(redis::SentinelTarget, String)> {
+    let wrong = |problem: &str| {
+        StoreError::Config(format!(
+            "store URL {}: {problem} (write redis+sentinel://HOST:PORT,HOST:PORT/MASTER_NAME/DB)",
+            redact_url(url)
+        ))
+    };
+    let rest = url
+        .strip_prefix("redis+sentinel://")
+        .ok_or_else(|| wrong("not redis+sentinel://"))?;
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let (credentials, hosts) = match authority.rsplit_once('@') {
+        Some((credentials, hosts)) => (Some(credentials), hosts),
+        None => (None, authority),
+    };
+    let decode = |text: &str| {
+        ::percent_encoding::percent_decode_str(text)
+            .decode_utf8()
+            .map(|t| t.into_owned())
+            .map_err(|_| wrong("the user or password is not UTF-8"))
+    };
+    let (username, password) = match credentials {
+        None => (None, None),
+        Some(credentials) => {
+            let (user, password) = credentials.split_once(':').unwrap_or((credentials, ""));
+            let user = Some(decode(user)?).filter(|u| !u.is_empty());
+            let password = Some(decode(password)?).filter(|p| !p.is_empty());
+            (user, password)
+        }
+    };
+    let sentinels = hosts
+        .split(',')
+        .map(|host| {
+            let (name, port) = host
+                .rsplit_once(':')
+                .ok_or_else(|| wrong(&format!("{host:?} is not HOST:PORT")))?;
+            let port = port.parse::<u16>().ok().filter(|p| *p > 0);
+            match port {
+                Some(port) if !name.is_empty() => Ok((name.to_owned(), port)),
+                _ => Err(wrong(&format!("{host:?} is not HOST:PORT"))),
+            }
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    let (path, query) = tail.split_once('?').unwrap_or((tail, ""));
+    let mut parts = path.trim_start_matches('/').split('/');
+    let master_name = parts
+        .next()
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| wrong("no master name"))?;
+    let db = match parts.next() {
+        None | Some("") => 0,
+        Some(db) => db
+            .parse::<i64>()
+            .ok()
+            .filter(|db| *db >= 0)
+            .ok_or_else(|| wrong(&format!("{db:?} is not a database number")))?,
+    };
+    if parts.next().is_some_and(|extra| !extra.is_empty()) {
+        return Err(wrong("more after the database number"));
+    }
+    let (mut prefix, mut sentinel_password) = (None, None);
+    for (key, value) in ::url::form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "prefix" if prefix.is_none() => prefix = Some(value.into_owned()),
+            "sentinel_password" if sentinel_password.is_none() => {
+                sentinel_password = Some(value.into_owned())
+            }
+            _ => return Err(wrong(&format!("unknown or repeated option {key:?}"))),
+        }
+    }
+    let prefix = prefix.unwrap_or_else(|| "latchkey".into());
+    let prefix = if prefix.ends_with(':') {
+        prefix
+    } else {
+        format!("{prefix}:")
+    };
+    let target = redis::SentinelTarget {
+        sentinels,
+        master_name: decode(master_name)?,
+        db,
+        username,
+        password,
+        sentinel_password,
+    };
+    Ok((target, prefix))
 }
 
 /// The key prefix of a shared store: the URL's `prefix` query parameter
@@ -409,6 +517,51 @@ impl ChangeSignal {
 #[cfg(test)]
 mod tests {
     use super::redact_url;
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn a_sentinel_url_names_the_sentinels_the_master_and_its_database() {
+        use super::sentinel_target;
+        let (target, prefix) = sentinel_target(
+            "redis+sentinel://app:p%40ss@10.0.0.1:26379,10.0.0.2:26380/mymaster/3?prefix=x&sentinel_password=sp",
+        )
+        .unwrap();
+        assert_eq!(
+            target.sentinels,
+            [
+                ("10.0.0.1".to_owned(), 26379),
+                ("10.0.0.2".to_owned(), 26380)
+            ]
+        );
+        assert_eq!(target.master_name, "mymaster");
+        assert_eq!(target.db, 3, "the database is honoured");
+        assert_eq!(target.username.as_deref(), Some("app"));
+        assert_eq!(target.password.as_deref(), Some("p@ss"));
+        assert_eq!(target.sentinel_password.as_deref(), Some("sp"));
+        assert_eq!(prefix, "x:");
+        assert!(
+            !format!("{target:?}").contains("p@ss"),
+            "Debug hides passwords"
+        );
+        let (plain, _) = sentinel_target("redis+sentinel://h:26379/m").unwrap();
+        assert_eq!((plain.db, plain.password), (0, None));
+        for bad in [
+            "redis+sentinel://:pw@h:26379/",
+            "redis+sentinel://:pw@h:26379/m/-1",
+            "redis+sentinel://:pw@h:26379/m/x",
+            "redis+sentinel://:pw@h:26379/m/0/more",
+            "redis+sentinel://:pw@h/m/0",
+            "redis+sentinel://:pw@h:26379/m/0?db=2",
+            "redis+sentinel://:pw@h:26379/m/0?sentinel_password=a&sentinel_password=b",
+        ] {
+            let error = sentinel_target(bad).unwrap_err().to_string();
+            assert!(!error.contains("pw"), "{error}");
+            assert!(
+                error.contains("redis+sentinel://HOST:PORT"),
+                "{bad}: {error}"
+            );
+        }
+    }
 
     #[cfg(feature = "redis")]
     #[test]

@@ -71,6 +71,117 @@ return 1";
 enum Connection {
     Single(ConnectionManager),
     Cluster(redis::cluster_async::ClusterConnection),
+    Sentinel(Following),
+}
+
+/// A connection to whichever server the sentinels name as master: asked of
+/// them at the first command, and again after a command found the master
+/// gone or demoted (a connection error, `READONLY`). That command fails (a
+/// 503 for its request); the next one goes to the new master.
+struct Followed {
+    sentinels: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
+    master: arc_swap::ArcSwapOption<redis::aio::MultiplexedConnection>,
+}
+
+/// The error of a sentinel that did not answer within [`STORE_TIMEOUT`].
+fn sentinels_too_slow() -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Io, "the sentinels did not answer in time"))
+}
+
+impl Followed {
+    /// The connection to the current master, asking the sentinels if there
+    /// is none.
+    async fn master(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        if let Some(master) = self.master.load_full() {
+            return Ok((*master).clone());
+        }
+        let mut sentinels = self.sentinels.lock().await;
+        // Another command may have asked meanwhile.
+        if let Some(master) = self.master.load_full() {
+            return Ok((*master).clone());
+        }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(STORE_TIMEOUT))
+            .set_response_timeout(Some(STORE_TIMEOUT));
+        let asked = sentinels.get_async_connection_with_config(&config);
+        let master = tokio::time::timeout(STORE_TIMEOUT, asked)
+            .await
+            .map_err(|_| sentinels_too_slow())??;
+        self.master.store(Some(Arc::new(master.clone())));
+        Ok(master)
+    }
+
+    /// A client for the current master (for the subscriber).
+    async fn master_client(&self) -> redis::RedisResult<redis::Client> {
+        let mut sentinels = self.sentinels.lock().await;
+        tokio::time::timeout(STORE_TIMEOUT, sentinels.async_get_client())
+            .await
+            .map_err(|_| sentinels_too_slow())?
+    }
+
+    /// Forgets the master after `error`, if it says the master is gone.
+    fn after(&self, error: &redis::RedisError) {
+        let demoted = error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
+        if demoted
+            || error.is_io_error()
+            || error.is_connection_dropped()
+            || error.is_connection_refusal()
+            || error.is_timeout()
+        {
+            self.master.store(None);
+        }
+    }
+}
+
+/// [`Followed`], shared by the store's clones of its connection.
+#[derive(Clone)]
+struct Following(Arc<Followed>);
+
+impl redis::aio::ConnectionLike for Following {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            let mut master = self.0.master().await?;
+            let answer = master.req_packed_command(cmd).await;
+            if let Err(error) = &answer {
+                self.0.after(error);
+            }
+            answer
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(async move {
+            let mut master = self.0.master().await?;
+            let answer = master.req_packed_commands(pipeline, offset, count).await;
+            if let Err(error) = &answer {
+                self.0.after(error);
+            }
+            answer
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0
+            .master
+            .load()
+            .as_ref()
+            .map_or(0, |master| master.get_db())
+    }
+}
+
+/// Where the subscriber listens: one of these nodes, or the sentinels'
+/// master.
+enum Listeners {
+    Nodes(Vec<redis::Client>),
+    Sentinel(Arc<Followed>),
 }
 
 impl redis::aio::ConnectionLike for Connection {
@@ -81,6 +192,7 @@ impl redis::aio::ConnectionLike for Connection {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Sentinel(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -93,6 +205,7 @@ impl redis::aio::ConnectionLike for Connection {
         match self {
             Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -100,6 +213,7 @@ impl redis::aio::ConnectionLike for Connection {
         match self {
             Self::Single(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
+            Self::Sentinel(c) => c.get_db(),
         }
     }
 }
@@ -112,6 +226,36 @@ pub enum Target {
     /// `redis+cluster://` / `rediss+cluster://`: one `redis://HOST:PORT`
     /// (or `rediss://`) URL per seed node, credentials included.
     Cluster(Vec<String>),
+    /// `redis+sentinel://`: the sentinels, and what to ask them for.
+    Sentinel(SentinelTarget),
+}
+
+/// A Redis deployment watched by Sentinel.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SentinelTarget {
+    /// The sentinels' addresses.
+    pub sentinels: Vec<(String, u16)>,
+    /// The name they know the master by.
+    pub master_name: String,
+    /// The database number on the master.
+    pub db: i64,
+    /// The user for the master (and replicas), if any.
+    pub username: Option<String>,
+    /// Its password.
+    pub password: Option<String>,
+    /// The sentinels' own password, if they have one.
+    pub sentinel_password: Option<String>,
+}
+
+impl std::fmt::Debug for SentinelTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelTarget")
+            .field("sentinels", &self.sentinels)
+            .field("master_name", &self.master_name)
+            .field("db", &self.db)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The Redis backend.
@@ -206,7 +350,10 @@ impl RedisStore {
                 let connection = ConnectionManager::new_with_config(client.clone(), config)
                     .await
                     .map_err(|e| connecting(url, e))?;
-                (Connection::Single(connection), vec![client])
+                (
+                    Connection::Single(connection),
+                    Listeners::Nodes(vec![client]),
+                )
             }
             Target::Cluster(nodes) => {
                 let first = nodes.first().map(String::as_str).unwrap_or_default();
@@ -225,7 +372,23 @@ impl RedisStore {
                     .iter()
                     .map(|url| redis::Client::open(url.as_str()).map_err(|e| config_error(url, e)))
                     .collect::<StoreResult<Vec<_>>>()?;
-                (Connection::Cluster(connection), subscribers)
+                (
+                    Connection::Cluster(connection),
+                    Listeners::Nodes(subscribers),
+                )
+            }
+            Target::Sentinel(target) => {
+                let followed = follow(target)
+                    .map_err(|e| StoreError::Config(format!("redis sentinels: {e}")))?;
+                let followed = Arc::new(followed);
+                followed.master().await.map_err(|e| {
+                    StoreError::Unavailable(format!(
+                        "asking the sentinels for {:?}: {e}",
+                        target.master_name
+                    ))
+                })?;
+                let listeners = Listeners::Sentinel(followed.clone());
+                (Connection::Sentinel(Following(followed)), listeners)
             }
         };
         let channel = format!("{namespace}changes");
@@ -271,10 +434,18 @@ const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A subscription to `channel` on the first of `nodes` (from `start`, going
 /// round) that takes it; with the index of that node.
 async fn subscribe(
-    nodes: &[redis::Client],
+    listeners: &Listeners,
     start: usize,
     channel: &str,
 ) -> redis::RedisResult<(usize, redis::aio::PubSub)> {
+    let asked;
+    let nodes = match listeners {
+        Listeners::Nodes(nodes) => nodes.as_slice(),
+        Listeners::Sentinel(followed) => {
+            asked = [followed.master_client().await?];
+            &asked[..]
+        }
+    };
     let mut last = None;
     for offset in 0..nodes.len().max(1) {
         let at = (start + offset) % nodes.len().max(1);
@@ -303,7 +474,7 @@ async fn subscribe(
 /// Wakes local waiters for every published change; resubscribes after a lost
 /// connection, on the next node of a cluster (polling covers the gap).
 async fn relay_messages(
-    nodes: Vec<redis::Client>,
+    nodes: Listeners,
     mut at: usize,
     mut pubsub: redis::aio::PubSub,
     channel: String,
@@ -451,15 +622,15 @@ impl Store for RedisStore {
         let keys = self.keys_under(prefix).await?;
         let mut con = self.connection.clone();
         match &self.connection {
-            Connection::Single(_) => {
-                for batch in keys.chunks(500) {
-                    let _: () = con.del(batch).await.map_err(unavailable)?;
-                }
-            }
             // One DEL per key: a cluster refuses keys of several slots in one.
             Connection::Cluster(_) => {
                 for key in &keys {
                     let _: () = con.del(key).await.map_err(unavailable)?;
+                }
+            }
+            Connection::Single(_) | Connection::Sentinel(_) => {
+                for batch in keys.chunks(500) {
+                    let _: () = con.del(batch).await.map_err(unavailable)?;
                 }
             }
         }
@@ -476,8 +647,8 @@ impl RedisStore {
         // SCAN may return a key more than once.
         let mut seen = std::collections::HashSet::new();
         match &self.connection {
-            Connection::Single(con) => {
-                let mut con = con.clone();
+            one_server @ (Connection::Single(_) | Connection::Sentinel(_)) => {
+                let mut con = one_server.clone();
                 let mut cursor: u64 = 0;
                 loop {
                     let (next, keys): (u64, Vec<String>) = scan(cursor, &pattern)
@@ -518,6 +689,31 @@ impl RedisStore {
         }
         Ok(seen.into_iter().collect())
     }
+}
+
+/// A sentinel client for `target`'s master.
+fn follow(target: &SentinelTarget) -> redis::RedisResult<Followed> {
+    let sentinels = (target.sentinels.iter())
+        .map(|(host, port)| redis::ConnectionAddr::Tcp(host.clone(), *port));
+    let mut builder = redis::sentinel::SentinelClientBuilder::new(
+        sentinels,
+        &target.master_name,
+        redis::sentinel::SentinelServerType::Master,
+    )?
+    .set_client_to_redis_db(target.db);
+    if let Some(username) = &target.username {
+        builder = builder.set_client_to_redis_username(username);
+    }
+    if let Some(password) = &target.password {
+        builder = builder.set_client_to_redis_password(password);
+    }
+    if let Some(password) = &target.sentinel_password {
+        builder = builder.set_client_to_sentinel_password(password);
+    }
+    Ok(Followed {
+        sentinels: tokio::sync::Mutex::new(builder.build()?),
+        master: arc_swap::ArcSwapOption::empty(),
+    })
 }
 
 /// `SCAN cursor MATCH pattern COUNT 1000`.

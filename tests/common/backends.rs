@@ -81,15 +81,28 @@ pub async fn redis(test: &str) -> Option<TestBackend> {
 /// A Redis Cluster (`LATCHKEY_TEST_REDIS_CLUSTER`, a `redis+cluster://`
 /// URL; `.ci/run` starts one with `tests/redis/cluster.sh`).
 pub async fn redis_cluster(test: &str) -> Option<TestBackend> {
-    let url = external_url("LATCHKEY_TEST_REDIS_CLUSTER", cfg!(feature = "redis"), test)?;
+    by_url("LATCHKEY_TEST_REDIS_CLUSTER", "redis_cluster", test).await
+}
+
+/// Redis behind Sentinel (`LATCHKEY_TEST_REDIS_SENTINEL`, a
+/// `redis+sentinel://` URL; `.ci/run` starts one with
+/// `tests/redis/sentinel.sh`).
+pub async fn redis_sentinel(test: &str) -> Option<TestBackend> {
+    by_url("LATCHKEY_TEST_REDIS_SENTINEL", "redis_sentinel", test).await
+}
+
+/// The Redis store at the URL in `var`, opened as `serve` opens it, under
+/// a namespace of this test's.
+async fn by_url(var: &str, name: &'static str, test: &str) -> Option<TestBackend> {
+    let url = external_url(var, cfg!(feature = "redis"), test)?;
     let namespace: String =
         url::form_urlencoded::byte_serialize(unique_namespace(test).as_bytes()).collect();
     let store = latchkey::store::connect(&format!("{url}?prefix={namespace}"))
         .await
-        .expect("connect to the Redis Cluster named by LATCHKEY_TEST_REDIS_CLUSTER");
+        .unwrap_or_else(|e| panic!("connect to the store named by {var}: {e}"));
     Some(TestBackend {
         store,
-        name: "redis_cluster",
+        name,
         _dir: None,
     })
 }

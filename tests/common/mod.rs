@@ -32,9 +32,9 @@ pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
 
 /// Generates, for each named scenario `async fn name(backend: TestBackend)`,
 /// one test per store backend: `memory::name`, `sqlite::name`, `redis::name`,
-/// `redis_cluster::name`, `postgres::name`. Redis, Redis Cluster and
-/// PostgreSQL tests run when their URL variables are set (CI sets them) and
-/// otherwise print why they skip.
+/// `redis_cluster::name`, `redis_sentinel::name`, `postgres::name`. The
+/// Redis, Redis Cluster, Sentinel and PostgreSQL tests run when their URL
+/// variables are set (CI sets them) and otherwise print why they skip.
 #[macro_export]
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {
@@ -42,6 +42,7 @@ macro_rules! backend_tests {
         $crate::backend_tests!(@backend sqlite, $($name),*);
         $crate::backend_tests!(@backend redis, $($name),*);
         $crate::backend_tests!(@backend redis_cluster, $($name),*);
+        $crate::backend_tests!(@backend redis_sentinel, $($name),*);
         $crate::backend_tests!(@backend postgres, $($name),*);
     };
     (@backend $backend:ident, $($name:ident),*) => {

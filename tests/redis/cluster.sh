@@ -41,10 +41,7 @@ start)
     echo "redis+cluster://$(IFS=,; echo "${nodes[*]}")/"
     ;;
 stop)
-    for pidfile in "$dir"/redis-*.pid; do
-        [ -e "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
-    done
-    rm -rf "$dir"
+    "$(dirname "$0")/stop.sh" "$dir"
     ;;
 *)
     echo "usage: $0 start DIR FIRST_PORT | stop DIR" >&2

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Redis with Sentinel for the tests, from Debian's redis-server on loopback:
+# one master, one replica, three sentinels watching them as "latchkey",
+# nothing kept on disk.
+#
+#   tests/redis/sentinel.sh start DIR FIRST_PORT   # ports FIRST_PORT..+4; prints the store URL
+#   tests/redis/sentinel.sh stop DIR
+set -euo pipefail
+
+command=${1:?start or stop}
+dir=${2:?a directory for the servers}
+
+up() { # port: waits until it answers PING
+    for _ in $(seq 1 50); do
+        redis-cli -h 127.0.0.1 -p "$1" ping >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "nothing answers on port $1" >&2
+    return 1
+}
+
+case "$command" in
+start)
+    first=${3:?the first port}
+    master=$first replica=$((first + 1))
+    mkdir -p "$dir"
+    common=(--bind 127.0.0.1 --daemonize yes --save "" --appendonly no --dir "$dir")
+    redis-server --port "$master" "${common[@]}" \
+        --pidfile "$dir/redis-$master.pid" --logfile "$dir/redis-$master.log"
+    up "$master"
+    redis-server --port "$replica" "${common[@]}" --replicaof 127.0.0.1 "$master" \
+        --pidfile "$dir/redis-$replica.pid" --logfile "$dir/redis-$replica.log"
+    up "$replica"
+    sentinels=()
+    for i in 2 3 4; do
+        port=$((first + i))
+        cat >"$dir/sentinel-$port.conf" <<CONF
+port $port
+bind 127.0.0.1
+daemonize yes
+pidfile $dir/redis-$port.pid
+logfile $dir/sentinel-$port.log
+dir $dir
+sentinel monitor latchkey 127.0.0.1 $master 2
+sentinel down-after-milliseconds latchkey 1000
+sentinel failover-timeout latchkey 3000
+sentinel parallel-syncs latchkey 1
+CONF
+        redis-server "$dir/sentinel-$port.conf" --sentinel
+        up "$port"
+        sentinels+=("127.0.0.1:$port")
+    done
+    # Ready when the replica is in sync and every sentinel knows the
+    # replica and the two other sentinels (a failover needs two of three).
+    field() { # sentinel-port name: the value of one field of SENTINEL MASTER
+        redis-cli -h 127.0.0.1 -p "$1" sentinel master latchkey 2>/dev/null \
+            | grep -A1 "^$2\$" | tail -1
+    }
+    ready() {
+        redis-cli -h 127.0.0.1 -p "$replica" info replication | grep -q '^master_link_status:up' || return 1
+        for s in "${sentinels[@]}"; do
+            [ "$(field "${s#*:}" num-slaves)" = 1 ] || return 1
+            [ "$(field "${s#*:}" num-other-sentinels)" = 2 ] || return 1
+        done
+    }
+    for _ in $(seq 1 150); do
+        ready && break
+        sleep 0.1
+    done
+    ready || { echo "the sentinels never saw the whole set" >&2; exit 1; }
+    echo "redis+sentinel://$(IFS=,; echo "${sentinels[*]}")/latchkey/0"
+    ;;
+stop)
+    "$(dirname "$0")/stop.sh" "$dir"
+    ;;
+*)
+    echo "usage: $0 start DIR FIRST_PORT | stop DIR" >&2
+    exit 2
+    ;;
+esac
