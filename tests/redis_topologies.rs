@@ -83,16 +83,19 @@ fn five_free_ports() -> u16 {
 struct OwnSentinels {
     dir: tempfile::TempDir,
     url: String,
+    /// The master's port (the replica's is the next one) as started.
+    first_port: u16,
 }
 
 impl OwnSentinels {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/redis/sentinel.sh");
+        let first_port = five_free_ports();
         let out = Command::new(&script)
             .arg("start")
             .arg(dir.path())
-            .arg(five_free_ports().to_string())
+            .arg(first_port.to_string())
             .output()
             .expect("run tests/redis/sentinel.sh");
         assert!(
@@ -101,7 +104,26 @@ impl OwnSentinels {
             String::from_utf8_lossy(&out.stderr)
         );
         let url = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-        Self { dir, url }
+        Self {
+            dir,
+            url,
+            first_port,
+        }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the replica as started.
+    fn signal_replica(&self, signal: &str) {
+        let pidfile = self
+            .dir
+            .path()
+            .join(format!("redis-{}.pid", self.first_port + 1));
+        let pid = std::fs::read_to_string(pidfile).unwrap();
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.trim())
+            .status()
+            .unwrap();
+        assert!(sent.success());
     }
 }
 
@@ -213,4 +235,59 @@ async fn a_sentinel_failover_is_followed_without_a_restart() {
         "a replicated write was lost"
     );
     store.purge("").await.unwrap();
+}
+
+/// `wait_replicas=1`: a write counts once the replica has it. With the
+/// replica frozen (SIGSTOP), a write is reported unavailable within its
+/// `wait_timeout` instead of counting, while a store without the option
+/// goes on as if nothing were wrong (the write a failover then loses);
+/// with the replica back, writes count again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_replicas_refuses_to_count_a_write_no_replica_has() {
+    if std::env::var("LATCHKEY_TEST_REDIS_SENTINEL").is_err() {
+        eprintln!("skipping: set LATCHKEY_TEST_REDIS_SENTINEL to run it (it starts its own set)");
+        return;
+    }
+    let own = OwnSentinels::start();
+    let durable = latchkey::store::connect(&format!(
+        "{}?prefix=durable&wait_replicas=1&wait_timeout=200ms",
+        own.url
+    ))
+    .await
+    .unwrap();
+    let hopeful = latchkey::store::connect(&format!("{}?prefix=hopeful", own.url))
+        .await
+        .unwrap();
+    assert!(durable.insert_if_absent("a", b"v", TTL).await.unwrap());
+    own.signal_replica("STOP");
+    let started = Instant::now();
+    let refused = durable.insert_if_absent("b", b"v", TTL).await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(refused, Err(StoreError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert!(waited < Duration::from_secs(2), "waited {waited:?}");
+    // The negative control: without the option the same write counts.
+    assert!(hopeful.insert_if_absent("b", b"v", TTL).await.unwrap());
+    own.signal_replica("CONT");
+    // WAIT undoes nothing: the refused write is on the master, and counts
+    // as whatever a retry finds there.
+    assert!(durable.get("b").await.unwrap().is_some());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for attempt in 0.. {
+        match durable
+            .insert_if_absent(&format!("c{attempt}"), b"v", TTL)
+            .await
+        {
+            Ok(written) => {
+                assert!(written);
+                break;
+            }
+            Err(StoreError::Unavailable(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(other) => panic!("the replica is back, yet: {other}"),
+        }
+    }
 }

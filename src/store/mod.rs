@@ -185,11 +185,11 @@ pub async fn connect(url: &str) -> StoreResult<Arc<dyn Store>> {
     }
     #[cfg(feature = "redis")]
     if url.starts_with("redis+sentinel://") {
-        let (target, prefix) = sentinel_target(url)?;
+        let (target, prefix, durability) = sentinel_target(url)?;
         let target = redis::Target::Sentinel(target);
         let store =
             redis::RedisStore::connect_with_poll(&target, &prefix, redis::POLL_INTERVAL).await?;
-        return Ok(Arc::new(store));
+        return Ok(Arc::new(store.with_durability(durability)));
     }
     #[cfg(feature = "redis")]
     if url.starts_with("rediss+sentinel://") {
@@ -200,15 +200,16 @@ pub async fn connect(url: &str) -> StoreResult<Arc<dyn Store>> {
     }
     #[cfg(feature = "redis")]
     if url.starts_with("redis+cluster://") || url.starts_with("rediss+cluster://") {
-        let (nodes, prefix) = cluster_nodes(url)?;
-        return Ok(Arc::new(
-            redis::RedisStore::connect_cluster(&nodes, &prefix).await?,
-        ));
+        let (nodes, prefix, durability) = cluster_nodes(url)?;
+        let store = redis::RedisStore::connect_cluster(&nodes, &prefix).await?;
+        return Ok(Arc::new(store.with_durability(durability)));
     }
     #[cfg(feature = "redis")]
     if url.starts_with("redis://") || url.starts_with("rediss://") {
-        let (url, prefix) = split_prefix(url)?;
-        return Ok(Arc::new(redis::RedisStore::connect(&url, &prefix).await?));
+        let (url, durability) = take_durability(url)?;
+        let (url, prefix) = split_prefix(&url)?;
+        let store = redis::RedisStore::connect(&url, &prefix).await?;
+        return Ok(Arc::new(store.with_durability(durability)));
     }
     #[cfg(feature = "postgres")]
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -238,7 +239,7 @@ pub async fn connect(url: &str) -> StoreResult<Arc<dyn Store>> {
 /// credentials on each, and the key prefix. A cluster has no databases, so
 /// a path is refused, as is any option but `prefix`.
 #[cfg(feature = "redis")]
-fn cluster_nodes(url: &str) -> StoreResult<(Vec<String>, String)> {
+fn cluster_nodes(url: &str) -> StoreResult<(Vec<String>, String, Option<redis::Durability>)> {
     let wrong = |problem: &str| {
         StoreError::Config(format!(
             "store URL {}: {problem} (write redis+cluster://HOST:PORT,HOST:PORT/?prefix=NAME)",
@@ -257,12 +258,15 @@ fn cluster_nodes(url: &str) -> StoreResult<(Vec<String>, String)> {
         return Err(wrong("a cluster has no databases, so no path"));
     }
     let mut prefix = None;
+    let mut waits = WaitOptions::default();
     for (key, value) in ::url::form_urlencoded::parse(query.as_bytes()) {
         match &*key {
             "prefix" if prefix.is_none() => prefix = Some(value.into_owned()),
+            _ if waits.take(&key, &value) => {}
             _ => return Err(wrong(&format!("unknown or repeated option {key:?}"))),
         }
     }
+    let durability = waits.durability().map_err(|problem| wrong(&problem))?;
     let nodes = hosts
         .split(',')
         .map(|host| {
@@ -288,7 +292,7 @@ fn cluster_nodes(url: &str) -> StoreResult<(Vec<String>, String)> {
     } else {
         format!("{prefix}:")
     };
-    Ok((nodes, prefix))
+    Ok((nodes, prefix, durability))
 }
 
 /// `redis+sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT…]/MASTER_NAME[/DB][?prefix=…&sentinel_password=…]`:
@@ -297,7 +301,9 @@ fn cluster_nodes(url: &str) -> StoreResult<(Vec<String>, String)> {
 /// master's credentials (in the URL's user part) and the sentinels' own
 /// password.
 #[cfg(feature = "redis")]
-fn sentinel_target(url: &str) -> StoreResult<(redis::SentinelTarget, String)> {
+fn sentinel_target(
+    url: &str,
+) -> StoreResult<(redis::SentinelTarget, String, Option<redis::Durability>)> {
     let wrong = |problem: &str| {
         StoreError::Config(format!(
             "store URL {}: {problem} (write redis+sentinel://HOST:PORT,HOST:PORT/MASTER_NAME/DB)",
@@ -358,8 +364,10 @@ fn sentinel_target(url: &str) -> StoreResult<(redis::SentinelTarget, String)> {
         return Err(wrong("more after the database number"));
     }
     let (mut prefix, mut sentinel_password) = (None, None);
+    let mut waits = WaitOptions::default();
     for (key, value) in ::url::form_urlencoded::parse(query.as_bytes()) {
         match &*key {
+            _ if waits.take(&key, &value) => {}
             "prefix" if prefix.is_none() => prefix = Some(value.into_owned()),
             "sentinel_password" if sentinel_password.is_none() => {
                 sentinel_password = Some(value.into_owned())
@@ -381,7 +389,89 @@ fn sentinel_target(url: &str) -> StoreResult<(redis::SentinelTarget, String)> {
         password,
         sentinel_password,
     };
-    Ok((target, prefix))
+    let durability = waits.durability().map_err(|problem| wrong(&problem))?;
+    Ok((target, prefix, durability))
+}
+
+/// `wait_replicas=N` and `wait_timeout=DURATION` of a Redis store URL.
+#[cfg(feature = "redis")]
+#[derive(Default)]
+struct WaitOptions {
+    replicas: Option<String>,
+    timeout: Option<String>,
+}
+
+#[cfg(feature = "redis")]
+impl WaitOptions {
+    /// Takes `key=value` if it is one of these (and not repeated).
+    fn take(&mut self, key: &str, value: &str) -> bool {
+        let slot = match key {
+            "wait_replicas" => &mut self.replicas,
+            "wait_timeout" => &mut self.timeout,
+            _ => return false,
+        };
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(value.to_owned());
+        true
+    }
+
+    /// What they ask for; `Err` says what is wrong.
+    fn durability(self) -> Result<Option<redis::Durability>, String> {
+        let Some(replicas) = self.replicas else {
+            return match self.timeout {
+                Some(_) => Err("wait_timeout without wait_replicas".into()),
+                None => Ok(None),
+            };
+        };
+        let replicas = (replicas.parse::<u32>().ok())
+            .filter(|n| (1..=16).contains(n))
+            .ok_or_else(|| {
+                format!("wait_replicas={replicas:?} is not a number of replicas from 1 to 16")
+            })?;
+        let max = redis::Durability::MAX_TIMEOUT;
+        let timeout = match self.timeout {
+            None => redis::Durability::DEFAULT_TIMEOUT,
+            Some(text) => humantime::parse_duration(&text)
+                .ok()
+                .filter(|t| !t.is_zero() && *t <= max)
+                .ok_or_else(|| {
+                    format!(
+                        "wait_timeout={text:?} is not a duration from 1ms to {}ms",
+                        max.as_millis()
+                    )
+                })?,
+        };
+        Ok(Some(redis::Durability { replicas, timeout }))
+    }
+}
+
+/// `url` without its `wait_replicas`/`wait_timeout` options, and what they
+/// ask for (`redis://` and `rediss://`, whose other options are the
+/// driver's).
+#[cfg(feature = "redis")]
+fn take_durability(url: &str) -> StoreResult<(String, Option<redis::Durability>)> {
+    let wrong =
+        |problem: String| StoreError::Config(format!("store URL {}: {problem}", redact_url(url)));
+    let mut parsed = ::url::Url::parse(url).map_err(|e| wrong(e.to_string()))?;
+    let mut waits = WaitOptions::default();
+    let mut kept = Vec::new();
+    for (key, value) in parsed.query_pairs() {
+        if !waits.take(&key, &value) {
+            if key == "wait_replicas" || key == "wait_timeout" {
+                return Err(wrong(format!("{key} is given twice")));
+            }
+            kept.push((key.into_owned(), value.into_owned()));
+        }
+    }
+    let durability = waits.durability().map_err(wrong)?;
+    if kept.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    Ok((parsed.to_string(), durability))
 }
 
 /// The key prefix of a shared store: the URL's `prefix` query parameter
@@ -520,9 +610,49 @@ mod tests {
 
     #[cfg(feature = "redis")]
     #[test]
+    fn wait_replicas_is_read_from_every_redis_url_and_checked() {
+        use super::redis::Durability;
+        use super::{cluster_nodes, sentinel_target, take_durability};
+        use std::time::Duration;
+        let two = Some(Durability {
+            replicas: 2,
+            timeout: Duration::from_millis(250),
+        });
+        let (url, durability) =
+            take_durability("redis://:pw@h:6379/0?wait_replicas=2&prefix=p&wait_timeout=250ms")
+                .unwrap();
+        assert_eq!(
+            (url.as_str(), durability),
+            ("redis://:pw@h:6379/0?prefix=p", two)
+        );
+        let (_, _, durability) = cluster_nodes("redis+cluster://h:1/?wait_replicas=1").unwrap();
+        assert_eq!(durability.unwrap().timeout, Durability::DEFAULT_TIMEOUT);
+        let (_, _, durability) =
+            sentinel_target("redis+sentinel://h:1/m/0?wait_timeout=250ms&wait_replicas=2").unwrap();
+        assert_eq!(durability, two);
+        for bad in [
+            "redis://:pw@h/0?wait_replicas=0",
+            "redis://:pw@h/0?wait_replicas=many",
+            "redis://:pw@h/0?wait_replicas=1&wait_timeout=5s",
+            "redis://:pw@h/0?wait_replicas=1&wait_timeout=0s",
+            "redis://:pw@h/0?wait_timeout=1s",
+            "redis://:pw@h/0?wait_replicas=1&wait_replicas=2",
+        ] {
+            let error = take_durability(bad).unwrap_err().to_string();
+            assert!(!error.contains("pw"), "{error}");
+            assert!(error.contains("wait_"), "{bad}: {error}");
+        }
+        let error = cluster_nodes("redis+cluster://h:1/?wait_replicas=1&wait_replicas=1")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("repeated"), "{error}");
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
     fn a_sentinel_url_names_the_sentinels_the_master_and_its_database() {
         use super::sentinel_target;
-        let (target, prefix) = sentinel_target(
+        let (target, prefix, _) = sentinel_target(
             "redis+sentinel://app:p%40ss@10.0.0.1:26379,10.0.0.2:26380/mymaster/3?prefix=x&sentinel_password=sp",
         )
         .unwrap();
@@ -543,7 +673,7 @@ mod tests {
             !format!("{target:?}").contains("p@ss"),
             "Debug hides passwords"
         );
-        let (plain, _) = sentinel_target("redis+sentinel://h:26379/m").unwrap();
+        let (plain, _, _) = sentinel_target("redis+sentinel://h:26379/m").unwrap();
         assert_eq!((plain.db, plain.password), (0, None));
         for bad in [
             "redis+sentinel://:pw@h:26379/",
@@ -574,12 +704,17 @@ mod tests {
                     "redis://10.0.0.1:7000".into(),
                     "redis://10.0.0.2:7001".into()
                 ],
-                "app:".into()
+                "app:".into(),
+                None
             )
         );
         assert_eq!(
             cluster_nodes("rediss+cluster://:s3cret@h:6380").unwrap(),
-            (vec!["rediss://:s3cret@h:6380".into()], "latchkey:".into())
+            (
+                vec!["rediss://:s3cret@h:6380".into()],
+                "latchkey:".into(),
+                None
+            )
         );
         for bad in [
             "redis+cluster://h:7000/0",

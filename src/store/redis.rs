@@ -22,7 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{AsyncCommands, Script};
 
 use super::{ChangeSignal, LoginCommit, Store, StoreError, StoreResult, Versioned, redact_url};
@@ -269,6 +269,28 @@ pub struct RedisStore {
     commit_script: Script,
     changes: Arc<ChangeSignal>,
     subscriber: tokio::task::JoinHandle<()>,
+    /// `wait_replicas`: writes count once this many replicas have them.
+    durability: Option<Durability>,
+}
+
+/// `?wait_replicas=N[&wait_timeout=DURATION]`: a write (claim, commit,
+/// refresh, sign-out) counts only once `replicas` replicas acknowledged it
+/// within `timeout` (`WAIT`); short of that it is reported as the store
+/// being unavailable, so no request goes on as if it had been written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Durability {
+    /// How many replicas must have each write.
+    pub replicas: u32,
+    /// How long a write may wait for them (under the store's 2 s timeout:
+    /// `WAIT` holds the shared connection meanwhile).
+    pub timeout: Duration,
+}
+
+impl Durability {
+    /// The longest `wait_timeout`: below the connection's response timeout.
+    pub const MAX_TIMEOUT: Duration = Duration::from_millis(1500);
+    /// `wait_timeout` when the URL gives none.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
 }
 
 impl Drop for RedisStore {
@@ -413,11 +435,55 @@ impl RedisStore {
             commit_script: Script::new(COMMIT_LOGIN),
             changes,
             subscriber,
+            durability: None,
         })
+    }
+
+    /// This store with every write waiting for replicas (`wait_replicas`).
+    pub fn with_durability(mut self, durability: Option<Durability>) -> Self {
+        self.durability = durability;
+        self
     }
 
     fn key(&self, key: &str) -> String {
         format!("{}{key}", self.namespace)
+    }
+
+    /// With `wait_replicas`, waits until that many replicas have the writes
+    /// made so far on the connection that wrote `key` (on a cluster, the
+    /// primary of its slot); `Unavailable` if they do not in time.
+    async fn replicated(&self, key: &str) -> StoreResult<()> {
+        let Some(wanted) = self.durability else {
+            return Ok(());
+        };
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(wanted.replicas).arg(duration_ms(wanted.timeout));
+        let acked: u64 = match &self.connection {
+            Connection::Cluster(con) => {
+                let primary = SingleNodeRoutingInfo::SpecificNode(Route::with_key(
+                    self.key(key),
+                    SlotAddr::Master,
+                ));
+                let answer = con
+                    .clone()
+                    .route_command(wait, RoutingInfo::SingleNode(primary))
+                    .await
+                    .map_err(unavailable)?;
+                redis::from_redis_value(answer).map_err(unreadable)?
+            }
+            one_server => wait
+                .query_async(&mut one_server.clone())
+                .await
+                .map_err(unavailable)?,
+        };
+        if acked < u64::from(wanted.replicas) {
+            return Err(StoreError::Unavailable(format!(
+                "a write reached {acked} of the {} replicas wait_replicas asks for within {} ms",
+                wanted.replicas,
+                duration_ms(wanted.timeout)
+            )));
+        }
+        Ok(())
     }
 
     async fn live_version(&self, key: &str) -> StoreResult<Option<u64>> {
@@ -514,6 +580,7 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         if inserted {
+            self.replicated(key).await?;
             self.changes.notify();
         }
         Ok(inserted)
@@ -557,6 +624,7 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         if swapped {
+            self.replicated(key).await?;
             self.changes.notify();
         }
         Ok(swapped)
@@ -571,6 +639,7 @@ impl Store for RedisStore {
             .invoke_async(&mut con)
             .await
             .map_err(unavailable)?;
+        self.replicated(key).await?;
         self.changes.notify();
         Ok(())
     }
@@ -593,6 +662,8 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         if committed {
+            // Its two keys share one slot, so one WAIT covers both.
+            self.replicated(c.login_key).await?;
             self.changes.notify();
         }
         Ok(committed)

@@ -97,7 +97,8 @@ async fn by_url(var: &str, name: &'static str, test: &str) -> Option<TestBackend
     let url = external_url(var, cfg!(feature = "redis"), test)?;
     let namespace: String =
         url::form_urlencoded::byte_serialize(unique_namespace(test).as_bytes()).collect();
-    let store = latchkey::store::connect(&format!("{url}?prefix={namespace}"))
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let store = latchkey::store::connect(&format!("{url}{separator}prefix={namespace}"))
         .await
         .unwrap_or_else(|e| panic!("connect to the store named by {var}: {e}"));
     Some(TestBackend {
