@@ -1,6 +1,7 @@
 //! What a Redis deployment of several servers adds to the one-server store:
-//! Sentinel's database number honoured, and a Sentinel failover followed by
-//! a running store without a restart. (The store contract and every
+//! Sentinel's database number honoured, a Sentinel failover and a killed
+//! cluster primary followed by a running store without a restart, and
+//! `wait_replicas` refusing to count a write no replica has. (The store contract and every
 //! interleaving suite run on Cluster and Sentinel too: the `redis_cluster`
 //! and `redis_sentinel` backends of `backend_tests!`.)
 
@@ -68,11 +69,15 @@ async fn sentinel_honours_the_database_number() {
     store.purge("").await.unwrap();
 }
 
-/// Five free loopback ports in a row (a master, a replica, three sentinels).
-fn five_free_ports() -> u16 {
-    let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+/// `count` free loopback ports in a row, and the same ports + 10000 (a
+/// cluster node's bus port) free too.
+fn free_ports(count: u16) -> u16 {
+    let free = |port: u16| {
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok()
+    };
     let mut base = 21000 + (latchkey::secret::random_u64() % 2000) as u16 * 10;
-    while !(base..base + 5).all(free) {
+    while !(base..base + count).all(free) {
         base += 10;
     }
     base
@@ -91,7 +96,7 @@ impl OwnSentinels {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/redis/sentinel.sh");
-        let first_port = five_free_ports();
+        let first_port = free_ports(5);
         let out = Command::new(&script)
             .arg("start")
             .arg(dir.path())
@@ -290,4 +295,155 @@ async fn wait_replicas_refuses_to_count_a_write_no_replica_has() {
             Err(other) => panic!("the replica is back, yet: {other}"),
         }
     }
+}
+
+/// A Redis Cluster of the test's own (it kills a primary), stopped when
+/// dropped.
+struct OwnCluster {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl OwnCluster {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/redis/cluster.sh");
+        let out = Command::new(&script)
+            .arg("start")
+            .arg(dir.path())
+            .arg(free_ports(6).to_string())
+            .output()
+            .expect("run tests/redis/cluster.sh");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        Self { dir, url }
+    }
+
+    /// `redis://HOST:PORT` of the first seed node.
+    fn a_node(&self) -> String {
+        let hosts = self.url.trim_start_matches("redis+cluster://");
+        format!("redis://{}", hosts.split([',', '/']).next().unwrap())
+    }
+
+    /// The port of the primary serving `key`'s slot, asked of a node.
+    async fn primary_of(&self, key: &str) -> u16 {
+        let client = redis::Client::open(self.a_node()).unwrap();
+        let mut con = client.get_multiplexed_async_connection().await.unwrap();
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        nodes
+            .lines()
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let serving = fields.get(8..)?.iter().any(|range| {
+                    let (from, to) = range.split_once('-').unwrap_or((range, range));
+                    matches!((from.parse::<u16>(), to.parse::<u16>()), (Ok(f), Ok(t)) if (f..=t).contains(&slot))
+                });
+                let primary = fields.get(2)?.contains("master") && !fields[2].contains("fail");
+                (serving && primary).then(|| {
+                    let address = fields[1].split('@').next().unwrap();
+                    address.rsplit_once(':').unwrap().1.parse().unwrap()
+                })
+            })
+            .expect("a primary serves the slot")
+    }
+
+    /// SIGKILLs the server on `port`.
+    fn kill(&self, port: u16) {
+        let pid =
+            std::fs::read_to_string(self.dir.path().join(format!("redis-{port}.pid"))).unwrap();
+        let killed = Command::new("kill")
+            .arg("-9")
+            .arg(pid.trim())
+            .status()
+            .unwrap();
+        assert!(killed.success());
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/redis/cluster.sh");
+        let _ = Command::new(script)
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// The primary of a record's slot is SIGKILLed: until its replica takes
+/// over, the store's commands for that slot fail fast as unavailable (a
+/// 503, never a hang); then the running store follows the new topology.
+/// With `wait_replicas=1`, what was written before is there, and what was
+/// deleted before (a sign-out) stays deleted. (Following the topology is
+/// the redis crate's cluster client's work; this proves latchkey's use of
+/// it holds up.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_primary_killed_is_followed_and_loses_nothing_waited_for() {
+    if std::env::var("LATCHKEY_TEST_REDIS_CLUSTER").is_err() {
+        eprintln!("skipping: set LATCHKEY_TEST_REDIS_CLUSTER to run it (it starts its own)");
+        return;
+    }
+    let own = OwnCluster::start();
+    let store = latchkey::store::connect(&format!("{}?prefix=fo&wait_replicas=1", own.url))
+        .await
+        .unwrap();
+    // One hash tag: both records in one slot, on one primary.
+    assert!(store.insert_if_absent("{t}kept", b"v", TTL).await.unwrap());
+    assert!(
+        store
+            .insert_if_absent("{t}signed-out", b"v", TTL)
+            .await
+            .unwrap()
+    );
+    store.delete("{t}signed-out").await.unwrap();
+    let primary = own.primary_of("fo:{t}kept").await;
+    own.kill(primary);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut outages = 0;
+    let kept = loop {
+        let started = Instant::now();
+        match store.get("{t}kept").await {
+            Ok(found) => break found,
+            Err(StoreError::Unavailable(_)) => outages += 1,
+            Err(other) => panic!("not an outage: {other}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "a command hung");
+        assert!(
+            Instant::now() < deadline,
+            "the store never followed the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let kept = kept.expect("a record its replica had was lost");
+    assert_ne!(
+        own.primary_of("fo:{t}kept").await,
+        primary,
+        "no new primary"
+    );
+    assert!(
+        store.get("{t}signed-out").await.unwrap().is_none(),
+        "a deletion was undone"
+    );
+    // A write now goes to the new primary: counted if a replica of it
+    // acknowledges, else refused as unavailable; nothing else.
+    let written = (store.compare_and_swap("{t}kept", kept.version, b"w", TTL)).await;
+    assert!(
+        matches!(written, Ok(true) | Err(StoreError::Unavailable(_))),
+        "{written:?}"
+    );
+    eprintln!("{outages} commands failed fast while the slot had no primary");
 }

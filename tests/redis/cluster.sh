@@ -38,6 +38,15 @@ start)
         redis-cli -h 127.0.0.1 -p "${node#*:}" cluster info | grep -q '^cluster_state:ok' \
             || { echo "node $node never saw the cluster up" >&2; cat "$dir/create.log" >&2; exit 1; }
     done
+    # And every replica in sync with its primary (wait_replicas needs them).
+    for node in "${nodes[@]}"; do
+        for _ in $(seq 1 100); do
+            info=$(redis-cli -h 127.0.0.1 -p "${node#*:}" info replication)
+            echo "$info" | grep -q '^role:master' && break
+            echo "$info" | grep -q '^master_link_status:up' && break
+            sleep 0.1
+        done
+    done
     echo "redis+cluster://$(IFS=,; echo "${nodes[*]}")/"
     ;;
 stop)
