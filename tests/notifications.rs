@@ -139,3 +139,43 @@ async fn redis_cluster_wakes_waiters_across_instances_and_nodes() {
     })
     .await;
 }
+
+/// Behind Sentinel, each instance subscribes on the master the sentinels
+/// name; a write through another instance wakes the waiter with polling
+/// off.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinel_wakes_waiters_across_instances() {
+    use latchkey::store::redis::{RedisStore, SentinelTarget, Target};
+    let Ok(url) = std::env::var("LATCHKEY_TEST_REDIS_SENTINEL") else {
+        eprintln!("skipping: set LATCHKEY_TEST_REDIS_SENTINEL to run it");
+        return;
+    };
+    // redis+sentinel://HOST:PORT,…/MASTER/DB, as .ci/run's set gives it.
+    let rest = url.trim_start_matches("redis+sentinel://");
+    let (hosts, path) = rest.split_once('/').unwrap();
+    let mut path = path.split(['/', '?']);
+    let sentinels = hosts
+        .split(',')
+        .map(|h| {
+            let (host, port) = h.rsplit_once(':').unwrap();
+            (host.to_owned(), port.parse().unwrap())
+        })
+        .collect();
+    let target = Target::Sentinel(SentinelTarget {
+        sentinels,
+        master_name: path.next().unwrap().to_owned(),
+        db: path.next().and_then(|db| db.parse().ok()).unwrap_or(0),
+        username: None,
+        password: None,
+        sentinel_password: None,
+    });
+    across_instances(|ns| {
+        let target = target.clone();
+        async move {
+            let store = RedisStore::connect_with_poll(&target, &ns, NO_POLLING).await;
+            Arc::new(store.unwrap()) as Arc<dyn Store>
+        }
+    })
+    .await;
+}
