@@ -83,26 +83,30 @@ fn free_ports(count: u16) -> u16 {
     base
 }
 
-/// A Sentinel deployment of the test's own (it fails it over), stopped
-/// when dropped.
-struct OwnSentinels {
+/// Redis servers of the test's own, started by one of `tests/redis/`'s
+/// scripts (the test fails them over or kills them), stopped when dropped.
+struct OwnServers {
     dir: tempfile::TempDir,
+    /// The store URL the script printed.
     url: String,
-    /// The master's port (the replica's is the next one) as started.
+    /// The first of the ports they took.
     first_port: u16,
 }
 
-impl OwnSentinels {
-    fn start() -> Self {
+impl OwnServers {
+    /// `tests/redis/SCRIPT start` on `ports` free ports in a row.
+    fn start(script: &str, ports: u16) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/redis/sentinel.sh");
-        let first_port = free_ports(5);
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/redis")
+            .join(script);
+        let first_port = free_ports(ports);
         let out = Command::new(&script)
             .arg("start")
             .arg(dir.path())
             .arg(first_port.to_string())
             .output()
-            .expect("run tests/redis/sentinel.sh");
+            .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
         assert!(
             out.status.success(),
             "{}",
@@ -116,12 +120,9 @@ impl OwnSentinels {
         }
     }
 
-    /// Sends `signal` (`STOP`, `CONT`) to the replica as started.
-    fn signal_replica(&self, signal: &str) {
-        let pidfile = self
-            .dir
-            .path()
-            .join(format!("redis-{}.pid", self.first_port + 1));
+    /// Sends `signal` (`STOP`, `CONT`, `KILL`) to the server on `port`.
+    fn signal(&self, port: u16, signal: &str) {
+        let pidfile = self.dir.path().join(format!("redis-{port}.pid"));
         let pid = std::fs::read_to_string(pidfile).unwrap();
         let sent = Command::new("kill")
             .arg(format!("-{signal}"))
@@ -132,13 +133,10 @@ impl OwnSentinels {
     }
 }
 
-impl Drop for OwnSentinels {
+impl Drop for OwnServers {
     fn drop(&mut self) {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/redis/sentinel.sh");
-        let _ = Command::new(script)
-            .arg("stop")
-            .arg(self.dir.path())
-            .status();
+        let stop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/redis/stop.sh");
+        let _ = Command::new(stop).arg(self.dir.path()).status();
     }
 }
 
@@ -155,7 +153,7 @@ async fn a_sentinel_failover_is_followed_without_a_restart() {
         eprintln!("skipping: set LATCHKEY_TEST_REDIS_SENTINEL to run it (it starts its own set)");
         return;
     }
-    let own = OwnSentinels::start();
+    let own = OwnServers::start("sentinel.sh", 5);
     let store = latchkey::store::connect(&format!("{}?prefix=failover", own.url))
         .await
         .unwrap();
@@ -253,7 +251,7 @@ async fn wait_replicas_refuses_to_count_a_write_no_replica_has() {
         eprintln!("skipping: set LATCHKEY_TEST_REDIS_SENTINEL to run it (it starts its own set)");
         return;
     }
-    let own = OwnSentinels::start();
+    let own = OwnServers::start("sentinel.sh", 5);
     let durable = latchkey::store::connect(&format!(
         "{}?prefix=durable&wait_replicas=1&wait_timeout=200ms",
         own.url
@@ -264,7 +262,7 @@ async fn wait_replicas_refuses_to_count_a_write_no_replica_has() {
         .await
         .unwrap();
     assert!(durable.insert_if_absent("a", b"v", TTL).await.unwrap());
-    own.signal_replica("STOP");
+    own.signal(own.first_port + 1, "STOP");
     let started = Instant::now();
     let refused = durable.insert_if_absent("b", b"v", TTL).await;
     let waited = started.elapsed();
@@ -275,7 +273,7 @@ async fn wait_replicas_refuses_to_count_a_write_no_replica_has() {
     assert!(waited < Duration::from_secs(2), "waited {waited:?}");
     // The negative control: without the option the same write counts.
     assert!(hopeful.insert_if_absent("b", b"v", TTL).await.unwrap());
-    own.signal_replica("CONT");
+    own.signal(own.first_port + 1, "CONT");
     // WAIT undoes nothing: the refused write is on the master, and counts
     // as whatever a retry finds there.
     assert!(durable.get("b").await.unwrap().is_some());
@@ -297,54 +295,28 @@ async fn wait_replicas_refuses_to_count_a_write_no_replica_has() {
     }
 }
 
-/// A Redis Cluster of the test's own (it kills a primary), stopped when
-/// dropped.
-struct OwnCluster {
-    dir: tempfile::TempDir,
-    url: String,
+/// `redis://HOST:PORT` of the first seed node of a cluster URL.
+fn a_node(url: &str) -> String {
+    let hosts = url.trim_start_matches("redis+cluster://");
+    format!("redis://{}", hosts.split([',', '/']).next().unwrap())
 }
 
-impl OwnCluster {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/redis/cluster.sh");
-        let out = Command::new(&script)
-            .arg("start")
-            .arg(dir.path())
-            .arg(free_ports(6).to_string())
-            .output()
-            .expect("run tests/redis/cluster.sh");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let url = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-        Self { dir, url }
-    }
-
-    /// `redis://HOST:PORT` of the first seed node.
-    fn a_node(&self) -> String {
-        let hosts = self.url.trim_start_matches("redis+cluster://");
-        format!("redis://{}", hosts.split([',', '/']).next().unwrap())
-    }
-
-    /// The port of the primary serving `key`'s slot, asked of a node.
-    async fn primary_of(&self, key: &str) -> u16 {
-        let client = redis::Client::open(self.a_node()).unwrap();
-        let mut con = client.get_multiplexed_async_connection().await.unwrap();
-        let slot: u16 = redis::cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(key)
-            .query_async(&mut con)
-            .await
-            .unwrap();
-        let nodes: String = redis::cmd("CLUSTER")
-            .arg("NODES")
-            .query_async(&mut con)
-            .await
-            .unwrap();
-        nodes
+/// The port of the primary serving `key`'s slot, asked of a node.
+async fn primary_of(url: &str, key: &str) -> u16 {
+    let client = redis::Client::open(a_node(url)).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    nodes
             .lines()
             .find_map(|line| {
                 let fields: Vec<&str> = line.split_whitespace().collect();
@@ -359,29 +331,6 @@ impl OwnCluster {
                 })
             })
             .expect("a primary serves the slot")
-    }
-
-    /// SIGKILLs the server on `port`.
-    fn kill(&self, port: u16) {
-        let pid =
-            std::fs::read_to_string(self.dir.path().join(format!("redis-{port}.pid"))).unwrap();
-        let killed = Command::new("kill")
-            .arg("-9")
-            .arg(pid.trim())
-            .status()
-            .unwrap();
-        assert!(killed.success());
-    }
-}
-
-impl Drop for OwnCluster {
-    fn drop(&mut self) {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/redis/cluster.sh");
-        let _ = Command::new(script)
-            .arg("stop")
-            .arg(self.dir.path())
-            .status();
-    }
 }
 
 /// The primary of a record's slot is SIGKILLed: until its replica takes
@@ -397,7 +346,7 @@ async fn a_cluster_primary_killed_is_followed_and_loses_nothing_waited_for() {
         eprintln!("skipping: set LATCHKEY_TEST_REDIS_CLUSTER to run it (it starts its own)");
         return;
     }
-    let own = OwnCluster::start();
+    let own = OwnServers::start("cluster.sh", 6);
     let store = latchkey::store::connect(&format!("{}?prefix=fo&wait_replicas=1", own.url))
         .await
         .unwrap();
@@ -410,8 +359,8 @@ async fn a_cluster_primary_killed_is_followed_and_loses_nothing_waited_for() {
             .unwrap()
     );
     store.delete("{t}signed-out").await.unwrap();
-    let primary = own.primary_of("fo:{t}kept").await;
-    own.kill(primary);
+    let primary = primary_of(&own.url, "fo:{t}kept").await;
+    own.signal(primary, "KILL");
     let deadline = Instant::now() + Duration::from_secs(40);
     let mut outages = 0;
     let kept = loop {
@@ -430,7 +379,7 @@ async fn a_cluster_primary_killed_is_followed_and_loses_nothing_waited_for() {
     };
     let kept = kept.expect("a record its replica had was lost");
     assert_ne!(
-        own.primary_of("fo:{t}kept").await,
+        primary_of(&own.url, "fo:{t}kept").await,
         primary,
         "no new primary"
     );
