@@ -10,11 +10,14 @@ pids=()
 for pidfile in "$dir"/redis-*.pid; do
     [ -e "$pidfile" ] && pids+=("$(cat "$pidfile")")
 done
-for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+# CONT too: a test that failed with a server stopped (SIGSTOP) left it
+# unable to act on TERM.
+for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null && kill -CONT "$pid" 2>/dev/null || true; done
 for pid in "${pids[@]}"; do
     for _ in $(seq 1 50); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
+    kill -KILL "$pid" 2>/dev/null || true
 done
 rm -rf "$dir"
