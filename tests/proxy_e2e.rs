@@ -332,6 +332,45 @@ async fn sign_out_ends_the_session_everywhere() {
     );
 }
 
+/// `/oauth2/signed_out/forget` is anonymous, so as anyone may call it: it
+/// removes the sign-out's marker and nothing else. A signed-in browser (or
+/// a page that embeds the image to annoy it) keeps its session; one without
+/// the marker gets an empty answer that sets no cookie; no method but GET.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forget_image_removes_the_marker_and_nothing_else() {
+    let h = Harness::start(|_| {}).await;
+    let b = browser();
+    sign_in(&h, &b, "/", "alice").await;
+    let forget = h.url("/oauth2/signed_out/forget");
+    let nothing = b.get(&forget).send().await.unwrap();
+    assert_eq!(nothing.status(), 204);
+    assert!(
+        nothing.headers().get("set-cookie").is_none(),
+        "no marker, no change"
+    );
+    assert_eq!(nothing.headers()["cache-control"], "no-store, private");
+    let auth = async || b.get(h.url("/oauth2/auth")).send().await.unwrap().status();
+    assert_eq!(auth().await, 202, "the session survived the image");
+    // Marked (an old sign-out's cookie) yet signed in: only the marker goes.
+    let marked = b
+        .get(&forget)
+        .header(COOKIE, "latchkey-signed-out=x")
+        .send()
+        .await
+        .unwrap();
+    let set: Vec<String> = (marked.headers().get_all("set-cookie").iter())
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(set.len(), 1, "{set:?}");
+    assert!(
+        set[0].starts_with("latchkey-signed-out=") && set[0].contains("Max-Age=0"),
+        "{set:?}"
+    );
+    assert_eq!(auth().await, 202);
+    let posted = b.post(&forget).send().await.unwrap();
+    assert_eq!(posted.status(), 405);
+}
+
 /// `sign_out_post_only`, as an attacker probes it: a GET (link, image,
 /// API client) ends nothing; a POST the browser marks as another site's is
 /// refused even when it carries the cookie (a browser without SameSite);
