@@ -169,6 +169,7 @@ async fn redis_sentinel_wakes_waiters_across_instances() {
         username: None,
         password: None,
         sentinel_password: None,
+        tls: false,
     });
     across_instances(|ns| {
         let target = target.clone();

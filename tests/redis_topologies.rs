@@ -9,8 +9,8 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
+use common::redis_servers::OwnServers;
+
 use std::time::{Duration, Instant};
 
 use latchkey::store::StoreError;
@@ -67,77 +67,6 @@ async fn sentinel_honours_the_database_number() {
     assert!(exists(&master, 5, &key).await, "not in database 5");
     assert!(!exists(&master, 0, &key).await, "in database 0");
     store.purge("").await.unwrap();
-}
-
-/// `count` free loopback ports in a row, and the same ports + 10000 (a
-/// cluster node's bus port) free too.
-fn free_ports(count: u16) -> u16 {
-    let free = |port: u16| {
-        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
-            && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok()
-    };
-    let mut base = 21000 + (latchkey::secret::random_u64() % 2000) as u16 * 10;
-    while !(base..base + count).all(free) {
-        base += 10;
-    }
-    base
-}
-
-/// Redis servers of the test's own, started by one of `tests/redis/`'s
-/// scripts (the test fails them over or kills them), stopped when dropped.
-struct OwnServers {
-    dir: tempfile::TempDir,
-    /// The store URL the script printed.
-    url: String,
-    /// The first of the ports they took.
-    first_port: u16,
-}
-
-impl OwnServers {
-    /// `tests/redis/SCRIPT start` on `ports` free ports in a row.
-    fn start(script: &str, ports: u16) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/redis")
-            .join(script);
-        let first_port = free_ports(ports);
-        let out = Command::new(&script)
-            .arg("start")
-            .arg(dir.path())
-            .arg(first_port.to_string())
-            .output()
-            .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let url = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-        Self {
-            dir,
-            url,
-            first_port,
-        }
-    }
-
-    /// Sends `signal` (`STOP`, `CONT`, `KILL`) to the server on `port`.
-    fn signal(&self, port: u16, signal: &str) {
-        let pidfile = self.dir.path().join(format!("redis-{port}.pid"));
-        let pid = std::fs::read_to_string(pidfile).unwrap();
-        let sent = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.trim())
-            .status()
-            .unwrap();
-        assert!(sent.success());
-    }
-}
-
-impl Drop for OwnServers {
-    fn drop(&mut self) {
-        let stop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/redis/stop.sh");
-        let _ = Command::new(stop).arg(self.dir.path()).status();
-    }
 }
 
 /// The sentinels promote the replica (`SENTINEL FAILOVER`, the old master

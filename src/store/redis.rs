@@ -245,6 +245,9 @@ pub struct SentinelTarget {
     pub password: Option<String>,
     /// The sentinels' own password, if they have one.
     pub sentinel_password: Option<String>,
+    /// TLS to the sentinels and to the master (`rediss+sentinel://`),
+    /// verified against [`Options::tls`] or the bundled web roots.
+    pub tls: bool,
 }
 
 impl std::fmt::Debug for SentinelTarget {
@@ -254,6 +257,7 @@ impl std::fmt::Debug for SentinelTarget {
             .field("master_name", &self.master_name)
             .field("db", &self.db)
             .field("username", &self.username)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -291,6 +295,30 @@ impl Durability {
     pub const MAX_TIMEOUT: Duration = Duration::from_millis(1500);
     /// `wait_timeout` when the URL gives none.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
+}
+
+/// How a store talks to its deployment, besides where it is.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How often waiters look again when no change message came (the
+    /// fallback for a message lost while the subscriber reconnects).
+    pub poll_interval: Duration,
+    /// `wait_replicas`: writes count once this many replicas have them.
+    pub durability: Option<Durability>,
+    /// The CA certificates to trust (`ca_file`) and the client certificate
+    /// to present (`client_cert`, `client_key`) on a TLS connection; `None`:
+    /// the bundled web roots, no client certificate.
+    pub tls: Option<redis::TlsCertificates>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            poll_interval: POLL_INTERVAL,
+            durability: None,
+            tls: None,
+        }
+    }
 }
 
 impl Drop for RedisStore {
@@ -354,6 +382,24 @@ impl RedisStore {
         namespace: &str,
         poll_interval: Duration,
     ) -> StoreResult<Self> {
+        let options = Options {
+            poll_interval,
+            ..Options::default()
+        };
+        Self::open(target, namespace, options).await
+    }
+
+    /// Connects to `target` as `options` say.
+    pub async fn open(target: &Target, namespace: &str, options: Options) -> StoreResult<Self> {
+        let Options {
+            poll_interval,
+            durability,
+            tls,
+        } = options;
+        let node_client = |url: &str| match &tls {
+            Some(certificates) => redis::Client::build_with_tls(url, certificates.clone()),
+            None => redis::Client::open(url),
+        };
         let config_error = |url: &str, e: redis::RedisError| {
             StoreError::Config(format!("redis URL {}: {e}", redact_url(url)))
         };
@@ -362,7 +408,7 @@ impl RedisStore {
         };
         let (connection, subscribers) = match target {
             Target::Server(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(|e| config_error(url, e))?;
+                let client = node_client(url).map_err(|e| config_error(url, e))?;
                 let config = ConnectionManagerConfig::new()
                     // Fail fast when the server is away: requests get a 503 instead of hanging.
                     .set_connection_timeout(Some(STORE_TIMEOUT))
@@ -379,20 +425,22 @@ impl RedisStore {
             }
             Target::Cluster(nodes) => {
                 let first = nodes.first().map(String::as_str).unwrap_or_default();
-                let client =
+                let mut builder =
                     redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
                         .connection_timeout(STORE_TIMEOUT)
                         .response_timeout(STORE_TIMEOUT)
-                        .retries(2)
-                        .build()
-                        .map_err(|e| config_error(first, e))?;
+                        .retries(2);
+                if let Some(certificates) = &tls {
+                    builder = builder.certs(certificates.clone());
+                }
+                let client = builder.build().map_err(|e| config_error(first, e))?;
                 let connection = client
                     .get_async_connection()
                     .await
                     .map_err(|e| connecting(first, e))?;
                 let subscribers = nodes
                     .iter()
-                    .map(|url| redis::Client::open(url.as_str()).map_err(|e| config_error(url, e)))
+                    .map(|url| node_client(url).map_err(|e| config_error(url, e)))
                     .collect::<StoreResult<Vec<_>>>()?;
                 (
                     Connection::Cluster(connection),
@@ -400,7 +448,7 @@ impl RedisStore {
                 )
             }
             Target::Sentinel(target) => {
-                let followed = follow(target)
+                let followed = follow(target, tls.as_ref())
                     .map_err(|e| StoreError::Config(format!("redis sentinels: {e}")))?;
                 let followed = Arc::new(followed);
                 followed.master().await.map_err(|e| {
@@ -435,14 +483,8 @@ impl RedisStore {
             commit_script: Script::new(COMMIT_LOGIN),
             changes,
             subscriber,
-            durability: None,
+            durability,
         })
-    }
-
-    /// This store with every write waiting for replicas (`wait_replicas`).
-    pub fn with_durability(mut self, durability: Option<Durability>) -> Self {
-        self.durability = durability;
-        self
     }
 
     fn key(&self, key: &str) -> String {
@@ -762,10 +804,21 @@ impl RedisStore {
     }
 }
 
-/// A sentinel client for `target`'s master.
-fn follow(target: &SentinelTarget) -> redis::RedisResult<Followed> {
-    let sentinels = (target.sentinels.iter())
-        .map(|(host, port)| redis::ConnectionAddr::Tcp(host.clone(), *port));
+/// A sentinel client for `target`'s master, trusting and presenting
+/// `certificates` over TLS.
+fn follow(
+    target: &SentinelTarget,
+    certificates: Option<&redis::TlsCertificates>,
+) -> redis::RedisResult<Followed> {
+    let sentinels = (target.sentinels.iter()).map(|(host, port)| match target.tls {
+        true => redis::ConnectionAddr::TcpTls {
+            host: host.clone(),
+            port: *port,
+            insecure: false,
+            tls_params: None,
+        },
+        false => redis::ConnectionAddr::Tcp(host.clone(), *port),
+    });
     let mut builder = redis::sentinel::SentinelClientBuilder::new(
         sentinels,
         &target.master_name,
@@ -780,6 +833,14 @@ fn follow(target: &SentinelTarget) -> redis::RedisResult<Followed> {
     }
     if let Some(password) = &target.sentinel_password {
         builder = builder.set_client_to_sentinel_password(password);
+    }
+    if target.tls {
+        builder = (builder.set_client_to_sentinel_tls_mode(redis::TlsMode::Secure))
+            .set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+        if let Some(certificates) = certificates {
+            builder = (builder.set_client_to_sentinel_certificates(certificates.clone()))
+                .set_client_to_redis_certificates(certificates.clone());
+        }
     }
     Ok(Followed {
         sentinels: tokio::sync::Mutex::new(builder.build()?),

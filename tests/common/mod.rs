@@ -14,6 +14,7 @@ pub mod observed_store;
 pub mod process;
 pub mod proxy;
 pub mod recorder;
+pub mod redis_servers;
 pub mod tls;
 
 use std::future::Future;

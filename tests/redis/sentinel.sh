@@ -5,14 +5,17 @@
 #
 #   tests/redis/sentinel.sh start DIR FIRST_PORT   # ports FIRST_PORT..+4; prints the store URL
 #   tests/redis/sentinel.sh stop DIR
+#
+# With REDIS_TLS_DIR set, over TLS only (see tls.sh): a rediss+sentinel:// URL.
 set -euo pipefail
+. "$(dirname "$0")/tls.sh"
 
 command=${1:?start or stop}
 dir=${2:?a directory for the servers}
 
 up() { # port: waits until it answers PING
     for _ in $(seq 1 50); do
-        redis-cli -h 127.0.0.1 -p "$1" ping >/dev/null 2>&1 && return 0
+        cli -p "$1" ping >/dev/null 2>&1 && return 0
         sleep 0.1
     done
     echo "nothing answers on port $1" >&2
@@ -25,17 +28,30 @@ start)
     master=$first replica=$((first + 1))
     mkdir -p "$dir"
     common=(--bind 127.0.0.1 --daemonize yes --save "" --appendonly no --dir "$dir")
-    redis-server --port "$master" "${common[@]}" \
+    tls_server_args "$master"
+    redis-server "${server_args[@]}" "${common[@]}" \
         --pidfile "$dir/redis-$master.pid" --logfile "$dir/redis-$master.log"
     up "$master"
-    redis-server --port "$replica" "${common[@]}" --replicaof 127.0.0.1 "$master" \
+    tls_server_args "$replica"
+    redis-server "${server_args[@]}" "${common[@]}" --replicaof 127.0.0.1 "$master" \
         --pidfile "$dir/redis-$replica.pid" --logfile "$dir/redis-$replica.log"
     up "$replica"
     sentinels=()
     for i in 2 3 4; do
         port=$((first + i))
+        if [ -n "${REDIS_TLS_DIR:-}" ]; then
+            listen="port 0
+tls-port $port
+tls-cert-file $REDIS_TLS_DIR/server.pem
+tls-key-file $REDIS_TLS_DIR/server.key
+tls-ca-cert-file $REDIS_TLS_DIR/ca.pem
+tls-auth-clients ${REDIS_TLS_AUTH_CLIENTS:-optional}
+tls-replication yes"
+        else
+            listen="port $port"
+        fi
         cat >"$dir/sentinel-$port.conf" <<CONF
-port $port
+$listen
 bind 127.0.0.1
 daemonize yes
 pidfile $dir/redis-$port.pid
@@ -53,11 +69,11 @@ CONF
     # Ready when the replica is in sync and every sentinel knows the
     # replica and the two other sentinels (a failover needs two of three).
     field() { # sentinel-port name: the value of one field of SENTINEL MASTER
-        redis-cli -h 127.0.0.1 -p "$1" sentinel master latchkey 2>/dev/null \
+        cli -p "$1" sentinel master latchkey 2>/dev/null \
             | grep -A1 "^$2\$" | tail -1
     }
     ready() {
-        redis-cli -h 127.0.0.1 -p "$replica" info replication | grep -q '^master_link_status:up' || return 1
+        cli -p "$replica" info replication | grep -q '^master_link_status:up' || return 1
         for s in "${sentinels[@]}"; do
             [ "$(field "${s#*:}" num-slaves)" = 1 ] || return 1
             [ "$(field "${s#*:}" num-other-sentinels)" = 2 ] || return 1
@@ -68,7 +84,7 @@ CONF
         sleep 0.1
     done
     ready || { echo "the sentinels never saw the whole set" >&2; exit 1; }
-    echo "redis+sentinel://$(IFS=,; echo "${sentinels[*]}")/latchkey/0"
+    echo "$(scheme)+sentinel://$(IFS=,; echo "${sentinels[*]}")/latchkey/0"
     ;;
 stop)
     "$(dirname "$0")/stop.sh" "$dir"
