@@ -9,26 +9,13 @@
 
 mod common;
 
-use common::redis_servers::OwnServers;
+use common::redis_servers::{OwnServers, master_named_by};
 
 use std::time::{Duration, Instant};
 
 use latchkey::store::StoreError;
 
 const TTL: Duration = Duration::from_secs(60);
-
-/// The master's `redis://HOST:PORT` as the sentinel at `sentinel` names it.
-async fn master_named_by(sentinel: &str) -> String {
-    let client = redis::Client::open(format!("redis://{sentinel}")).unwrap();
-    let mut con = client.get_multiplexed_async_connection().await.unwrap();
-    let (host, port): (String, u16) = redis::cmd("SENTINEL")
-        .arg("GET-MASTER-ADDR-BY-NAME")
-        .arg("latchkey")
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    format!("redis://{host}:{port}")
-}
 
 /// The first sentinel of a `redis+sentinel://` URL.
 fn first_sentinel(url: &str) -> String {
@@ -316,12 +303,24 @@ async fn a_cluster_primary_killed_is_followed_and_loses_nothing_waited_for() {
         store.get("{t}signed-out").await.unwrap().is_none(),
         "a deletion was undone"
     );
-    // A write now goes to the new primary: counted if a replica of it
-    // acknowledges, else refused as unavailable; nothing else.
+    // A write now goes to the new primary, which has no replica (its own
+    // primary is dead, and no other primary has one to spare): it cannot
+    // count, and is refused as unavailable rather than acknowledged.
     let written = (store.compare_and_swap("{t}kept", kept.version, b"w", TTL)).await;
     assert!(
-        matches!(written, Ok(true) | Err(StoreError::Unavailable(_))),
-        "{written:?}"
+        matches!(written, Err(StoreError::Unavailable(_))),
+        "a write no replica has was counted: {written:?}"
+    );
+    // The control: a store without wait_replicas has the same write counted.
+    let hopeful = latchkey::store::connect(&format!("{}?prefix=fo", own.url))
+        .await
+        .unwrap();
+    let now = hopeful.get("{t}kept").await.unwrap().expect("still there");
+    assert!(
+        hopeful
+            .compare_and_swap("{t}kept", now.version, b"w", TTL)
+            .await
+            .unwrap()
     );
     eprintln!("{outages} commands failed fast while the slot had no primary");
 }

@@ -6,81 +6,14 @@
 //! LATCHKEY_TEST_REDIS_CLUSTER, LATCHKEY_TEST_REDIS_SENTINEL and
 //! LATCHKEY_TEST_POSTGRES are set (CI sets them).
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use base64::Engine;
-use common::browser::{browser, sign_in_at_idp};
-use common::process::KillOnDrop;
-use latchkey::dev_idp::{DevClient, DevIdp, DevIdpConfig};
+use common::browser::browser;
+use common::replica::{Replica, dev_idp, login_until_callback, session_id, sign_in_at};
 use latchkey::secret::random_token;
-use reqwest::header::{ACCEPT, LOCATION};
-use url::Url;
-
-const CALLBACK: &str = "http://lb.test/oauth2/callback";
-const SECRET: &str = "replica-secret";
-const COOKIE_KEY: [u8; 32] = [42; 32];
-
-/// One `latchkey serve` process, killed when dropped.
-struct Replica {
-    child: KillOnDrop,
-    addr: SocketAddr,
-}
-
-impl Replica {
-    fn start(issuer: &str, store: &str) -> Replica {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_latchkey"))
-            .arg("serve")
-            .env("LATCHKEY_LISTEN", "127.0.0.1:0")
-            .env("LATCHKEY_ISSUER", issuer)
-            .env("LATCHKEY_CLIENT_ID", "latchkey")
-            .env("LATCHKEY_CLIENT_SECRET", SECRET)
-            .env("LATCHKEY_REDIRECT_URL", CALLBACK)
-            .env("LATCHKEY_STORE", store)
-            .env(
-                "LATCHKEY_COOKIE_SECRET",
-                base64::engine::general_purpose::STANDARD.encode(COOKIE_KEY),
-            )
-            .env("LATCHKEY_EMAIL_DOMAINS", "*")
-            .env("LATCHKEY_EXCHANGE_LEASE", "2s")
-            .env("LATCHKEY_REFRESH_BEFORE_EXPIRY", "3s")
-            .env("LATCHKEY_LOG_FORMAT", "json")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start latchkey serve");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("latchkey serve exited before listening")
-                .unwrap();
-            let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if entry["fields"]["message"] == "latchkey is listening" {
-                break entry["fields"]["addr"].as_str().unwrap().parse().unwrap();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        Replica {
-            child: KillOnDrop(child),
-            addr,
-        }
-    }
-
-    fn url(&self, path_and_query: &str) -> String {
-        format!("http://{}{path_and_query}", self.addr)
-    }
-
-    async fn metric(&self, name: &str) -> f64 {
-        common::process::scrape(&self.url("/metrics"), name).await
-    }
-}
+use reqwest::header::ACCEPT;
 
 /// The store URL for `var`, with a key prefix no other run uses.
 fn store_url(var: &str, feature: bool) -> Option<String> {
@@ -97,53 +30,6 @@ fn store_url(var: &str, feature: bool) -> Option<String> {
         "{url}{separator}prefix=replicas-{}",
         &random_token()[..10]
     ))
-}
-
-async fn dev_idp(access_ttl: Duration) -> DevIdp {
-    DevIdp::start(DevIdpConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        clients: vec![DevClient {
-            client_id: "latchkey".into(),
-            client_secret: SECRET.into(),
-            redirect_uris: vec![CALLBACK.into()],
-            post_logout_redirect_uris: vec![],
-            backchannel_logout_uri: None,
-        }],
-        access_ttl,
-        ..DevIdpConfig::default()
-    })
-    .await
-    .unwrap()
-}
-
-/// Starts a login at `replica` and signs in at the IdP as alice; returns the
-/// callback's query string (the IdP's redirect, not yet followed).
-async fn login_until_callback(browser: &reqwest::Client, replica: &Replica) -> String {
-    let start = browser
-        .get(replica.url("/oauth2/start?rd=/"))
-        .send()
-        .await
-        .unwrap();
-    let authorize = Url::parse(start.headers()[LOCATION].to_str().unwrap()).unwrap();
-    let back = sign_in_at_idp(browser, &authorize, "alice").await;
-    assert!(back.as_str().starts_with(CALLBACK));
-    back.query().unwrap().to_owned()
-}
-
-/// Signs alice in at `replica`, callback included.
-async fn sign_in_at(browser: &reqwest::Client, replica: &Replica) {
-    let query = login_until_callback(browser, replica).await;
-    let done = browser
-        .get(replica.url(&format!("/oauth2/callback?{query}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(done.status(), 302);
-}
-
-/// The session id inside a response's session cookie.
-fn session_id(response: &reqwest::Response) -> String {
-    common::browser::session_id_set_by(response, &COOKIE_KEY)
 }
 
 async fn same_callback_on_both_replicas(store: String) {

@@ -177,6 +177,8 @@ pub struct Knobs {
     token_calls: AtomicU64,
     code_grants: AtomicU64,
     refresh_grants: AtomicU64,
+    code_replays: AtomicU64,
+    refresh_token_reuses: AtomicU64,
     failing_token_calls: AtomicU32,
     token_delay_ms: AtomicU64,
     userinfo_subject: Mutex<Option<String>>,
@@ -230,6 +232,19 @@ impl Knobs {
     /// `refresh_token` grants requested.
     pub fn refresh_grants(&self) -> u64 {
         self.refresh_grants.load(Ordering::SeqCst)
+    }
+
+    /// Authorization codes presented again after they were redeemed (each
+    /// revokes what the code produced): a relying party that exchanged a
+    /// login twice.
+    pub fn code_replays(&self) -> u64 {
+        self.code_replays.load(Ordering::SeqCst)
+    }
+
+    /// Rotated refresh tokens presented again (each revokes its grant): a
+    /// relying party that used a refresh token twice.
+    pub fn refresh_token_reuses(&self) -> u64 {
+        self.refresh_token_reuses.load(Ordering::SeqCst)
     }
 
     /// The next `n` token calls answer 503.

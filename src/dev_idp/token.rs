@@ -195,6 +195,7 @@ fn redeem_code(idp: &Idp, client: &DevClient, form: &TokenForm) -> Response {
     if let Some(family) = code.redeemed_family {
         // A replayed code: revoke what it produced (as certified providers do).
         grants.revoked_families.insert(family);
+        idp.knobs.code_replays.fetch_add(1, Ordering::SeqCst);
         return invalid_grant("authorization code already used; its tokens are revoked");
     }
     if code.client_id != client.client_id {
@@ -243,6 +244,9 @@ fn redeem_refresh_token(idp: &Idp, client: &DevClient, form: &TokenForm) -> Resp
     if grant.used {
         // Reuse of a rotated token: someone has a copy. Revoke the family.
         grants.revoked_families.insert(grant.family);
+        idp.knobs
+            .refresh_token_reuses
+            .fetch_add(1, Ordering::SeqCst);
         return invalid_grant("refresh token reused; the grant has been revoked");
     }
     if let Some(g) = grants.refresh.get_mut(token) {

@@ -15,6 +15,7 @@ pub mod process;
 pub mod proxy;
 pub mod recorder;
 pub mod redis_servers;
+pub mod replica;
 pub mod tls;
 
 use std::future::Future;

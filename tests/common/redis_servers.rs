@@ -2,7 +2,8 @@
 //! server, a cluster, or a Sentinel set, by `tests/redis/`'s scripts), on
 //! free loopback ports, stopped when dropped.
 
-use std::path::Path;
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// `count` free loopback ports in a row, and the same ports + 10000 (a
@@ -23,10 +24,28 @@ pub fn free_ports(count: u16) -> u16 {
 /// scripts (the test fails them over or kills them), stopped when dropped.
 pub struct OwnServers {
     dir: tempfile::TempDir,
+    script: PathBuf,
+    env: Vec<(OsString, OsString)>,
     /// The store URL the script printed.
     pub url: String,
     /// The first of the ports they took.
     pub first_port: u16,
+}
+
+/// Runs `script` with `args` and `env`; its output, once it succeeded.
+fn run(script: &Path, args: &[&OsStr], env: &[(OsString, OsString)]) -> String {
+    let out = Command::new(script)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} {args:?}: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 impl OwnServers {
@@ -37,30 +56,40 @@ impl OwnServers {
 
     /// [`OwnServers::start`] with these environment variables (the
     /// scripts' `REDIS_TLS_DIR`, `REDIS_TLS_AUTH_CLIENTS`).
-    pub fn start_with(script: &str, ports: u16, env: &[(&str, &std::ffi::OsStr)]) -> Self {
+    pub fn start_with(script: &str, ports: u16, env: &[(&str, &OsStr)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/redis")
             .join(script);
+        let env: Vec<_> = (env.iter())
+            .map(|(k, v)| (OsString::from(k), v.to_os_string()))
+            .collect();
         let first_port = free_ports(ports);
-        let out = Command::new(&script)
-            .arg("start")
-            .arg(dir.path())
-            .arg(first_port.to_string())
-            .envs(env.iter().copied())
-            .output()
-            .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let port = first_port.to_string();
+        let url = run(
+            &script,
+            &["start".as_ref(), dir.path().as_os_str(), port.as_ref()],
+            &env,
         );
-        let url = String::from_utf8(out.stdout).unwrap().trim().to_owned();
         Self {
             dir,
+            script,
+            env,
             url,
             first_port,
         }
+    }
+
+    /// `sentinel.sh rejoin`: a server on `port` again (one the test
+    /// killed), as a replica of the master the sentinels name now.
+    pub fn rejoin(&self, port: u16) {
+        let port = port.to_string();
+        let args = [
+            "rejoin".as_ref(),
+            self.dir.path().as_os_str(),
+            port.as_ref(),
+        ];
+        run(&self.script, &args, &self.env);
     }
 
     /// Sends `signal` (`STOP`, `CONT`, `KILL`) to the server on `port`.
@@ -81,4 +110,19 @@ impl Drop for OwnServers {
         let stop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/redis/stop.sh");
         let _ = Command::new(stop).arg(self.dir.path()).status();
     }
+}
+
+#[cfg(feature = "redis")]
+/// The master's `redis://HOST:PORT` as the sentinel at `sentinel`
+/// (`HOST:PORT`) names it (the sets of `sentinel.sh` watch `latchkey`).
+pub async fn master_named_by(sentinel: &str) -> String {
+    let client = redis::Client::open(format!("redis://{sentinel}")).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let (host, port): (String, u16) = redis::cmd("SENTINEL")
+        .arg("GET-MASTER-ADDR-BY-NAME")
+        .arg("latchkey")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    format!("redis://{host}:{port}")
 }

@@ -4,6 +4,7 @@
 # nothing kept on disk.
 #
 #   tests/redis/sentinel.sh start DIR FIRST_PORT   # ports FIRST_PORT..+4; prints the store URL
+#   tests/redis/sentinel.sh rejoin DIR PORT  # a server again on PORT, as a replica of the current master
 #   tests/redis/sentinel.sh stop DIR
 #
 # With REDIS_TLS_DIR set, over TLS only (see tls.sh): a rediss+sentinel:// URL.
@@ -22,12 +23,13 @@ up() { # port: waits until it answers PING
     return 1
 }
 
+common=(--bind 127.0.0.1 --daemonize yes --save "" --appendonly no --dir "$dir")
+
 case "$command" in
 start)
     first=${3:?the first port}
     master=$first replica=$((first + 1))
     mkdir -p "$dir"
-    common=(--bind 127.0.0.1 --daemonize yes --save "" --appendonly no --dir "$dir")
     tls_server_args "$master"
     redis-server "${server_args[@]}" "${common[@]}" \
         --pidfile "$dir/redis-$master.pid" --logfile "$dir/redis-$master.log"
@@ -86,11 +88,27 @@ CONF
     ready || { echo "the sentinels never saw the whole set" >&2; exit 1; }
     echo "$(scheme)+sentinel://$(IFS=,; echo "${sentinels[*]}")/latchkey/0"
     ;;
+rejoin)
+    # After a failover: the old master (killed) back, as the sentinels would
+    # have it, a replica of the master they name now; ready once in sync.
+    port=${3:?the port}
+    sentinel=$(sed -n 's/^\(tls-\)\{0,1\}port \([1-9][0-9]*\)$/\2/p' "$(ls "$dir"/sentinel-*.conf | head -1)" | head -1)
+    master=$(cli -p "$sentinel" sentinel get-master-addr-by-name latchkey | tail -1)
+    tls_server_args "$port"
+    redis-server "${server_args[@]}" "${common[@]}" --replicaof 127.0.0.1 "$master" \
+        --pidfile "$dir/redis-$port.pid" --logfile "$dir/redis-$port.log"
+    for _ in $(seq 1 100); do
+        cli -p "$port" info replication 2>/dev/null | grep -q '^master_link_status:up' && exit 0
+        sleep 0.1
+    done
+    echo "the server on $port never caught up with the master on $master" >&2
+    exit 1
+    ;;
 stop)
     "$(dirname "$0")/stop.sh" "$dir"
     ;;
 *)
-    echo "usage: $0 start DIR FIRST_PORT | stop DIR" >&2
+    echo "usage: $0 start DIR FIRST_PORT | rejoin DIR PORT | stop DIR" >&2
     exit 2
     ;;
 esac
