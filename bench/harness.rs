@@ -9,6 +9,8 @@
 mod browser;
 #[path = "procs.rs"]
 mod procs;
+#[path = "rounds.rs"]
+mod rounds;
 #[path = "servers.rs"]
 mod servers;
 #[path = "wrk.rs"]
@@ -73,7 +75,9 @@ fn main() {
 
 struct Options {
     quick: bool,
-    duration: Duration,
+    /// The steady-state rounds: how many, and each one's window.
+    rounds: usize,
+    window: Duration,
     connections: u32,
     logins: usize,
     duplicate_logins: usize,
@@ -87,7 +91,8 @@ impl Options {
         if quick {
             Self {
                 quick,
-                duration: Duration::from_secs(1),
+                rounds: 2,
+                window: Duration::from_secs(1),
                 connections: 16,
                 logins: 16,
                 duplicate_logins: 4,
@@ -98,7 +103,8 @@ impl Options {
         } else {
             Self {
                 quick,
-                duration: Duration::from_secs(10),
+                rounds: 5,
+                window: Duration::from_secs(3),
                 connections: 64,
                 logins: 400,
                 duplicate_logins: 50,
@@ -110,10 +116,10 @@ impl Options {
     }
 }
 
-/// One row of the steady-state table.
+/// One row of the steady-state table: its rounds.
 struct Row {
     name: String,
-    load: wrk::Load,
+    samples: Vec<rounds::Sample>,
     peak_rss_kib: Option<u64>,
 }
 
@@ -121,6 +127,9 @@ struct Row {
 struct Logins {
     name: String,
     per_second: f64,
+    /// The relying party's own CPU time per complete login (its processes
+    /// only: not the IdP's, not the clients').
+    cpu_ms_per_login: f64,
     failed: usize,
     token_calls_per_login: f64,
     successes_per_login: f64,
@@ -189,23 +198,6 @@ impl Bench {
         browser
     }
 
-    async fn steady(
-        &self,
-        name: &str,
-        url: &str,
-        cookie: Option<&str>,
-        proc: Option<&Proc>,
-    ) -> Row {
-        // Warm up the connection pools, then measure.
-        let _ = wrk::run(url, cookie, self.opts.connections, Duration::from_secs(1));
-        let load = wrk::run(url, cookie, self.opts.connections, self.opts.duration);
-        Row {
-            name: name.to_owned(),
-            load,
-            peak_rss_kib: proc.and_then(Proc::peak_rss_kib),
-        }
-    }
-
     /// N complete logins from 32 concurrent clients, then the duplicate-callback
     /// storm: each login's callback sent 4× at once.
     async fn logins(
@@ -214,7 +206,14 @@ impl Bench {
         entry: &str,
         callback: &str,
         session_cookie: &str,
+        pids: &[u32],
     ) -> Logins {
+        let rp_cpu = || -> Duration {
+            (procs::descendants_and(pids).into_iter())
+                .map(procs::cpu_time)
+                .sum()
+        };
+        let cpu_before = rp_cpu();
         let started = Instant::now();
         let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let gate = Arc::new(tokio::sync::Semaphore::new(32));
@@ -235,6 +234,8 @@ impl Bench {
             task.await.unwrap();
         }
         let per_second = self.opts.logins as f64 / started.elapsed().as_secs_f64();
+        let cpu_ms_per_login =
+            rp_cpu().saturating_sub(cpu_before).as_secs_f64() * 1e3 / self.opts.logins as f64;
 
         let token_calls_before = self.idp.knobs().code_grants();
         let (mut successes, mut sessions) = (0usize, 0usize);
@@ -263,6 +264,7 @@ impl Bench {
         Logins {
             name: name.to_owned(),
             per_second,
+            cpu_ms_per_login,
             failed: failed.load(std::sync::atomic::Ordering::SeqCst),
             token_calls_per_login: (self.idp.knobs().code_grants() - token_calls_before) as f64 / n,
             successes_per_login: successes as f64 / n,
@@ -448,12 +450,8 @@ fn version(program: &str, args: &[&str]) -> String {
         .unwrap_or_else(|_| "not installed".into())
 }
 
-fn ratio(value: f64, base: Option<f64>) -> String {
-    match base {
-        Some(b) if b > 0.0 => format!("{:.2}×", value / b),
-        _ => "–".into(),
-    }
-}
+/// The name of the row every ratio is taken against.
+const BARE_PROXY: &str = "bare proxy (hyper, no auth)";
 
 async fn run(opts: Options) {
     let exe = std::env::current_exe().unwrap();
@@ -509,21 +507,19 @@ async fn run(opts: Options) {
         apache_port,
         _tmp: tempfile::tempdir().unwrap(),
     };
-    let mut rows = Vec::new();
     let mut logins = Vec::new();
-
-    rows.push(
-        bench
-            .steady(
-                "direct (upstream alone)",
-                &Bench::url(upstream, "/"),
-                None,
-                None,
-            )
-            .await,
-    );
+    let mut extra_notes = Vec::new();
+    // Every steady-state setup is started first and kept running, so that
+    // the rounds can interleave them.
+    let mut targets = vec![rounds::Target {
+        name: "direct (upstream alone)".into(),
+        url: Bench::url(upstream, "/"),
+        cookie: None,
+        pids: vec![upstream_proc.child.id()],
+    }];
+    let mut running: Vec<Proc> = Vec::new();
     let bare_rows = [
-        ("bare proxy (hyper, no auth)", None),
+        (BARE_PROXY, None),
         (
             "bare proxy adding latchkey's six forwarding headers (no auth)",
             Some("--forwarding-headers"),
@@ -545,8 +541,22 @@ async fn run(opts: Options) {
             &[],
             procs::plain_listening,
         );
-        let url = Bench::url(bare.addr.unwrap(), "/");
-        rows.push(bench.steady(name, &url, None, Some(&bare)).await);
+        targets.push(rounds::Target {
+            name: name.into(),
+            url: Bench::url(bare.addr.unwrap(), "/"),
+            cookie: None,
+            pids: vec![bare.child.id()],
+        });
+        running.push(bare);
+    }
+    if !bench.opts.quick {
+        match nginx_proxy_setup(&bench) {
+            Ok((proc, target)) => {
+                targets.push(target);
+                running.push(proc);
+            }
+            Err(e) => extra_notes.push(format!("nginx reverse-proxy row skipped: {e}")),
+        }
     }
 
     let unique = &latchkey::secret::random_token()[..8];
@@ -564,54 +574,83 @@ async fn run(opts: Options) {
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
         stores.push(("redis", format!("{redis}?prefix=bench-{unique}")));
         stores.push(("postgres", format!("{postgres}?prefix=bench-{unique}")));
-    } else {
-        stores.truncate(1);
     }
+    // (name, entry, callback, session cookie, processes) of each relying party.
+    let mut relying_parties: Vec<(String, String, String, &str, Vec<u32>)> = Vec::new();
     for (i, (name, store)) in stores.iter().enumerate() {
         let port = bench.ports[i];
         let proc = bench.latchkey(port, store, true, &[]);
         let entry = format!("http://127.0.0.1:{port}/");
         let callback = format!("http://127.0.0.1:{port}/oauth2/callback");
         let browser = bench.signed_in(&entry, &callback).await;
-        let cookie = browser.cookie_header(&entry);
-        rows.push(
-            bench
-                .steady(
-                    &format!("latchkey, {name} store"),
-                    &entry,
-                    Some(&cookie),
-                    Some(&proc),
-                )
-                .await,
-        );
-        logins.push(
-            bench
-                .logins(
-                    &format!("latchkey, {name} store"),
-                    &entry,
-                    &callback,
-                    "_latchkey",
-                )
-                .await,
-        );
-        let shared = name.starts_with("redis") || name.starts_with("postgres");
-        if shared && let Ok(shared) = latchkey::store::connect(store).await {
-            let _ = shared.purge("").await;
+        targets.push(rounds::Target {
+            name: format!("latchkey, {name} store"),
+            url: entry.clone(),
+            cookie: Some(browser.cookie_header(&entry)),
+            pids: vec![proc.child.id()],
+        });
+        relying_parties.push((
+            format!("latchkey, {name} store"),
+            entry,
+            callback,
+            "_latchkey",
+            vec![proc.child.id()],
+        ));
+        running.push(proc);
+    }
+    if !bench.opts.quick {
+        match forward_auth_setup(&bench).await {
+            Ok((procs, target)) => {
+                targets.push(target);
+                running.extend(procs);
+            }
+            Err(e) => extra_notes.push(format!("nginx forward-auth row skipped: {e}")),
+        }
+        match apache_setup(&bench).await {
+            Ok((proc, target, callback)) => {
+                relying_parties.push((
+                    "Apache + mod_auth_openidc".into(),
+                    target.url.clone(),
+                    callback,
+                    "mod_auth_openidc_session",
+                    target.pids.clone(),
+                ));
+                targets.push(target);
+                running.push(proc);
+            }
+            Err(e) => extra_notes.push(format!("mod_auth_openidc rows skipped: {e}")),
         }
     }
 
-    let mut extra_notes = Vec::new();
-    if !bench.opts.quick {
-        match forward_auth_row(&bench).await {
-            Ok(row) => rows.push(row),
-            Err(e) => extra_notes.push(format!("nginx forward-auth row skipped: {e}")),
-        }
-        match apache_rows(&bench).await {
-            Ok((row, login)) => {
-                rows.push(row);
-                logins.push(login);
-            }
-            Err(e) => extra_notes.push(format!("mod_auth_openidc rows skipped: {e}")),
+    let plan = rounds::Plan {
+        rounds: bench.opts.rounds,
+        window: bench.opts.window,
+        warm_up: Duration::from_secs(1),
+        connections: bench.opts.connections,
+    };
+    let samples = rounds::measure(&targets, &plan);
+    let rows: Vec<Row> = (targets.iter().zip(samples))
+        .map(|(target, samples)| Row {
+            name: target.name.clone(),
+            samples,
+            peak_rss_kib: Some(
+                (procs::descendants_and(&target.pids).into_iter())
+                    .filter_map(procs::peak_rss_kib)
+                    .sum(),
+            )
+            .filter(|kib| *kib > 0 && !target.name.starts_with("direct")),
+        })
+        .collect();
+
+    // The login storms, on the same servers, one relying party at a time.
+    for (name, entry, callback, cookie, pids) in &relying_parties {
+        logins.push(bench.logins(name, entry, callback, cookie, pids).await);
+    }
+    drop(running);
+    for (name, store) in &stores {
+        let shared = name.starts_with("redis") || name.starts_with("postgres");
+        if shared && let Ok(shared) = latchkey::store::connect(store).await {
+            let _ = shared.purge("").await;
         }
     }
 
@@ -703,14 +742,8 @@ fn render(
     notes: &[String],
 ) -> String {
     let o = &bench.opts;
-    let bare = rows
-        .iter()
-        .find(|r| r.name.starts_with("bare"))
-        .map(|r| r.load);
-    let modauth = rows
-        .iter()
-        .find(|r| r.name.contains("mod_auth_openidc"))
-        .map(|r| r.load);
+    let bare = rows.iter().find(|r| r.name == BARE_PROXY);
+    let modauth = rows.iter().find(|r| r.name.contains("mod_auth_openidc"));
     let mut out = String::new();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -723,14 +756,15 @@ fn render(
     let _ = writeln!(out, "# latchkey benchmark results\n");
     let _ = writeln!(
         out,
-        "{} run, {}; {} cores ({cpu}); servers pinned to core {}, wrk to core {}; {} connections, {} s per row.\n",
+        "{} run, {}; {} cores ({cpu}); servers pinned to core {}, wrk to core {}; {} connections; steady state in {} interleaved rounds of {} s per setup.\n",
         if o.quick { "Quick (smoke)" } else { "Full" },
         version("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         server_cpu(),
         load_cpu(),
         o.connections,
-        o.duration.as_secs()
+        o.rounds,
+        o.window.as_secs()
     );
     let _ = writeln!(
         out,
@@ -750,25 +784,41 @@ fn render(
     let _ = writeln!(out, "## Authenticated GET, steady state\n");
     let _ = writeln!(
         out,
-        "| setup | req/s | p50 ms | p99 ms | errors | peak RSS MiB | req/s vs bare proxy | p99 vs bare proxy | req/s vs mod_auth_openidc | p99 vs mod_auth_openidc |"
+        "Every setup runs the same {0} rounds of {1} s, interleaved (each round loads every setup in turn), after a warm-up. Each figure is the median over the rounds; each ratio is taken within a round and shown as its median (min–max over the rounds). CPU is the setup's own processes (the proxy; nginx and latchkey for forward-auth; all of Apache's), from /proc over the window, per request served: not the upstream's, not a store server's.\n",
+        o.rounds,
+        o.window.as_secs()
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| setup | req/s | req/s vs bare proxy | p99 ms | p99 vs bare proxy | CPU µs per request | CPU per request vs bare proxy | req/s vs mod_auth_openidc | p99 vs mod_auth_openidc | errors | peak RSS MiB |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let rps = |s: &rounds::Sample| s.load.rps;
+    let p99 = |s: &rounds::Sample| s.load.p99_ms;
+    let versus = |row: &Row, base: Option<&Row>, value: &dyn Fn(&rounds::Sample) -> f64| {
+        base.map_or("–".into(), |base| {
+            rounds::Ratio::of(&row.samples, &base.samples, value).show()
+        })
+    };
     for r in rows {
-        let l = r.load;
+        let median = |value: &dyn Fn(&rounds::Sample) -> f64| {
+            rounds::median(&r.samples.iter().map(value).collect::<Vec<_>>())
+        };
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {} | {:.2} | {} | {:.1} | {} | {} | {} | {} | {} |",
             r.name,
-            l.rps,
-            l.p50_ms,
-            l.p99_ms,
-            l.errors,
+            median(&rps),
+            versus(r, bare, &rps),
+            median(&p99),
+            versus(r, bare, &p99),
+            median(&rounds::Sample::cpu_us_per_request),
+            versus(r, bare, &rounds::Sample::cpu_us_per_request),
+            versus(r, modauth, &rps),
+            versus(r, modauth, &p99),
+            r.samples.iter().map(|s| s.load.errors).sum::<u64>(),
             r.peak_rss_kib
                 .map_or("–".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
-            ratio(l.rps, bare.map(|b| b.rps)),
-            ratio(l.p99_ms, bare.map(|b| b.p99_ms)),
-            ratio(l.rps, modauth.map(|m| m.rps)),
-            ratio(l.p99_ms, modauth.map(|m| m.p99_ms)),
         );
     }
     let _ = writeln!(out, "\n## Logins\n");
@@ -779,15 +829,16 @@ fn render(
     );
     let _ = writeln!(
         out,
-        "| relying party | logins/s | failed logins | token calls per login | successful callbacks per login (of 4) | distinct sessions per login |"
+        "| relying party | logins/s | its CPU ms per login | failed logins | token calls per login | successful callbacks per login (of 4) | distinct sessions per login |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
     for l in logins {
         let _ = writeln!(
             out,
-            "| {} | {:.1} | {} | {:.2} | {:.2} | {:.2} |",
+            "| {} | {:.1} | {:.2} | {} | {:.2} | {:.2} | {:.2} |",
             l.name,
             l.per_second,
+            l.cpu_ms_per_login,
             l.failed,
             l.token_calls_per_login,
             l.successes_per_login,
@@ -825,8 +876,75 @@ fn render(
     out
 }
 
+/// nginx as a plain reverse proxy in front of the upstream (`proxy_pass`
+/// with upstream keep-alive, no auth): the C reference for what a proxy
+/// costs here, next to the bare Rust proxy.
+fn nginx_proxy_setup(bench: &Bench) -> Result<(Proc, rounds::Target), String> {
+    if version("nginx", &["-v"]) == "not installed" {
+        return Err("nginx is not installed".into());
+    }
+    let port = bench.ports[7];
+    let dir = bench._tmp.path().join("nginx-proxy");
+    let server = format!(
+        r#"  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+"#
+    );
+    let proc = start_nginx(&dir, bench.upstream, &server, port)?;
+    let target = rounds::Target {
+        name: "nginx reverse proxy (proxy_pass, upstream keep-alive, no auth)".into(),
+        url: format!("http://127.0.0.1:{port}/"),
+        cookie: None,
+        pids: vec![proc.child.id()],
+    };
+    Ok((proc, target))
+}
+
+/// nginx with one worker, the upstream `app` (keep-alive 64) and `servers`
+/// (its `server` blocks, which may add upstreams of their own), in `dir`;
+/// running once `port` accepts connections.
+fn start_nginx(
+    dir: &std::path::Path,
+    upstream: SocketAddr,
+    servers: &str,
+    port: u16,
+) -> Result<Proc, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let conf = format!(
+        r#"worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  upstream app {{ server {upstream}; keepalive 64; }}
+{servers}}}
+"#,
+        dir = dir.display(),
+    );
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf).map_err(|e| e.to_string())?;
+    Ok(procs::start_quiet(
+        "nginx",
+        &["-c", conf_path.to_str().unwrap()],
+        port,
+    ))
+}
+
 /// latchkey in forward-auth mode behind nginx `auth_request`.
-async fn forward_auth_row(bench: &Bench) -> Result<Row, String> {
+async fn forward_auth_setup(bench: &Bench) -> Result<(Vec<Proc>, rounds::Target), String> {
     if version("nginx", &["-v"]) == "not installed" {
         return Err("nginx is not installed".into());
     }
@@ -843,22 +961,8 @@ async fn forward_auth_row(bench: &Bench) -> Result<Row, String> {
         )],
     );
     let dir = bench._tmp.path().join("nginx");
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let conf = format!(
-        r#"worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
-  upstream app {{ server {up}; keepalive 64; }}
-  upstream latchkey {{ server 127.0.0.1:{lk_port}; keepalive 64; }}
+    let servers = format!(
+        r#"  upstream latchkey {{ server 127.0.0.1:{lk_port}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{nginx_port};
     location /oauth2/ {{
@@ -887,14 +991,9 @@ http {{
     }}
     location @sign_in {{ return 302 /oauth2/start?rd=$request_uri; }}
   }}
-}}
-"#,
-        dir = dir.display(),
-        up = bench.upstream,
+"#
     );
-    let conf_path = dir.join("nginx.conf");
-    std::fs::write(&conf_path, conf).map_err(|e| e.to_string())?;
-    let nginx = procs::start_quiet("nginx", &["-c", conf_path.to_str().unwrap()], nginx_port);
+    let nginx = start_nginx(&dir, bench.upstream, &servers, nginx_port)?;
     let entry = format!("http://127.0.0.1:{nginx_port}/");
     let browser = bench
         .signed_in(
@@ -902,23 +1001,18 @@ http {{
             &format!("http://127.0.0.1:{nginx_port}/oauth2/callback"),
         )
         .await;
-    let cookie = browser.cookie_header(&entry);
-    let row = bench
-        .steady(
-            "latchkey forward-auth behind nginx auth_request (memory store)",
-            &entry,
-            Some(&cookie),
-            Some(&lk),
-        )
-        .await;
-    drop(nginx);
-    drop(lk);
-    Ok(row)
+    let target = rounds::Target {
+        name: "latchkey forward-auth behind nginx auth_request (memory store)".into(),
+        cookie: Some(browser.cookie_header(&entry)),
+        url: entry,
+        pids: vec![nginx.child.id(), lk.child.id()],
+    };
+    Ok((vec![nginx, lk], target))
 }
 
 /// Apache with mod_auth_openidc, server-side session cache, against the same
-/// IdP and upstream.
-async fn apache_rows(bench: &Bench) -> Result<(Row, Logins), String> {
+/// IdP and upstream, signed in; with its callback URL.
+async fn apache_setup(bench: &Bench) -> Result<(Proc, rounds::Target, String), String> {
     let module = "/usr/lib/apache2/modules/mod_auth_openidc.so";
     if !std::path::Path::new(module).exists() {
         return Err("libapache2-mod-auth-openidc is not installed".into());
@@ -982,40 +1076,11 @@ ProxyPass / http://{up}/
     let entry = format!("http://127.0.0.1:{port}/");
     let callback = format!("http://127.0.0.1:{port}/redirect_uri");
     let browser = bench.signed_in(&entry, &callback).await;
-    let cookie = browser.cookie_header(&entry);
-    let mut row = bench
-        .steady(
-            "Apache + mod_auth_openidc (server-side cache)",
-            &entry,
-            Some(&cookie),
-            None,
-        )
-        .await;
-    row.peak_rss_kib = apache_peak_rss(&conf_path);
-    let logins = bench
-        .logins(
-            "Apache + mod_auth_openidc",
-            &entry,
-            &callback,
-            "mod_auth_openidc_session",
-        )
-        .await;
-    drop(apache);
-    Ok((row, logins))
-}
-
-/// Sum of the peak RSS of every Apache process using `conf`.
-fn apache_peak_rss(conf: &std::path::Path) -> Option<u64> {
-    let needle = conf.to_str()?;
-    let mut total = 0;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if cmdline.contains(needle) && cmdline.contains("apache2") {
-            total += procs::peak_rss_kib(pid).unwrap_or(0);
-        }
-    }
-    (total > 0).then_some(total)
+    let target = rounds::Target {
+        name: "Apache + mod_auth_openidc (server-side cache)".into(),
+        cookie: Some(browser.cookie_header(&entry)),
+        url: entry,
+        pids: vec![apache.child.id()],
+    };
+    Ok((apache, target, callback))
 }

@@ -31,13 +31,6 @@ impl Drop for Proc {
     }
 }
 
-impl Proc {
-    /// Peak resident memory (VmHWM) in KiB, from /proc.
-    pub fn peak_rss_kib(&self) -> Option<u64> {
-        peak_rss_kib(self.child.id())
-    }
-}
-
 /// VmHWM of process `pid` in KiB.
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     status_field(pid, "VmHWM:")
@@ -58,6 +51,35 @@ pub fn cpu_time(pid: u32) -> Duration {
         .unwrap_or(0);
     // The kernel counts in clock ticks of 1/100 s on Linux.
     Duration::from_millis(ticks * 10)
+}
+
+/// `pids` and every process descending from one of them (nginx's and
+/// Apache's workers), from the parent ids in `/proc/*/stat`.
+pub fn descendants_and(pids: &[u32]) -> Vec<u32> {
+    let mut parents = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let parent = (stat.rsplit_once(')'))
+            .and_then(|(_, after)| after.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if let Some(parent) = parent {
+            parents.push((pid, parent));
+        }
+    }
+    let mut found = pids.to_vec();
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        for (pid, _) in parents.iter().filter(|(_, p)| *p == parent) {
+            if !found.contains(pid) {
+                found.push(*pid);
+            }
+        }
+        i += 1;
+    }
+    found
 }
 
 /// VmRSS of process `pid` in KiB.

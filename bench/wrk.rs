@@ -9,6 +9,8 @@ use std::time::Duration;
 pub struct Load {
     /// Requests per second.
     pub rps: f64,
+    /// Requests completed in the run.
+    pub requests: u64,
     /// Median latency, ms.
     pub p50_ms: f64,
     /// 99th percentile latency, ms.
@@ -56,6 +58,7 @@ fn parse(text: &str) -> Option<Load> {
         let fields: Vec<&str> = line.split_whitespace().collect();
         match fields.as_slice() {
             ["Requests/sec:", rps] => load.rps = rps.parse().ok()?,
+            [n, "requests", "in", ..] => load.requests = n.parse().ok()?,
             ["50%", value] => load.p50_ms = millis(value)?,
             ["99%", value] => load.p99_ms = millis(value)?,
             ["Non-2xx", "or", "3xx", "responses:", n] => load.errors += n.parse::<u64>().ok()?,
@@ -86,5 +89,6 @@ mod tests {
         assert!((load.p50_ms - 0.512).abs() < 1e-9);
         assert!((load.p99_ms - 4.5).abs() < 1e-9);
         assert_eq!(load.errors, 6);
+        assert_eq!(load.requests, 12345);
     }
 }
