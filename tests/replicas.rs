@@ -1,10 +1,12 @@
-//! Two `latchkey serve` processes sharing one Redis or PostgreSQL store,
+//! Two `latchkey serve` processes sharing one store (Redis, Redis Cluster,
+//! Redis behind Sentinel, PostgreSQL, or one SQLite file on one machine),
 //! behind an imagined load balancer: the same callback sent to both at once,
 //! a replica killed with SIGKILL in the middle of its code exchange, and a
 //! refresh storm across both, and a back-channel logout delivered to one
-//! that signs the user out on both. Runs when LATCHKEY_TEST_REDIS,
-//! LATCHKEY_TEST_REDIS_CLUSTER, LATCHKEY_TEST_REDIS_SENTINEL and
-//! LATCHKEY_TEST_POSTGRES are set (CI sets them).
+//! that signs the user out on both. The SQLite tests always run; the others
+//! when LATCHKEY_TEST_REDIS, LATCHKEY_TEST_REDIS_CLUSTER,
+//! LATCHKEY_TEST_REDIS_SENTINEL and LATCHKEY_TEST_POSTGRES are set (CI sets
+//! them).
 
 use std::time::{Duration, Instant};
 
@@ -228,8 +230,30 @@ async fn purge(store: &str) {
     store.purge("").await.unwrap();
 }
 
+/// One SQLite file for two processes, removed when dropped.
+struct SharedFile(tempfile::TempDir);
+
+impl SharedFile {
+    fn new() -> Self {
+        Self(tempfile::tempdir().unwrap())
+    }
+
+    fn url(&self) -> String {
+        format!("sqlite://{}", self.0.path().join("shared.db").display())
+    }
+}
+
 macro_rules! on_shared_stores {
     ($($name:ident),*) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let file = super::SharedFile::new();
+                    super::$name(file.url()).await;
+                }
+            )*
+        }
         mod redis {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{AsyncCommands, Script};
 
 use super::{ChangeSignal, LoginCommit, Store, StoreError, StoreResult, Versioned, redact_url};
@@ -491,33 +491,33 @@ impl RedisStore {
         format!("{}{key}", self.namespace)
     }
 
-    /// With `wait_replicas`, waits until that many replicas have the writes
-    /// made so far on the connection that wrote `key` (on a cluster, the
-    /// primary of its slot); `Unavailable` if they do not in time.
-    async fn replicated(&self, key: &str) -> StoreResult<()> {
+    /// Runs a write script and, with `wait_replicas`, a `WAIT` right after
+    /// it in one pipeline: on the one connection (the one node of a
+    /// cluster) that ran the write, so the `WAIT` covers that write and
+    /// nothing can come between them (a reconnect, a cluster's changed slot
+    /// map would otherwise send the `WAIT` where the write is not). The
+    /// script is loaded in the same pipeline (`EVALSHA` cannot fall back to
+    /// loading it there). Short of the replicas asked for in time, the
+    /// write is reported `Unavailable`: it may be on the primary, and it
+    /// does not count.
+    async fn write<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> StoreResult<T> {
+        let mut con = self.connection.clone();
         let Some(wanted) = self.durability else {
-            return Ok(());
+            return invocation.invoke_async(&mut con).await.map_err(unavailable);
         };
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(wanted.replicas).arg(duration_ms(wanted.timeout));
-        let acked: u64 = match &self.connection {
-            Connection::Cluster(con) => {
-                let primary = SingleNodeRoutingInfo::SpecificNode(Route::with_key(
-                    self.key(key),
-                    SlotAddr::Master,
-                ));
-                let answer = con
-                    .clone()
-                    .route_command(wait, RoutingInfo::SingleNode(primary))
-                    .await
-                    .map_err(unavailable)?;
-                redis::from_redis_value(answer).map_err(unreadable)?
-            }
-            one_server => wait
-                .query_async(&mut one_server.clone())
-                .await
-                .map_err(unavailable)?,
-        };
+        let (_, answer, acked): (redis::Value, T, u64) = redis::pipe()
+            .load_script(script)
+            .invoke_script(invocation)
+            .cmd("WAIT")
+            .arg(wanted.replicas)
+            .arg(duration_ms(wanted.timeout))
+            .query_async(&mut con)
+            .await
+            .map_err(unavailable)?;
         if acked < u64::from(wanted.replicas) {
             return Err(StoreError::Unavailable(format!(
                 "a write reached {acked} of the {} replicas wait_replicas asks for within {} ms",
@@ -525,7 +525,7 @@ impl RedisStore {
                 duration_ms(wanted.timeout)
             )));
         }
-        Ok(())
+        Ok(answer)
     }
 
     async fn live_version(&self, key: &str) -> StoreResult<Option<u64>> {
@@ -610,19 +610,14 @@ async fn relay_messages(
 #[async_trait]
 impl Store for RedisStore {
     async fn insert_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> StoreResult<bool> {
-        let mut con = self.connection.clone();
-        let inserted: bool = self
-            .insert_script
-            .key(self.key(key))
+        let mut invocation = self.insert_script.key(self.key(key));
+        invocation
             .arg(value)
             .arg(initial_version().to_string())
             .arg(ttl_ms(ttl))
-            .arg(&self.channel)
-            .invoke_async(&mut con)
-            .await
-            .map_err(unavailable)?;
+            .arg(&self.channel);
+        let inserted: bool = self.write(&self.insert_script, &invocation).await?;
         if inserted {
-            self.replicated(key).await?;
             self.changes.notify();
         }
         Ok(inserted)
@@ -653,44 +648,31 @@ impl Store for RedisStore {
         value: &[u8],
         ttl: Duration,
     ) -> StoreResult<bool> {
-        let mut con = self.connection.clone();
-        let swapped: bool = self
-            .cas_script
-            .key(self.key(key))
+        let mut invocation = self.cas_script.key(self.key(key));
+        invocation
             .arg(expected_version.to_string())
             .arg(value)
             .arg((expected_version + 1).to_string())
             .arg(ttl_ms(ttl))
-            .arg(&self.channel)
-            .invoke_async(&mut con)
-            .await
-            .map_err(unavailable)?;
+            .arg(&self.channel);
+        let swapped: bool = self.write(&self.cas_script, &invocation).await?;
         if swapped {
-            self.replicated(key).await?;
             self.changes.notify();
         }
         Ok(swapped)
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
-        let mut con = self.connection.clone();
-        let _: i64 = self
-            .delete_script
-            .key(self.key(key))
-            .arg(&self.channel)
-            .invoke_async(&mut con)
-            .await
-            .map_err(unavailable)?;
-        self.replicated(key).await?;
+        let mut invocation = self.delete_script.key(self.key(key));
+        invocation.arg(&self.channel);
+        let _: i64 = self.write(&self.delete_script, &invocation).await?;
         self.changes.notify();
         Ok(())
     }
 
     async fn commit_login(&self, c: LoginCommit<'_>) -> StoreResult<bool> {
-        let mut con = self.connection.clone();
-        let committed: bool = self
-            .commit_script
-            .key(self.key(c.login_key))
+        let mut invocation = self.commit_script.key(self.key(c.login_key));
+        invocation
             .key(self.key(c.session_key))
             .arg(c.login_version.to_string())
             .arg(c.login_value)
@@ -699,13 +681,10 @@ impl Store for RedisStore {
             .arg(c.session_value)
             .arg(initial_version().to_string())
             .arg(ttl_ms(c.session_ttl))
-            .arg(&self.channel)
-            .invoke_async(&mut con)
-            .await
-            .map_err(unavailable)?;
+            .arg(&self.channel);
+        // Its two keys share one slot: one node runs it, one WAIT covers both.
+        let committed: bool = self.write(&self.commit_script, &invocation).await?;
         if committed {
-            // Its two keys share one slot, so one WAIT covers both.
-            self.replicated(c.login_key).await?;
             self.changes.notify();
         }
         Ok(committed)
