@@ -26,6 +26,76 @@ const POLL_INTERVAL: Duration = Duration::from_millis(25);
 pub struct SqliteStore {
     pool: SqlitePool,
     changes: ChangeSignal,
+    readers: Readers,
+}
+
+/// The read path: a few read-only connections to the same file, each
+/// behind a lock, used in place by `get` (a read in WAL mode never waits on
+/// a writer, and takes microseconds); sqlx's path when every reader is
+/// busy, or when the database is not a plain file.
+struct Readers(Vec<std::sync::Mutex<rusqlite::Connection>>);
+
+impl std::fmt::Debug for Readers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Readers({})", self.0.len())
+    }
+}
+
+const GET: &str = "SELECT value, version FROM latchkey_kv WHERE key = ?1 AND expires_at > ?2";
+
+/// What a reader found: the record, or that it could not read (busy,
+/// or an error sqlx's path will report as it should).
+enum Read {
+    Found(Option<Versioned>),
+    Unread,
+}
+
+impl Readers {
+    /// One read-only connection per core to the file at `path` (none for a
+    /// path with options or an in-memory database: those stay on sqlx).
+    fn open(path: &str) -> Self {
+        let plain_file = !path.starts_with(':') && !path.contains('?') && !path.contains("mode=");
+        if !plain_file {
+            return Self(Vec::new());
+        }
+        let count = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let readers = (0..count)
+            .filter_map(|_| {
+                let connection = rusqlite::Connection::open_with_flags(path, flags).ok()?;
+                // Never wait in place: a busy file falls back to sqlx's path.
+                connection.busy_timeout(Duration::ZERO).ok()?;
+                connection.prepare_cached(GET).ok()?;
+                Some(std::sync::Mutex::new(connection))
+            })
+            .collect();
+        Self(readers)
+    }
+
+    /// `key`'s live record, read by the first free reader.
+    fn get(&self, key: &str, now: i64) -> Read {
+        for reader in &self.0 {
+            let Ok(connection) = reader.try_lock() else {
+                continue;
+            };
+            let found = connection.prepare_cached(GET).and_then(|mut statement| {
+                let mut rows = statement.query(rusqlite::params![key, now])?;
+                match rows.next()? {
+                    None => Ok(None),
+                    Some(row) => Ok(Some(Versioned {
+                        value: row.get::<_, Vec<u8>>(0)?.into(),
+                        version: row.get::<_, i64>(1)? as u64,
+                    })),
+                }
+            });
+            return match found {
+                Ok(found) => Read::Found(found),
+                Err(_) => Read::Unread,
+            };
+        }
+        Read::Unread
+    }
 }
 
 impl SqliteStore {
@@ -65,6 +135,7 @@ impl SqliteStore {
         Ok(Self {
             pool,
             changes: ChangeSignal::new(POLL_INTERVAL),
+            readers: Readers::open(path),
         })
     }
 
@@ -124,14 +195,15 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, key: &str) -> StoreResult<Option<Versioned>> {
-        let row = sqlx::query(
-            "SELECT value, version FROM latchkey_kv WHERE key = ?1 AND expires_at > ?2",
-        )
-        .bind(key)
-        .bind(now_ms())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(unavailable)?;
+        if let Read::Found(found) = self.readers.get(key, now_ms()) {
+            return Ok(found);
+        }
+        let row = sqlx::query(GET)
+            .bind(key)
+            .bind(now_ms())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
         Ok(row.map(|row| Versioned {
             value: row.get::<Vec<u8>, _>(0).into(),
             version: row.get::<i64, _>(1) as u64,
@@ -248,5 +320,76 @@ impl Store for SqliteStore {
             .map_err(unavailable)?;
         self.changes.notify();
         Ok(done.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The read path reads the file itself: what a writer (this store's
+    /// sqlx pool, or another process's store on the same file) committed is
+    /// what it returns, with the version; and it reads while a writer holds
+    /// the write lock (WAL: readers never wait on it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_see_every_committed_write_and_never_wait_on_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("read.db");
+        let path = path.to_str().unwrap();
+        let store = SqliteStore::open(path).await.unwrap();
+        let other = SqliteStore::open(path).await.unwrap();
+        assert!(store.readers.0.len() >= 2, "{:?}", store.readers);
+        let ttl = Duration::from_secs(60);
+        assert!(store.insert_if_absent("k", b"one", ttl).await.unwrap());
+        let Read::Found(Some(first)) = store.readers.get("k", now_ms()) else {
+            panic!("the reader did not find the record");
+        };
+        assert_eq!(&first.value[..], b"one");
+        assert!(
+            other
+                .compare_and_swap("k", first.version, b"two", ttl)
+                .await
+                .unwrap()
+        );
+        let Read::Found(Some(second)) = store.readers.get("k", now_ms()) else {
+            panic!("the reader did not find the record");
+        };
+        assert_eq!(
+            (&second.value[..], second.version),
+            (&b"two"[..], first.version + 1)
+        );
+        // A writer holds the write lock; the reader still answers at once.
+        let writer = rusqlite::Connection::open(path).unwrap();
+        writer
+            .execute_batch("BEGIN IMMEDIATE; DELETE FROM latchkey_kv;")
+            .unwrap();
+        let Read::Found(Some(during)) = store.readers.get("k", now_ms()) else {
+            panic!("the reader waited on or failed under a writer");
+        };
+        assert_eq!(during.version, second.version, "saw an uncommitted delete");
+        writer.execute_batch("COMMIT").unwrap();
+        assert!(matches!(
+            store.readers.get("k", now_ms()),
+            Read::Found(None)
+        ));
+        // Expired is absent.
+        assert!(
+            store
+                .insert_if_absent("e", b"v", Duration::from_millis(1))
+                .await
+                .unwrap()
+        );
+        assert!(matches!(
+            store.readers.get("e", now_ms() + 10),
+            Read::Found(None)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_database_that_is_not_a_plain_file_stays_on_sqlx() {
+        let store = SqliteStore::open(":memory:").await.unwrap();
+        assert!(store.readers.0.is_empty());
+        assert!(matches!(store.readers.get("k", now_ms()), Read::Unread));
+        assert!(store.get("k").await.unwrap().is_none());
     }
 }
