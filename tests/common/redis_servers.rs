@@ -35,19 +35,29 @@ pub struct OwnServers {
 }
 
 /// Runs `script` with `args` and `env`; its output, once it succeeded.
-fn run(script: &Path, args: &[&OsStr], env: &[(OsString, OsString)]) -> String {
+/// When it fails, whatever it started in `dir` is stopped first (the test
+/// panics before an `OwnServers` exists to stop them when dropped).
+fn run(script: &Path, args: &[&OsStr], env: &[(OsString, OsString)], dir: &Path) -> String {
     let out = Command::new(script)
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{} {args:?}: {}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !out.status.success() {
+        stop(dir);
+        panic!(
+            "{} {args:?}: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// `tests/redis/stop.sh DIR`: stops every server started in `dir`.
+fn stop(dir: &Path) {
+    let stop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/redis/stop.sh");
+    let _ = Command::new(stop).arg(dir).status();
 }
 
 impl OwnServers {
@@ -72,6 +82,7 @@ impl OwnServers {
             &script,
             &["start".as_ref(), dir.path().as_os_str(), port.as_ref()],
             &env,
+            dir.path(),
         );
         Self {
             dir,
@@ -91,7 +102,7 @@ impl OwnServers {
             self.dir.path().as_os_str(),
             port.as_ref(),
         ];
-        run(&self.script, &args, &self.env);
+        run(&self.script, &args, &self.env, self.dir.path());
     }
 
     /// Sends `signal` (`STOP`, `CONT`, `KILL`) to the server on `port`.
@@ -109,8 +120,7 @@ impl OwnServers {
 
 impl Drop for OwnServers {
     fn drop(&mut self) {
-        let stop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/redis/stop.sh");
-        let _ = Command::new(stop).arg(self.dir.path()).status();
+        stop(self.dir.path());
     }
 }
 
