@@ -499,7 +499,9 @@ impl RedisStore {
     /// script is loaded in the same pipeline (`EVALSHA` cannot fall back to
     /// loading it there). Short of the replicas asked for in time, the
     /// write is reported `Unavailable`: it may be on the primary, and it
-    /// does not count.
+    /// does not count. The `WAIT` runs whatever the script decided (a lost
+    /// claim or a failed CAS too): the pipeline is sent before its answer
+    /// is known, and with too few replicas no answer is one to act on.
     async fn write<T: redis::FromRedisValue>(
         &self,
         script: &Script,

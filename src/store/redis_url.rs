@@ -83,10 +83,7 @@ struct OptionText {
 impl OptionText {
     /// Whether `key` is one of these options.
     fn knows(key: &str) -> bool {
-        matches!(
-            key,
-            "wait_replicas" | "wait_timeout" | "ca_file" | "client_cert" | "client_key"
-        )
+        Self::default().take(key, "")
     }
 
     /// Takes `key=value` if it is one of these options and not given before.

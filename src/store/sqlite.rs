@@ -372,6 +372,18 @@ mod tests {
             store.readers.get("k", now_ms()),
             Read::Found(None)
         ));
+        // Each read ends its read transaction: nothing pins an old snapshot,
+        // so a checkpoint can take the whole WAL back into the file.
+        assert!(matches!(
+            store.readers.get("k", now_ms()),
+            Read::Found(None)
+        ));
+        let (busy, _, _): (i64, i64, i64) = writer
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(busy, 0, "a reader still holds a snapshot");
         // Expired is absent.
         assert!(
             store
