@@ -668,6 +668,25 @@ fn duration(value: Option<String>, setting: &str, default: &str) -> Result<Durat
     })
 }
 
+/// The shortest `exchange_lease`: the provider call under a lease gets three
+/// quarters of it, and no provider answers a token request in less.
+const SHORTEST_LEASE: Duration = Duration::from_secs(1);
+
+fn lease(value: Option<String>) -> Result<Duration, ConfigError> {
+    let lease = duration(value, "exchange_lease", "30s")?;
+    if lease < SHORTEST_LEASE {
+        return Err(error(
+            "exchange_lease",
+            format!(
+                "{} is too short: a provider call may take three quarters of the lease",
+                humantime::format_duration(lease)
+            ),
+            "use at least 1s; the default, 30s, suits every provider",
+        ));
+    }
+    Ok(lease)
+}
+
 /// The 32 bytes of key material of a cookie secret written as oauth2-proxy
 /// users have it: base64 (standard or URL-safe, padded or not) of 16, 24 or
 /// 32 bytes, else the text itself when it is 16, 24 or 32 bytes long. A 32-byte
@@ -1347,7 +1366,7 @@ impl RawSettings {
         let pass_auth_params = problems.check(passable(self.pass_auth_params));
         let session_ttl = problems.check(duration(self.session_ttl, "session_ttl", "7d"));
         let login_ttl = problems.check(duration(self.login_ttl, "login_ttl", "10m"));
-        let exchange_lease = problems.check(duration(self.exchange_lease, "exchange_lease", "30s"));
+        let exchange_lease = problems.check(lease(self.exchange_lease));
         let refresh_before_expiry = problems.check(duration(
             self.refresh_before_expiry,
             "refresh_before_expiry",
@@ -1696,6 +1715,28 @@ mod tests {
         let s = flags.over(file).validate().unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:2");
         assert_eq!(s.store, "memory://");
+    }
+
+    #[test]
+    fn a_lease_too_short_for_a_provider_call_is_refused() {
+        for short in ["0s", "999ms"] {
+            let err = RawSettings {
+                exchange_lease: Some(short.into()),
+                ..minimal()
+            }
+            .validate()
+            .unwrap_err();
+            assert_eq!(err.setting, "exchange_lease", "{short}: {err}");
+            assert!(err.fix.contains("at least 1s"), "{err}");
+        }
+        let shortest = RawSettings {
+            exchange_lease: Some("1s".into()),
+            ..minimal()
+        };
+        assert_eq!(
+            shortest.validate().unwrap().exchange_lease,
+            Duration::from_secs(1)
+        );
     }
 
     #[test]

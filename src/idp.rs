@@ -7,6 +7,9 @@
 //! [`Identity`] handed back here is already checked (signature, issuer,
 //! audience, nonce, expiry).
 
+use std::future::Future;
+use std::time::Duration;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
@@ -109,6 +112,34 @@ pub enum IdpError {
     /// Timeout, connection failure or 5xx: it may work later.
     #[error("the identity provider is unavailable: {0}")]
     Transient(String),
+}
+
+/// The share of a lease that the provider call under it may take. The rest,
+/// a quarter, is the margin for the store write that follows the answer and
+/// for replicas' clocks disagreeing: another replica judges the lease's end by
+/// its own clock.
+pub fn call_budget(lease: Duration) -> Duration {
+    lease.saturating_sub(lease / 4)
+}
+
+/// Runs a provider call made under a lease, abandoning it as
+/// [`IdpError::Transient`] when it has not answered within `budget` (see
+/// [`call_budget`]). A lease's holder is then never still waiting for the
+/// provider once another caller may see the lease run out and take over:
+/// two refreshes of one session never overlap, whatever the provider's own
+/// timeout, and a slow exchange fails rather than finishing after its lease.
+pub async fn answer_within<T>(
+    budget: Duration,
+    call: impl Future<Output = Result<T, IdpError>>,
+) -> Result<T, IdpError> {
+    tokio::time::timeout(budget, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(IdpError::Transient(format!(
+                "no answer within {} ms, the part of the lease a provider call may take",
+                budget.as_millis()
+            )))
+        })
 }
 
 /// The identity provider operations the state machines call.

@@ -31,7 +31,9 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::clock::{Clock, UnixMillis, duration_ms};
-use crate::idp::{AuthorizationRequest, CodeExchange, IdentityProvider, IdpError};
+use crate::idp::{
+    AuthorizationRequest, CodeExchange, IdentityProvider, IdpError, answer_within, call_budget,
+};
 pub use crate::keys::login_key;
 use crate::keys::{login_tag, session_key};
 use crate::logout::{Registration, SessionIndex};
@@ -50,7 +52,8 @@ pub struct LoginSettings {
     /// kept for idempotent replays.
     pub login_ttl: Duration,
     /// How long one callback may spend on the token exchange before the others
-    /// treat the login as failed.
+    /// treat the login as failed. The provider call gets three quarters of it
+    /// ([`call_budget`]) and is abandoned after that.
     pub exchange_lease: Duration,
     /// How long a duplicate callback waits for the exchanging one.
     pub wait_timeout: Duration,
@@ -648,13 +651,12 @@ impl LoginFlow {
         };
         // If this future is dropped mid-exchange, the guard marks the login failed.
         let guard = AbandonGuard::new(self.store.clone(), &claim, self.settings.login_ttl);
-        let exchanged = self
-            .idp
-            .exchange_code(CodeExchange {
-                code: AuthorizationCode::new(callback.code),
-                pkce_verifier: pkce_verifier.clone(),
-                nonce: nonce.clone(),
-            })
+        let exchange = self.idp.exchange_code(CodeExchange {
+            code: AuthorizationCode::new(callback.code),
+            pkce_verifier: pkce_verifier.clone(),
+            nonce: nonce.clone(),
+        });
+        let exchanged = answer_within(call_budget(self.settings.exchange_lease), exchange)
             .await
             .and_then(|grant| match grant.identity {
                 Some(identity) => Ok((identity, grant.tokens)),

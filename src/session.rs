@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::clock::{Clock, UnixMillis, duration_ms};
-use crate::idp::{Identity, IdentityProvider, IdpError, TokenSet};
+use crate::idp::{Identity, IdentityProvider, IdpError, TokenSet, answer_within, call_budget};
 pub use crate::keys::session_key;
 use crate::keys::signed_out_key_of;
 use crate::logout::REVOKED_MARKER;
@@ -142,7 +142,8 @@ pub struct SessionSettings {
     /// Refresh when the access token expires within this window.
     pub refresh_before_expiry: Duration,
     /// How long one request may spend refreshing before others take over.
-    /// Keep it longer than the identity provider call's timeout.
+    /// The provider call gets three quarters of it ([`call_budget`]) and
+    /// is abandoned after that.
     pub refresh_lease: Duration,
     /// How long a request waits for another request's refresh.
     pub refresh_wait: Duration,
@@ -484,7 +485,11 @@ impl Sessions {
         }
         let lease_version = current.version + 1;
         // The network call, with no lock and no transaction held.
-        let refreshed = self.idp.refresh(&refresh_token).await;
+        let refreshed = answer_within(
+            call_budget(self.settings.refresh_lease),
+            self.idp.refresh(&refresh_token),
+        )
+        .await;
         let now = self.clock.now_ms();
         match refreshed {
             Ok(grant) => {

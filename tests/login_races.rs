@@ -11,8 +11,8 @@ use common::idp_double::ControlledIdp;
 use common::naive::{Begun, LoginDriver, NaiveLoginFlow};
 use common::observed_store::ObservedStore;
 use common::within;
-use latchkey::clock::ManualClock;
-use latchkey::idp::IdpError;
+use latchkey::clock::{Clock, ManualClock, SystemClock, duration_ms};
+use latchkey::idp::{IdpError, call_budget};
 use latchkey::login::{Callback, FailureReason, LoginError, LoginFlow, LoginSettings};
 use latchkey::secret::SessionId;
 use latchkey::store::Store;
@@ -278,6 +278,44 @@ async fn expired_lease_is_failed_and_late_commit_is_fenced(backend: TestBackend)
     assert_failed_cleanly(&rig, &begun, FailureReason::LeaseExpired).await;
 }
 
+/// A provider that holds its answer past the lease (the test never lets it
+/// go): the callback gives the exchange up within the lease, by the
+/// system's clock, and the login fails as the provider's fault, at once
+/// for every callback, instead of waiting for the provider's own timeout.
+async fn an_exchange_slower_than_the_lease_is_given_up_within_it(backend: TestBackend) {
+    const LEASE: Duration = Duration::from_secs(2);
+    let store = ObservedStore::new(backend.store.clone());
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let idp = ControlledIdp::new(clock.clone(), Duration::from_secs(3600));
+    let settings = LoginSettings {
+        exchange_lease: LEASE,
+        ..patient()
+    };
+    let flow = Arc::new(LoginFlow::new(store, idp.clone(), clock.clone(), settings));
+    idp.exchange_gate.close();
+    let begun = LoginDriver::begin(flow.as_ref()).await;
+    let started = clock.now_ms();
+    let a = spawn_callback(flow.clone(), &begun);
+    idp.exchange_gate.wait_arrived(1).await;
+    let result = within("A", a).await.unwrap();
+    let abandoned = idp.abandoned_exchanges();
+    assert_eq!(abandoned.len(), 1, "{abandoned:?}");
+    assert!(
+        abandoned[0] < started + duration_ms(LEASE),
+        "given up {} ms after the lease",
+        abandoned[0] - started
+    );
+    let reason = FailureReason::Unavailable(format!(
+        "no answer within {} ms, the part of the lease a provider call may take",
+        call_budget(LEASE).as_millis()
+    ));
+    assert_eq!(result, Err(LoginError::Failed(reason.clone()).to_string()));
+    let replay = within("replay", flow.callback(&begun)).await;
+    assert_eq!(replay, Err(LoginError::AlreadyFailed(reason).to_string()));
+    assert_eq!(idp.exchanges(), 1);
+    assert_eq!(backend.store.count_live("session:").await.unwrap(), 0);
+}
+
 async fn replay_with_binding_is_idempotent(backend: TestBackend) {
     let rig = rig(backend, patient());
     let begun = LoginDriver::begin(rig.flow.as_ref()).await;
@@ -421,6 +459,7 @@ backend_tests!(
     failed_exchange_leaves_no_session_and_no_lease,
     cancelled_exchange_leaves_no_session_and_no_lease,
     expired_lease_is_failed_and_late_commit_is_fenced,
+    an_exchange_slower_than_the_lease_is_given_up_within_it,
     replay_with_binding_is_idempotent,
     replay_without_binding_is_rejected,
     replay_by_its_own_session_goes_back_without_an_exchange,

@@ -15,7 +15,7 @@ use common::idp_double::{ControlledIdp, identity};
 use common::naive::{GlobalLockRefresh, NaiveRefresh, RefreshDriver};
 use common::observed_store::ObservedStore;
 use common::within;
-use latchkey::clock::{Clock, ManualClock, duration_ms};
+use latchkey::clock::{Clock, ManualClock, SystemClock, UnixMillis, duration_ms};
 use latchkey::idp::IdpError;
 use latchkey::secret::SessionId;
 use latchkey::secret::random_token;
@@ -73,29 +73,39 @@ enum Token {
     Expired,
 }
 
+/// Stores a new session of alice whose access token, issued by `idp`, is in
+/// the state `token` at `now`.
+async fn store_session(
+    store: &dyn Store,
+    idp: &ControlledIdp,
+    now: UnixMillis,
+    token: Token,
+) -> SessionId {
+    let mut tokens = idp.issue_tokens();
+    tokens.access_expires_at = match token {
+        Token::Fresh => now + 2 * duration_ms(ACCESS_TTL),
+        Token::DueButValid => now + 10_000,
+        Token::Expired => now - 1,
+    };
+    let record = SessionRecord::new(identity("alice"), tokens, now, Duration::from_secs(86400));
+    let id = random_token();
+    assert!(
+        store
+            .insert_if_absent(
+                &session_key(&id),
+                &record.seal(&SessionSettings::default().seal, &id),
+                Duration::from_secs(86400)
+            )
+            .await
+            .unwrap()
+    );
+    SessionId::from(id)
+}
+
 impl Rig {
     /// Stores a new session whose access token is in the state `token`.
     async fn session(&self, token: Token) -> SessionId {
-        let mut tokens = self.idp.issue_tokens();
-        let now = self.clock.now_ms();
-        tokens.access_expires_at = match token {
-            Token::Fresh => now + 2 * duration_ms(ACCESS_TTL),
-            Token::DueButValid => now + 10_000,
-            Token::Expired => now - 1,
-        };
-        let record = SessionRecord::new(identity("alice"), tokens, now, Duration::from_secs(86400));
-        let id = random_token();
-        assert!(
-            self.store
-                .insert_if_absent(
-                    &session_key(&id),
-                    &record.seal(&SessionSettings::default().seal, &id),
-                    Duration::from_secs(86400)
-                )
-                .await
-                .unwrap()
-        );
-        SessionId::from(id)
+        store_session(&*self.store, &self.idp, self.clock.now_ms(), token).await
     }
 
     fn naive(&self) -> Arc<NaiveRefresh> {
@@ -467,6 +477,76 @@ async fn waiting_for_a_refresh_is_bounded_and_deletes_nothing(backend: TestBacke
     assert_eq!(rig.idp.refreshes(), 1);
 }
 
+/// A provider slower than the refresh lease (here: one that holds its
+/// answer until the test lets it go), by the system's clock, on two replicas:
+/// the holder gives its call up before its lease ends, so the other
+/// replica's refresh, which may start once the lease is gone, never runs
+/// beside it (I5), whatever the provider's own request timeout. Without the
+/// bound the other replica takes over the expired lease while the holder
+/// still waits for the provider.
+async fn a_provider_slower_than_the_lease_is_given_up_within_it(backend: TestBackend) {
+    const LEASE: Duration = Duration::from_secs(4);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let idp = ControlledIdp::new(clock.clone(), ACCESS_TTL);
+    let replica = || {
+        Arc::new(Sessions::new(
+            backend.store.clone(),
+            idp.clone(),
+            clock.clone(),
+            SessionSettings {
+                refresh_lease: LEASE,
+                refresh_wait: 3 * LEASE,
+                ..SessionSettings::default()
+            },
+        ))
+    };
+    let (holding, waiting) = (replica(), replica());
+    let session = store_session(&*backend.store, &idp, clock.now_ms(), Token::Expired).await;
+    idp.refresh_gate.close();
+    let holder = {
+        let session = session.clone();
+        tokio::spawn(async move { holding.load(&session).await })
+    };
+    idp.refresh_gate.wait_arrived(1).await;
+    let stored = backend.store.get(&session_key(session.secret())).await;
+    let leased = SessionRecord::open(
+        &SessionSettings::default().seal,
+        session.secret(),
+        &stored.unwrap().expect("the session").value,
+    )
+    .unwrap();
+    let lease_until = leased.refresh_lease.expect("the holder's lease").until;
+    let waiter = {
+        let session = session.clone();
+        tokio::spawn(async move { waiting.load(&session).await })
+    };
+    // The waiting replica calls once the holder's lease is gone: freed by
+    // the holder giving up, or run out while it still waits.
+    idp.refresh_gate.wait_arrived(2).await;
+    assert_eq!(
+        idp.most_refreshes_in_flight(),
+        1,
+        "two refreshes of one session were in flight at once"
+    );
+    let abandoned = idp.abandoned_refreshes();
+    assert_eq!(abandoned.len(), 1, "{abandoned:?}");
+    assert!(
+        abandoned[0] < lease_until,
+        "given up {} ms after its lease ended",
+        abandoned[0] - lease_until
+    );
+    // Its token expired and the provider did not answer: the provider's fault.
+    let err = within("holder", holder).await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, SessionError::RefreshUnavailable(_)),
+        "{err:?}"
+    );
+    idp.refresh_gate.open();
+    let served = within("waiter", waiter).await.unwrap().unwrap();
+    assert_ne!(served.tokens().access_token, "access-0");
+    assert_eq!(idp.refreshes(), 2);
+}
+
 async fn unknown_session_is_not_found(backend: TestBackend) {
     let rig = rig(backend);
     let err = rig.sessions.load(&random_token().into()).await.unwrap_err();
@@ -487,5 +567,6 @@ backend_tests!(
     cached_records_follow_the_store,
     sign_out_during_refresh_is_not_undone,
     waiting_for_a_refresh_is_bounded_and_deletes_nothing,
+    a_provider_slower_than_the_lease_is_given_up_within_it,
     unknown_session_is_not_found,
 );

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use latchkey::clock::{Clock, duration_ms};
+use latchkey::clock::{Clock, UnixMillis, duration_ms};
 use latchkey::idp::{
     AuthorizationRequest, CodeExchange, Grant, Identity, IdentityProvider, IdpError, TokenSet,
 };
@@ -106,6 +106,46 @@ pub struct ControlledIdp {
     refresh_without_claims: Mutex<Option<bool>>,
     presented_refresh_tokens: Mutex<Vec<String>>,
     used_refresh_tokens: Mutex<HashSet<String>>,
+    refreshes_in_flight: InFlight,
+    exchanges_in_flight: InFlight,
+}
+
+/// Calls in flight at the double: how many now, the most at once, and when
+/// (by the double's clock) each call its caller gave up on was dropped.
+#[derive(Debug, Default)]
+struct InFlight {
+    now: AtomicUsize,
+    most: AtomicUsize,
+    abandoned_at: Mutex<Vec<UnixMillis>>,
+}
+
+/// One call in flight; dropped when it answers or when its caller drops it.
+struct Call<'a> {
+    in_flight: &'a InFlight,
+    clock: &'a dyn Clock,
+    answered: bool,
+}
+
+impl<'a> Call<'a> {
+    fn start(in_flight: &'a InFlight, clock: &'a dyn Clock) -> Self {
+        let now = in_flight.now.fetch_add(1, Ordering::SeqCst) + 1;
+        in_flight.most.fetch_max(now, Ordering::SeqCst);
+        Self {
+            in_flight,
+            clock,
+            answered: false,
+        }
+    }
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        self.in_flight.now.fetch_sub(1, Ordering::SeqCst);
+        if !self.answered {
+            let at = self.clock.now_ms();
+            self.in_flight.abandoned_at.lock().unwrap().push(at);
+        }
+    }
 }
 
 impl ControlledIdp {
@@ -127,6 +167,8 @@ impl ControlledIdp {
             refresh_without_claims: Mutex::new(None),
             presented_refresh_tokens: Mutex::new(Vec::new()),
             used_refresh_tokens: Mutex::new(HashSet::new()),
+            refreshes_in_flight: InFlight::default(),
+            exchanges_in_flight: InFlight::default(),
         })
     }
 
@@ -136,6 +178,31 @@ impl ControlledIdp {
 
     pub fn refreshes(&self) -> usize {
         self.refreshes.load(Ordering::SeqCst)
+    }
+
+    /// The most refresh calls that were in flight at once.
+    pub fn most_refreshes_in_flight(&self) -> usize {
+        self.refreshes_in_flight.most.load(Ordering::SeqCst)
+    }
+
+    /// When (by the double's clock) each refresh call whose caller gave up
+    /// on it was dropped, in order.
+    pub fn abandoned_refreshes(&self) -> Vec<UnixMillis> {
+        self.refreshes_in_flight
+            .abandoned_at
+            .lock()
+            .unwrap()
+            .clone()
+    }
+
+    /// When (by the double's clock) each code exchange whose caller gave up
+    /// on it was dropped, in order.
+    pub fn abandoned_exchanges(&self) -> Vec<UnixMillis> {
+        self.exchanges_in_flight
+            .abandoned_at
+            .lock()
+            .unwrap()
+            .clone()
     }
 
     pub fn presented_refresh_tokens(&self) -> Vec<String> {
@@ -195,7 +262,9 @@ impl IdentityProvider for ControlledIdp {
         // The ID token is issued when the request arrives; the gate holds
         // the answer on its way back.
         let issued_at = self.clock.now_ms();
+        let mut call = Call::start(&self.exchanges_in_flight, &*self.clock);
         self.exchange_gate.pass().await;
+        call.answered = true;
         if let Some(error) = self.exchange_failures.lock().unwrap().pop_front() {
             return Err(error);
         }
@@ -221,7 +290,9 @@ impl IdentityProvider for ControlledIdp {
             .lock()
             .unwrap()
             .push(refresh_token.to_owned());
+        let mut call = Call::start(&self.refreshes_in_flight, &*self.clock);
         self.refresh_gate.pass().await;
+        call.answered = true;
         let latency = *self.refresh_latency.lock().unwrap();
         if !latency.is_zero() {
             // Simulated provider latency; it orders nothing.
