@@ -302,10 +302,11 @@ async fn across_a_failover(options: &str) -> Outcome {
     let logging_in = browser();
     let query = login_until_callback(&logging_in, a).await;
 
-    // The stream paused, the provider held, replication cut: the callback
-    // and the due request.
+    // The stream paused, the provider's answers held (each call is carried
+    // out, its answer waits), replication cut: the callback and the due
+    // request. Each gives up on its held answer within its lease.
     let paused = stream.gate.write().await;
-    idp.knobs().hold_token_calls(true);
+    idp.knobs().hold_token_answers(true);
     let calls_before = idp.knobs().token_calls();
     cut_replication(&own, master, replica).await;
     let callback =
@@ -346,7 +347,7 @@ async fn across_a_failover(options: &str) -> Outcome {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    idp.knobs().hold_token_calls(false);
+    idp.knobs().hold_token_answers(false);
     let login_before = callback.await.unwrap().unwrap().status().as_u16();
     let refresh_before = request.await.unwrap().unwrap().status().as_u16();
     // The user clicks the link again; the due session's next request.

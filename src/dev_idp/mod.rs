@@ -190,6 +190,10 @@ pub struct Knobs {
 #[derive(Debug)]
 struct HoldGate {
     holding: tokio::sync::watch::Sender<bool>,
+    /// Token calls are answered here as usual (a code redeemed, a refresh
+    /// token rotated) but their answers wait: a provider whose answer is
+    /// lost to a caller that gave up.
+    holding_answers: tokio::sync::watch::Sender<bool>,
     arrived: tokio::sync::watch::Sender<u64>,
 }
 
@@ -197,6 +201,7 @@ impl Default for HoldGate {
     fn default() -> Self {
         Self {
             holding: tokio::sync::watch::Sender::new(false),
+            holding_answers: tokio::sync::watch::Sender::new(false),
             arrived: tokio::sync::watch::Sender::new(0),
         }
     }
@@ -265,6 +270,13 @@ impl Knobs {
     /// back to `false`.
     pub fn hold_token_calls(&self, hold: bool) {
         self.held.holding.send_replace(hold);
+    }
+
+    /// While `true`, token calls are carried out at once (the code redeemed,
+    /// the refresh token rotated) but their answers wait until it is set
+    /// back to `false`: what a caller that gives up meanwhile loses.
+    pub fn hold_token_answers(&self, hold: bool) {
+        self.held.holding_answers.send_replace(hold);
     }
 
     /// Waits until at least `n` token calls have arrived in all.

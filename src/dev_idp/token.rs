@@ -165,7 +165,7 @@ pub(super) async fn token(
             "unknown client or wrong secret",
         );
     };
-    match form.grant_type.as_str() {
+    let answer = match form.grant_type.as_str() {
         "authorization_code" => {
             knobs.code_grants.fetch_add(1, Ordering::SeqCst);
             redeem_code(&idp, &client, &form)
@@ -179,7 +179,10 @@ pub(super) async fn token(
             "unsupported_grant_type",
             "use authorization_code or refresh_token",
         ),
-    }
+    };
+    let mut holding_answers = knobs.held.holding_answers.subscribe();
+    let _ = holding_answers.wait_for(|hold| !*hold).await;
+    answer
 }
 
 fn redeem_code(idp: &Idp, client: &DevClient, form: &TokenForm) -> Response {
