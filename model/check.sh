@@ -61,6 +61,35 @@ check() {
     fi
 }
 
+# check_ends MODEL NAME EXPECT [-DDEFINE…]: liveness, the model's LIVENESS
+# formula (everything ends) under weak fairness; EXPECT is "none" or
+# "cycle" (a run that never ends).
+check_ends() {
+    local model=$1 name=$2 expect=$3
+    shift 3
+    (
+        cd "$work"
+        rm -f pan pan.* ./*.trail
+        spin -a "${bounds[@]}" -DLIVENESS "$@" "$model" >/dev/null
+        gcc -O2 -w -DCOLLAPSE -DNFAIR=3 -DMEMLIM="$memory" -o pan pan.c
+        ./pan -a -f -m200000 >report.txt 2>&1 || true
+    )
+    local report="$work/report.txt"
+    local errors
+    errors=$(grep -oE 'errors: [0-9]+' "$report" | grep -oE '[0-9]+' || echo "?")
+    if [ "$expect" = none ]; then
+        if [ "$errors" = 0 ] && ! grep -qE "max search depth too small|reached -DMEMLIM bound|out of memory" "$report"; then
+            echo "ok      $name: every run ends ($(grep -oE '[0-9.e+]+ states, stored' "$report" | head -1))"
+        else
+            echo "FAILED  $name: expected every run to end"; cat "$report"; status=1
+        fi
+    elif [ "$errors" != 0 ] && grep -q "acceptance cycle" "$report"; then
+        echo "ok      $name: a run that never ends, as it must"
+    else
+        echo "FAILED  $name: expected a run that never ends"; cat "$report"; status=1
+    fi
+}
+
 check login.pml "the login, every property"            none
 check login.pml "mutant: no fence on the commit"       "(phase!=1)"      -DNO_FENCE -DONLY_FENCE
 check login.pml "mutant: the claim's verdict ignored"  "(exchanges<=1)"  -DCLAIM_IGNORED -DONLY_I1
@@ -81,4 +110,12 @@ check logout.pml "mutant: a tombstone of the skew only"    "key_iat"     -DSHORT
 check logout.pml "mutant: keys unlisted before revoked"    "key_iat"     -DREMOVE_FIRST -DONLY_I8
 check logout.pml "mutant: refreshed tokens unfenced"       "key_iat[2]"  -DREFRESH_UNFENCED -DONLY_I8
 check logout.pml "mutant: every sign-in refused"           "!(after[i])" -DIGNORE_IAT -DONLY_LATER
+check_ends login.pml "the login: every callback ends"             none
+check_ends login.pml "mutant: a wait without a bound never ends"  cycle -DUNBOUNDED_WAIT
+check_ends refresh.pml "the refresh: every request ends"          none
+if [ "${1:-}" = "--large" ]; then
+    # Four minutes and more: for the record only.
+    bounds=("${logout_bounds[@]}")
+    check_ends logout.pml "the logout: it and everything it races end" none
+fi
 exit $status

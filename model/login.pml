@@ -9,6 +9,8 @@
  *   NO_FENCE       the commit does not check the claim's version
  *   CLAIM_IGNORED  a callback that lost the claim exchanges anyway
  *   NAIVE          the case study's flow: "no session yet?" -> exchange -> create
+ *   UNBOUNDED_WAIT a callback waits for the exchanging one without a bound
+ *                  (liveness: a crashed holder keeps it waiting)
  */
 
 #ifndef NCB
@@ -67,9 +69,12 @@ byte exchanges = 0;
 byte got[NCB];          /* the session it answered with, or NONE */
 bool done[NCB];
 
+/* Each step that stands for a store call, a provider call, a crash or a
+ * clock tick prints an event ("EV ..."), which only a simulation prints:
+ * tests/model_trails.rs replays a counterexample's events on the code. */
 active proctype Clock() {
     do
-    :: now < MAXT -> now++
+    :: now < MAXT -> atomic { now++; printf("EV tick\n") }
     :: now >= MAXT -> break
     od
 }
@@ -89,6 +94,7 @@ inline answered(who, sess) {
 /* CAS(expected version) -> Failed: fail_claim and the lease-expiry takeover. */
 inline cas_failed(expected) {
     atomic {
+        printf("EV %d cas\n", me);
         if
         :: version == expected -> phase = FAILED; version++
         :: else -> skip
@@ -100,8 +106,8 @@ inline cas_failed(expected) {
 inline exchange_code(ok) {
     atomic { exchanges++; I1(exchanges <= 1) }
     if
-    :: ok = true
-    :: ok = false       /* invalid_grant, invalid response or transient error */
+    :: ok = true; printf("EV %d exchange ok\n", me)
+    :: ok = false; printf("EV %d exchange fail\n", me)   /* invalid_grant, invalid response or transient error */
     fi
 }
 
@@ -125,15 +131,16 @@ proctype Callback(byte me) {
 #endif
 read:
     /* self.store.get(&key) */
-    atomic { seen_phase = phase; seen_version = version; seen_until = lease_until };
+    atomic { seen_phase = phase; seen_version = version; seen_until = lease_until; printf("EV %d get\n", me) };
     if
-    :: goto crashed     /* a replica killed (SIGKILL) between any two steps */
+    :: printf("EV %d crash\n", me); goto crashed     /* a replica killed (SIGKILL) between any two steps */
     :: skip
     fi;
     if
     :: seen_phase == ABSENT ->
         /* insert_if_absent: the first claim wins (I1) */
         atomic {
+            printf("EV %d insert\n", me);
             won = (phase == ABSENT);
             if
             :: won -> phase = EXCHANGING; version++; lease_until = now + LEASE; owner = me
@@ -149,6 +156,7 @@ read:
         fi;
         /* inserted_claim: read back the version the store gave it */
         atomic {
+            printf("EV %d get\n", me);
             if
             :: phase == EXCHANGING && owner == me ->
                 claim_version = version; claim_until = lease_until
@@ -170,9 +178,14 @@ read:
         /* the lease ran out: CAS it to Failed, then read again */
         cas_failed(seen_version);
         goto read
-    :: seen_phase == EXCHANGING && now < seen_until ->
+    :: seen_phase == EXCHANGING && now < seen_until && now < MAXT ->
         /* wait_for_change, bounded by the lease: read again */
         goto read
+#ifndef UNBOUNDED_WAIT
+    :: seen_phase == EXCHANGING && now < seen_until && now >= MAXT ->
+        /* the wait is bounded (wait_timeout): StillInProgress */
+        goto finish
+#endif
     :: seen_phase == COMPLETED ->
         /* the same session again (idempotent replay, I4: nothing exchanged) */
         answered(me, owner);
@@ -182,14 +195,14 @@ read:
 
 exchange:
     if
-    :: goto crashed
-    :: goto dropped     /* the request's future dropped: the AbandonGuard runs */
+    :: printf("EV %d crash\n", me); goto crashed
+    :: printf("EV %d drop\n", me); goto dropped     /* the request's future dropped: the AbandonGuard runs */
     :: skip
     fi;
     exchange_code(ok);
     if
-    :: goto crashed
-    :: goto dropped
+    :: printf("EV %d crash\n", me); goto crashed
+    :: printf("EV %d drop\n", me); goto dropped
     :: skip
     fi;
     if
@@ -202,11 +215,12 @@ exchange:
     :: else -> skip
     fi;
     if
-    :: goto crashed
+    :: printf("EV %d crash\n", me); goto crashed
     :: skip
     fi;
     /* commit_login: the fenced CAS of the login record and the session insert, one step */
     atomic {
+        printf("EV %d commit\n", me);
 #ifdef NO_FENCE
         committed = (session[me] == false);
 #else
@@ -258,6 +272,12 @@ active proctype Invariants() {
         I3(phase == COMPLETED || sessions == 0)
     }
 }
+
+#ifdef LIVENESS
+/* Every callback ends (answered, failed, crashed or told to come back):
+ * checked with weak fairness, `pan -a -f`. */
+ltl every_callback_ends { <> (done[0] && done[1] && done[2]) }
+#endif
 
 init {
     byte i = 0;

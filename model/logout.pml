@@ -273,6 +273,12 @@ active proctype Invariants() {
     }
 }
 
+#ifdef LIVENESS
+/* The logout is accepted, and every login and the refresh end: checked
+ * with weak fairness, `pan -a -f`. */
+ltl everything_ends { <> (done[0] && done[1] && done[2] && done[3]) }
+#endif
+
 init {
     atomic {
         key_state[0] = GONE; key_state[1] = GONE; key_iat[0] = NONE; key_iat[1] = NONE;

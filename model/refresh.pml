@@ -194,6 +194,12 @@ active proctype Invariants() {
     }
 }
 
+#ifdef LIVENESS
+/* Every request ends (served, refreshed, failed or signed out): checked
+ * with weak fairness, `pan -a -f`. */
+ltl every_request_ends { <> (done[0] && done[1]) }
+#endif
+
 init {
     atomic { run Request(0); run Request(1) }
 }

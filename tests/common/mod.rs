@@ -16,6 +16,7 @@ pub mod proxy;
 pub mod recorder;
 pub mod redis_servers;
 pub mod replica;
+pub mod schedule;
 pub mod tls;
 
 use std::future::Future;

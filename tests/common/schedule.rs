@@ -1,0 +1,481 @@
+//! Replaying a model's counterexample on the real code: the events a Spin
+//! simulation of a trail prints (`model/login.pml`: `EV 1 get`, `EV tick`,
+//! …) become a schedule that the store and provider wrappers below follow,
+//! one process (replica) per callback, each with its own wrappers. A
+//! process's store call or provider call waits until the trail's next event
+//! is that call of that process; a tick advances the test clock; a crash
+//! makes the process's store refuse everything from then on (SIGKILL: not
+//! even its abandon guard reaches the store) and drops its future; a drop
+//! only drops its future (its abandon guard runs). When the code does
+//! something else than the trail's next event for it, the replay has
+//! **diverged** there: from then on nothing is held.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use latchkey::clock::ManualClock;
+use latchkey::idp::{AuthorizationRequest, CodeExchange, Grant, IdentityProvider, IdpError};
+use latchkey::secret::RefreshToken;
+use latchkey::store::{LoginCommit, Store, StoreError, StoreResult, Versioned};
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+use super::idp_double::ControlledIdp;
+
+/// A store or provider call, as the model names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    Get,
+    Insert,
+    Cas,
+    Commit,
+    /// A code exchange; `true`: the provider answers with tokens.
+    Exchange(bool),
+}
+
+/// One event of a trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Tick,
+    Call(usize, Call),
+    Crash(usize),
+    Drop(usize),
+}
+
+/// The events of a Spin simulation's output (lines `EV …`), in order.
+pub fn parse_events(simulation: &str) -> Vec<Event> {
+    simulation
+        .lines()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == "EV")?;
+            let event = match &words[at + 1..] {
+                ["tick"] => Event::Tick,
+                [p, rest @ ..] => {
+                    let p: usize = p.parse().ok()?;
+                    match rest {
+                        ["get"] => Event::Call(p, Call::Get),
+                        ["insert"] => Event::Call(p, Call::Insert),
+                        ["cas"] => Event::Call(p, Call::Cas),
+                        ["commit"] => Event::Call(p, Call::Commit),
+                        ["exchange", "ok"] => Event::Call(p, Call::Exchange(true)),
+                        ["exchange", "fail"] => Event::Call(p, Call::Exchange(false)),
+                        ["crash"] => Event::Crash(p),
+                        ["drop"] => Event::Drop(p),
+                        other => panic!("unknown event {other:?} in {line:?}"),
+                    }
+                }
+                other => panic!("unknown event {other:?} in {line:?}"),
+            };
+            Some(event)
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Process {
+    Running,
+    /// Its future was dropped; its abandon guard may still call.
+    Dropped,
+    Crashed,
+    Finished,
+}
+
+struct State {
+    events: Vec<Event>,
+    cursor: usize,
+    /// A call of the trail's is running (the next waits for it to end).
+    busy: bool,
+    diverged: Option<String>,
+    processes: HashMap<usize, Process>,
+    tasks: HashMap<usize, AbortHandle>,
+}
+
+/// The schedule: the trail's events and how far the replay has come.
+pub struct Schedule {
+    state: Mutex<State>,
+    changed: watch::Sender<u64>,
+    clock: Arc<ManualClock>,
+    tick: Duration,
+}
+
+/// What a call is to do.
+pub enum Turn<'a> {
+    /// It is the trail's event: run it; the replay moves on when this is dropped.
+    Scheduled(TurnGuard<'a>, Call),
+    /// Past the trail, or diverged: run freely.
+    Free,
+    /// Its process crashed: the call fails as if the store were gone.
+    Crashed,
+}
+
+pub struct TurnGuard<'a>(&'a Schedule);
+
+impl Drop for TurnGuard<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().unwrap();
+        state.busy = false;
+        state.cursor += 1;
+        // Ticks right after a call come before its caller goes on: the
+        // model decides on the time after a read when it takes its next
+        // step, the code reads the clock as the call returns.
+        while state.events.get(state.cursor) == Some(&Event::Tick) {
+            self.0.clock.advance(self.0.tick);
+            state.cursor += 1;
+        }
+        drop(state);
+        self.0.changed.send_modify(|n| *n += 1);
+    }
+}
+
+impl Schedule {
+    /// A schedule of `events`, each tick advancing `clock` by `tick`.
+    pub fn new(events: Vec<Event>, clock: Arc<ManualClock>, tick: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State {
+                events,
+                cursor: 0,
+                busy: false,
+                diverged: None,
+                processes: HashMap::new(),
+                tasks: HashMap::new(),
+            }),
+            changed: watch::Sender::new(0),
+            clock,
+            tick,
+        })
+    }
+
+    /// Where the replay left the trail, if it did.
+    pub fn diverged(&self) -> Option<String> {
+        self.state.lock().unwrap().diverged.clone()
+    }
+
+    /// Whether every event of the trail was replayed.
+    pub fn completed(&self) -> bool {
+        let state = self.state.lock().unwrap();
+        state.diverged.is_none() && state.cursor == state.events.len()
+    }
+
+    /// Registers process `p`'s task (crash and drop events abort it).
+    pub fn started(&self, p: usize, task: AbortHandle) {
+        let mut state = self.state.lock().unwrap();
+        state.processes.insert(p, Process::Running);
+        state.tasks.insert(p, task);
+    }
+
+    /// Process `p`'s task ended by itself.
+    pub fn finished(&self, p: usize) {
+        let mut state = self.state.lock().unwrap();
+        if state.processes.get(&p) == Some(&Process::Running) {
+            state.processes.insert(p, Process::Finished);
+        }
+        drop(state);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    fn diverge(state: &mut State, why: String) {
+        if state.diverged.is_none() {
+            state.diverged = Some(format!(
+                "at event {} of {}: {why}",
+                state.cursor,
+                state.events.len()
+            ));
+        }
+    }
+
+    /// Waits for process `p`'s `call` to be the trail's next event.
+    pub async fn turn(&self, p: usize, call: Call) -> Turn<'_> {
+        let mut changed = self.changed.subscribe();
+        loop {
+            {
+                let mut state = self.state.lock().unwrap();
+                if state.processes.get(&p) == Some(&Process::Crashed) {
+                    return Turn::Crashed;
+                }
+                if state.diverged.is_some() || state.cursor >= state.events.len() {
+                    return Turn::Free;
+                }
+                if !state.busy
+                    && let Event::Call(q, expected) = state.events[state.cursor]
+                    && q == p
+                {
+                    let same = match (expected, call) {
+                        (Call::Exchange(_), Call::Exchange(_)) => true,
+                        (expected, call) => expected == call,
+                    };
+                    if same {
+                        state.busy = true;
+                        return Turn::Scheduled(TurnGuard(self), expected);
+                    }
+                    Self::diverge(
+                        &mut state,
+                        format!("process {p} called {call:?}, the trail has {expected:?}"),
+                    );
+                    drop(state);
+                    self.changed.send_modify(|n| *n += 1);
+                    return Turn::Free;
+                }
+            }
+            changed
+                .changed()
+                .await
+                .expect("the schedule outlives its calls");
+        }
+    }
+
+    /// Plays the trail's ticks, crashes and drops as they come up, until the
+    /// trail ends or the replay diverges; then lets every lease run out.
+    pub async fn conduct(&self, lease_ticks: u32) {
+        let mut changed = self.changed.subscribe();
+        loop {
+            {
+                let mut state = self.state.lock().unwrap();
+                if state.diverged.is_some() || state.cursor >= state.events.len() {
+                    break;
+                }
+                if !state.busy {
+                    let cursor = state.cursor;
+                    match state.events[cursor] {
+                        Event::Tick => {
+                            self.clock.advance(self.tick);
+                            state.cursor += 1;
+                            drop(state);
+                            self.changed.send_modify(|n| *n += 1);
+                            continue;
+                        }
+                        Event::Crash(p) | Event::Drop(p) => {
+                            let crashed = matches!(state.events[cursor], Event::Crash(_));
+                            if state.processes.get(&p) != Some(&Process::Running) {
+                                Self::diverge(
+                                    &mut state,
+                                    format!("process {p} had ended before its crash"),
+                                );
+                                continue;
+                            }
+                            let status = if crashed {
+                                Process::Crashed
+                            } else {
+                                Process::Dropped
+                            };
+                            state.processes.insert(p, status);
+                            if let Some(task) = state.tasks.get(&p) {
+                                task.abort();
+                            }
+                            state.cursor += 1;
+                            drop(state);
+                            self.changed.send_modify(|n| *n += 1);
+                            continue;
+                        }
+                        Event::Call(p, call) => {
+                            if state.processes.get(&p) == Some(&Process::Finished) {
+                                Self::diverge(
+                                    &mut state,
+                                    format!("process {p} had ended before its {call:?}"),
+                                );
+                                drop(state);
+                                self.changed.send_modify(|n| *n += 1);
+                                continue;
+                            }
+                        }
+                    }
+                }
+            }
+            changed.changed().await.expect("the schedule lives on");
+        }
+        // Whoever still waits on a lease sees it run out.
+        self.clock.advance(self.tick * (lease_ticks + 1));
+        self.changed.send_modify(|n| *n += 1);
+    }
+}
+
+/// How a store wrapper departs from the contract, to stand for a mutant of
+/// the code (the replay must then break the property the mutant breaks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutation {
+    /// None: the contract.
+    Honest,
+    /// The login commit lands whatever the login record's version (the
+    /// model's `NO_FENCE`).
+    CommitUnfenced,
+    /// A login's first claim always wins, overwriting another's (the
+    /// model's `CLAIM_IGNORED`: a callback that lost goes on to exchange).
+    ClaimAlwaysWon,
+}
+
+/// Process `process`'s view of the shared store: login-record calls and
+/// login commits follow the schedule; every write of a login record is
+/// logged (its phase) in `phases`.
+pub struct ScheduledStore {
+    pub process: usize,
+    pub schedule: Arc<Schedule>,
+    pub inner: Arc<dyn Store>,
+    pub mutation: Mutation,
+    pub phases: Arc<Mutex<Vec<String>>>,
+}
+
+fn phase_of(value: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(value)
+        .ok()
+        .and_then(|v| v["phase"]["phase"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "unreadable".into())
+}
+
+fn gone() -> StoreError {
+    StoreError::Unavailable("the replica crashed (model trail)".into())
+}
+
+impl ScheduledStore {
+    fn log(&self, value: &[u8]) {
+        self.phases.lock().unwrap().push(phase_of(value));
+    }
+
+    async fn turn(&self, key: &str, call: Call) -> StoreResult<Option<TurnGuard<'_>>> {
+        if !key.starts_with("login:") {
+            return Ok(None);
+        }
+        match self.schedule.turn(self.process, call).await {
+            Turn::Scheduled(guard, _) => Ok(Some(guard)),
+            Turn::Free => Ok(None),
+            Turn::Crashed => Err(gone()),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for ScheduledStore {
+    async fn insert_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> StoreResult<bool> {
+        let _turn = self.turn(key, Call::Insert).await?;
+        let mut won = self.inner.insert_if_absent(key, value, ttl).await?;
+        if !won
+            && self.mutation == Mutation::ClaimAlwaysWon
+            && key.starts_with("login:")
+            && let Some(current) = self.inner.get(key).await?
+        {
+            won = (self.inner)
+                .compare_and_swap(key, current.version, value, ttl)
+                .await?;
+        }
+        if won && key.starts_with("login:") {
+            self.log(value);
+        }
+        Ok(won)
+    }
+
+    async fn get(&self, key: &str) -> StoreResult<Option<Versioned>> {
+        let _turn = self.turn(key, Call::Get).await?;
+        self.inner.get(key).await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected_version: u64,
+        value: &[u8],
+        ttl: Duration,
+    ) -> StoreResult<bool> {
+        let _turn = self.turn(key, Call::Cas).await?;
+        let swapped = (self.inner)
+            .compare_and_swap(key, expected_version, value, ttl)
+            .await?;
+        if swapped && key.starts_with("login:") {
+            self.log(value);
+        }
+        Ok(swapped)
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.inner.delete(key).await
+    }
+
+    async fn commit_login(&self, commit: LoginCommit<'_>) -> StoreResult<bool> {
+        let _turn = self.turn("login:", Call::Commit).await?;
+        let mut commit = commit;
+        if self.mutation == Mutation::CommitUnfenced
+            && let Some(current) = self.inner.get(commit.login_key).await?
+        {
+            commit.login_version = current.version;
+        }
+        let login_value = commit.login_value;
+        let committed = self.inner.commit_login(commit).await?;
+        if committed {
+            self.log(login_value);
+        }
+        Ok(committed)
+    }
+
+    async fn wait_for_change(
+        &self,
+        _key: &str,
+        _seen: Option<u64>,
+        _timeout: Duration,
+    ) -> StoreResult<()> {
+        // A wait may end early (the caller reads again); the trail says
+        // when that read comes.
+        tokio::task::yield_now().await;
+        Ok(())
+    }
+
+    async fn count_live(&self, prefix: &str) -> StoreResult<u64> {
+        self.inner.count_live(prefix).await
+    }
+
+    async fn sweep_expired(&self) -> StoreResult<u64> {
+        self.inner.sweep_expired().await
+    }
+
+    async fn purge(&self, prefix: &str) -> StoreResult<u64> {
+        self.inner.purge(prefix).await
+    }
+}
+
+/// Process `process`'s view of the provider: its code exchange follows the
+/// schedule and answers as the trail says.
+pub struct ScheduledIdp {
+    pub process: usize,
+    pub schedule: Arc<Schedule>,
+    pub idp: Arc<ControlledIdp>,
+}
+
+#[async_trait]
+impl IdentityProvider for ScheduledIdp {
+    fn authorization_url(&self, request: &AuthorizationRequest) -> String {
+        self.idp.authorization_url(request)
+    }
+
+    async fn exchange_code(&self, exchange: CodeExchange) -> Result<Grant, IdpError> {
+        let turn = self.schedule.turn(self.process, Call::Exchange(true)).await;
+        let _guard = match turn {
+            Turn::Scheduled(guard, Call::Exchange(false)) => {
+                self.idp.fail_next_exchange(IdpError::InvalidGrant(
+                    "the trail's failed exchange".into(),
+                ));
+                Some(guard)
+            }
+            Turn::Scheduled(guard, _) => Some(guard),
+            Turn::Free | Turn::Crashed => None,
+        };
+        self.idp.exchange_code(exchange).await
+    }
+
+    async fn refresh(&self, refresh_token: &RefreshToken) -> Result<Grant, IdpError> {
+        self.idp.refresh(refresh_token).await
+    }
+}
+
+/// The processes a trail names.
+pub fn processes(events: &[Event]) -> Vec<usize> {
+    let mut seen: Vec<usize> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Call(p, _) | Event::Crash(p) | Event::Drop(p) => Some(*p),
+            Event::Tick => None,
+        })
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    seen.sort_unstable();
+    seen
+}

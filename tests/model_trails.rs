@@ -1,0 +1,270 @@
+//! The model's counterexamples, replayed on the code (issue 17, item 5).
+//!
+//! For each mutant of `model/login.pml`, Spin finds a counterexample trail;
+//! a simulation of that trail prints its events (store calls, provider
+//! calls, crashes, clock ticks), and `common::schedule` makes the real
+//! `LoginFlow` — one per callback, as on separate replicas, over one memory
+//! store — go through the same events in the same order. Each trail is
+//! replayed twice:
+//!
+//! - on a store that departs from the contract the way the mutant departs
+//!   from the code (a commit without its fence, a claim that always wins):
+//!   the replay must follow the trail to its end and break a property —
+//!   the trail is a scenario the code's checks catch;
+//! - on the honest store: no property may break (the replay leaves the
+//!   trail where the code refuses what the mutant did).
+//!
+//! If the model and the code drift apart, one of the two stops holding.
+//! Needs `spin` and `gcc` (CI installs both); without them the tests say
+//! why they skip, unless `CI` is set, when they fail.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::idp_double::ControlledIdp;
+use common::naive::{Begun, LoginDriver};
+use common::schedule::{
+    Event, Mutation, Schedule, ScheduledIdp, ScheduledStore, parse_events, processes,
+};
+use common::within;
+use latchkey::clock::ManualClock;
+use latchkey::login::{LoginFlow, LoginSettings};
+use latchkey::store::Store;
+use latchkey::store::memory::MemoryStore;
+
+/// One model clock tick on the code's clock.
+const TICK: Duration = Duration::from_secs(10);
+/// The bounds of `model/check.sh`: the clock 0..4, the lease 2 ticks.
+const BOUNDS: [&str; 2] = ["-DMAXT=4", "-DLEASE=2"];
+const LEASE_TICKS: u32 = 2;
+
+fn tools_available() -> bool {
+    let found = |tool: &str| {
+        Command::new(tool)
+            .arg(if tool == "spin" { "-V" } else { "--version" })
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if found("spin") && found("gcc") {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must have spin and gcc (apt-get install spin gcc)"
+    );
+    eprintln!("skipping: spin or gcc not found (apt-get install spin gcc)");
+    false
+}
+
+/// The events of the counterexample Spin finds for `model` with `defines`.
+fn counterexample(model: &str, defines: &[&str]) -> Vec<Event> {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let source: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("model")
+        .join(model);
+    std::fs::copy(&source, dir.join(model)).unwrap();
+    let run = |program: &str, args: &[&str]| {
+        let out = Command::new(program)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let mut spin_args: Vec<&str> = vec!["-a"];
+    spin_args.extend(BOUNDS);
+    spin_args.extend(defines);
+    spin_args.push(model);
+    assert!(run("spin", &spin_args).0, "spin -a failed");
+    assert!(run("gcc", &["-O2", "-w", "-DSAFETY", "-o", "pan", "pan.c"]).0);
+    let (_, report) = run("./pan", &["-m200000"]);
+    assert!(
+        report.contains("assertion violated"),
+        "{model} {defines:?}: no counterexample\n{report}"
+    );
+    let mut replay_args: Vec<&str> = vec!["-t"];
+    replay_args.extend(BOUNDS);
+    replay_args.extend(defines);
+    replay_args.push(model);
+    let (_, simulation) = run("spin", &replay_args);
+    let events = parse_events(&simulation);
+    assert!(
+        !events.is_empty(),
+        "the trail printed no events:\n{simulation}"
+    );
+    events
+}
+
+/// What one replay came to.
+#[derive(Debug)]
+struct Replay {
+    /// Properties the run broke, in words.
+    broken: Vec<String>,
+    /// Whether every event of the trail was replayed.
+    completed: bool,
+    diverged: Option<String>,
+    /// Each callback's answer (`None`: crashed or dropped), for the messages.
+    #[allow(dead_code, reason = "read through Debug, in failure messages")]
+    results: Vec<(usize, Option<Result<String, String>>)>,
+}
+
+/// Runs the trail's callbacks through `LoginFlow`s over one memory store,
+/// wrapped with `mutation`, following `events`.
+async fn replay(events: &[Event], mutation: Mutation) -> Replay {
+    let clock = Arc::new(ManualClock::starting_now());
+    let idp = ControlledIdp::new(clock.clone(), Duration::from_secs(3600));
+    let shared: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let settings = LoginSettings {
+        exchange_lease: TICK * LEASE_TICKS,
+        wait_timeout: Duration::from_secs(30),
+        ..LoginSettings::default()
+    };
+    let schedule = Schedule::new(events.to_vec(), clock.clone(), TICK);
+    let phases = Arc::new(Mutex::new(Vec::new()));
+    // The browser's login cookie, from a start that writes nothing.
+    let starter = LoginFlow::new(shared.clone(), idp.clone(), clock.clone(), settings.clone());
+    let begun: Begun = LoginDriver::begin(&starter).await;
+
+    let mut tasks = Vec::new();
+    for p in processes(events) {
+        let store = Arc::new(ScheduledStore {
+            process: p,
+            schedule: schedule.clone(),
+            inner: shared.clone(),
+            mutation,
+            phases: phases.clone(),
+        });
+        let provider = Arc::new(ScheduledIdp {
+            process: p,
+            schedule: schedule.clone(),
+            idp: idp.clone(),
+        });
+        let flow = Arc::new(LoginFlow::new(
+            store,
+            provider,
+            clock.clone(),
+            settings.clone(),
+        ));
+        let (begun, schedule_p) = (begun.clone(), schedule.clone());
+        let task = tokio::spawn(async move {
+            let result = flow.callback(&begun).await;
+            schedule_p.finished(p);
+            result
+        });
+        schedule.started(p, task.abort_handle());
+        tasks.push((p, task));
+    }
+    within("the trail's events", schedule.conduct(LEASE_TICKS)).await;
+    let mut results = Vec::new();
+    for (p, task) in tasks {
+        let result = within("a callback", task).await.ok();
+        results.push((p, result));
+    }
+    let (completed, diverged) = (schedule.completed(), schedule.diverged());
+    let sessions = shared.count_live("session:").await.unwrap();
+    let phases = phases.lock().unwrap().clone();
+    Replay {
+        broken: broken_properties(idp.exchanges(), sessions, &phases, &results),
+        completed,
+        diverged,
+        results,
+    }
+}
+
+/// The model's properties, judged on what the code did.
+fn broken_properties(
+    exchanges: usize,
+    sessions: u64,
+    phases: &[String],
+    results: &[(usize, Option<Result<String, String>>)],
+) -> Vec<String> {
+    let mut broken = Vec::new();
+    if exchanges > 1 {
+        broken.push(format!("I1: {exchanges} code exchanges"));
+    }
+    let signed_in: Vec<&String> = results
+        .iter()
+        .filter_map(|(_, r)| r.as_ref()?.as_ref().ok())
+        .collect();
+    if signed_in.windows(2).any(|pair| pair[0] != pair[1]) {
+        broken.push("I2: callbacks answered with different sessions".into());
+    }
+    if let Some(failed) = phases.iter().position(|p| p == "Failed")
+        && failed + 1 < phases.len()
+    {
+        broken.push(format!(
+            "fence: {:?} written after Failed",
+            &phases[failed + 1..]
+        ));
+    }
+    let last = phases.last().map(String::as_str);
+    if sessions > 1 || (sessions == 1 && last != Some("Completed")) {
+        broken.push(format!("I3: {sessions} sessions, the login ended {last:?}"));
+    }
+    broken
+}
+
+/// The trail of `defines` breaks a property on the code mutated by
+/// `mutation`, following the trail to its end, and none on the code.
+async fn caught_and_refused(model: &str, defines: &[&str], mutation: Mutation) {
+    if !tools_available() {
+        return;
+    }
+    let events = counterexample(model, defines);
+    let mutated = replay(&events, mutation).await;
+    eprintln!("{defines:?} on the {mutation:?} store: {mutated:?}");
+    assert!(
+        mutated.completed,
+        "the code left the trail of {defines:?}: {:?}\n{events:?}",
+        mutated.diverged
+    );
+    assert!(
+        !mutated.broken.is_empty(),
+        "the trail of {defines:?} broke nothing on the {mutation:?} store: {mutated:?}"
+    );
+    let honest = replay(&events, Mutation::Honest).await;
+    eprintln!("{defines:?} on the honest store: {honest:?}");
+    assert!(
+        honest.broken.is_empty(),
+        "the code breaks {:?} on the trail of {defines:?}",
+        honest.broken
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_no_fence_trail_is_caught_and_the_code_refuses_it() {
+    caught_and_refused(
+        "login.pml",
+        &["-DNO_FENCE", "-DONLY_FENCE"],
+        Mutation::CommitUnfenced,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ignored_claim_trail_is_caught_and_the_code_refuses_it() {
+    caught_and_refused(
+        "login.pml",
+        &["-DCLAIM_IGNORED", "-DONLY_I1"],
+        Mutation::ClaimAlwaysWon,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_two_sessions_trail_is_caught_and_the_code_refuses_it() {
+    caught_and_refused(
+        "login.pml",
+        &["-DCLAIM_IGNORED", "-DONLY_I2"],
+        Mutation::ClaimAlwaysWon,
+    )
+    .await;
+}
