@@ -60,9 +60,13 @@ bool signed_out = false;
 byte now = 0;
 bool done[NRQ];
 
+/* Each step that stands for a store call, a provider call, a crash or a
+ * clock tick prints an event ("EV ..."; only a simulation prints it):
+ * tests/model_trails.rs replays a counterexample's events on the code.
+ * The sign-out is process 9. */
 active proctype Clock() {
     do
-    :: atomic { now < MAXT && !(working > 0 && now + 1 >= lease_until) -> now++ }
+    :: atomic { now < MAXT && !(working > 0 && now + 1 >= lease_until) -> now++; printf("EV tick\n") }
     :: now >= MAXT -> break
     od
 }
@@ -70,7 +74,7 @@ active proctype Clock() {
 /* sign_out: deletes the record (a later CAS cannot revive it). */
 active proctype SignOut() {
     if
-    :: atomic { exists = false; version++; signed_out = true }
+    :: atomic { exists = false; version++; signed_out = true; printf("EV 9 delete\n") }
     :: skip
     fi
 }
@@ -82,13 +86,13 @@ inline refresh_at_idp(t, ok, fresh) {
         I5(in_flight <= 1);          /* no two refreshes of one session overlap */
         I5(!used[t]);                /* no rotated refresh token presented twice */
         if
-        :: revoked || used[t] -> revoked = true; ok = false
+        :: revoked || used[t] -> revoked = true; ok = false; printf("EV %d refresh invalid\n", me)
         :: else ->
             used[t] = true; idp_rt++; fresh = idp_rt;
             if
-            :: ok = true
+            :: ok = true; printf("EV %d refresh ok\n", me)
             :: ok = false; fresh = 0   /* a transient error: nothing rotated */
-               ; idp_rt--; used[t] = false
+               ; idp_rt--; used[t] = false; printf("EV %d refresh transient\n", me)
             fi
         fi
     }
@@ -98,9 +102,9 @@ proctype Request(byte me) {
     byte v, until, t, lease_v, fresh;
     bool alive, is_due, ok, won;
 read:
-    atomic { alive = exists; v = version; until = lease_until; t = rt; is_due = due };
+    atomic { alive = exists; v = version; until = lease_until; t = rt; is_due = due; printf("EV %d get\n", me) };
     if
-    :: goto finish      /* killed */
+    :: printf("EV %d crash\n", me); goto finish      /* killed */
     :: skip
     fi;
     if
@@ -115,6 +119,7 @@ read:
 #endif
         /* take the refresh lease: CAS at the version read */
         atomic {
+            printf("EV %d cas\n", me);
             won = (exists && version == v);
 #ifndef NO_LEASE
             if
@@ -138,20 +143,20 @@ read:
         lease_v = v;
 #endif
         if
-        :: atomic { working-- }; goto finish    /* killed holding the lease: it runs out */
+        :: atomic { working--; printf("EV %d crash\n", me) }; goto finish    /* killed holding the lease: it runs out */
         :: skip
         fi;
         refresh_at_idp(t, ok, fresh);
 #ifdef CRASH_AFTER_IDP
         if
-        :: atomic { in_flight--; working-- }; goto finish     /* its lease runs out by the clock */
+        :: atomic { in_flight--; working--; printf("EV %d crash\n", me) }; goto finish     /* its lease runs out by the clock */
         :: skip
         fi;
 #endif
         if
         :: ok ->
             atomic {
-                in_flight--; working--;
+                in_flight--; working--; printf("EV %d cas\n", me);
 #ifdef NO_FENCE
                 won = true;
 #else
@@ -169,12 +174,12 @@ read:
             :: else -> goto read                  /* Superseded */
             fi
         :: !ok && revoked ->
-            atomic { in_flight--; working--; exists = false; version++ }   /* invalid_grant: the session ends */
+            atomic { in_flight--; working--; exists = false; version++; printf("EV %d delete\n", me) }   /* invalid_grant: the session ends */
             goto finish
         :: !ok && !revoked ->
             /* transient: free the lease, keep the session */
             atomic {
-                in_flight--; working--;
+                in_flight--; working--; printf("EV %d cas\n", me);
                 if
                 :: exists && version == lease_v -> version++; lease_until = 0
                 :: else -> skip

@@ -1,14 +1,15 @@
 //! The model's counterexamples, replayed on the code (issue 17, item 5).
 //!
-//! For each mutant of `model/login.pml`, Spin finds a counterexample trail;
-//! a simulation of that trail prints its events (store calls, provider
-//! calls, crashes, clock ticks), and `common::schedule` makes the real
-//! `LoginFlow` — one per callback, as on separate replicas, over one memory
-//! store — go through the same events in the same order. Each trail is
-//! replayed twice:
+//! For each mutant of `model/login.pml` and `model/refresh.pml`, Spin finds
+//! a counterexample trail; a simulation of that trail prints its events
+//! (store calls, provider calls, crashes, clock ticks), and
+//! `common::schedule` makes the real `LoginFlow` or `Sessions` — one per
+//! callback or request, as on separate replicas, over one memory store — go
+//! through the same events in the same order. Each trail is replayed twice:
 //!
 //! - on a store that departs from the contract the way the mutant departs
-//!   from the code (a commit without its fence, a claim that always wins):
+//!   from the code (a commit without its fence, a claim that always wins, a
+//!   refresh lease never written, session writes without their fence):
 //!   the replay must follow the trail to its end and break a property —
 //!   the trail is a scenario the code's checks catch;
 //! - on the honest store: no property may break (the replay leaves the
@@ -25,14 +26,16 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::idp_double::ControlledIdp;
+use common::idp_double::{ControlledIdp, identity};
 use common::naive::{Begun, LoginDriver};
 use common::schedule::{
     Event, Mutation, Schedule, ScheduledIdp, ScheduledStore, parse_events, processes,
 };
 use common::within;
-use latchkey::clock::ManualClock;
+use latchkey::clock::{Clock, ManualClock};
 use latchkey::login::{LoginFlow, LoginSettings};
+use latchkey::secret::random_token;
+use latchkey::session::{SessionRecord, SessionSettings, Sessions, session_key};
 use latchkey::store::Store;
 use latchkey::store::memory::MemoryStore;
 
@@ -140,6 +143,9 @@ async fn replay(events: &[Event], mutation: Mutation) -> Replay {
             schedule: schedule.clone(),
             inner: shared.clone(),
             mutation,
+            gated: "login:",
+            gate_gets: true,
+            session_id: None,
             phases: phases.clone(),
         });
         let provider = Arc::new(ScheduledIdp {
@@ -218,8 +224,14 @@ async fn caught_and_refused(model: &str, defines: &[&str], mutation: Mutation) {
     if !tools_available() {
         return;
     }
-    let events = counterexample(model, defines);
-    let mutated = replay(&events, mutation).await;
+    let events = &counterexample(model, defines);
+    let run = |mutation| async move {
+        match model {
+            "login.pml" => replay(events, mutation).await,
+            _ => replay_refresh(events, mutation).await,
+        }
+    };
+    let mutated = run(mutation).await;
     eprintln!("{defines:?} on the {mutation:?} store: {mutated:?}");
     assert!(
         mutated.completed,
@@ -230,7 +242,7 @@ async fn caught_and_refused(model: &str, defines: &[&str], mutation: Mutation) {
         !mutated.broken.is_empty(),
         "the trail of {defines:?} broke nothing on the {mutation:?} store: {mutated:?}"
     );
-    let honest = replay(&events, Mutation::Honest).await;
+    let honest = run(Mutation::Honest).await;
     eprintln!("{defines:?} on the honest store: {honest:?}");
     assert!(
         honest.broken.is_empty(),
@@ -265,6 +277,129 @@ async fn the_two_sessions_trail_is_caught_and_the_code_refuses_it() {
         "login.pml",
         &["-DCLAIM_IGNORED", "-DONLY_I2"],
         Mutation::ClaimAlwaysWon,
+    )
+    .await;
+}
+
+/// The trail's sign-out is process 9 (`model/refresh.pml`).
+const SIGN_OUT: usize = 9;
+
+/// Runs the trail's requests through `Sessions`, and its sign-out, over one
+/// memory store holding a session whose access token has expired (so that
+/// a request waits for a refresh it does not make), following `events`.
+async fn replay_refresh(events: &[Event], mutation: Mutation) -> Replay {
+    let clock = Arc::new(ManualClock::starting_now());
+    let idp = ControlledIdp::new(clock.clone(), Duration::from_secs(3600));
+    let shared: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let settings = SessionSettings {
+        refresh_lease: TICK * LEASE_TICKS,
+        refresh_wait: Duration::from_secs(30),
+        ..SessionSettings::default()
+    };
+    let session_id = random_token();
+    let mut tokens = idp.issue_tokens();
+    tokens.access_expires_at = clock.now_ms() - 1;
+    let record = SessionRecord::new(
+        identity("alice"),
+        tokens,
+        clock.now_ms(),
+        Duration::from_secs(86400),
+    );
+    let stored = (shared)
+        .insert_if_absent(
+            &session_key(&session_id),
+            &record.seal(&settings.seal, &session_id),
+            Duration::from_secs(86400),
+        )
+        .await;
+    assert!(stored.unwrap());
+    let schedule = Schedule::new(events.to_vec(), clock.clone(), TICK);
+    let signed_out = Arc::new(Mutex::new(false));
+    let mut tasks = Vec::new();
+    for p in processes(events) {
+        let store = Arc::new(ScheduledStore {
+            process: p,
+            schedule: schedule.clone(),
+            inner: shared.clone(),
+            mutation,
+            gated: "session:",
+            // The sign-out reads before it deletes; the model's is one step.
+            gate_gets: p != SIGN_OUT,
+            session_id: Some(session_id.clone()),
+            phases: Arc::new(Mutex::new(Vec::new())),
+        });
+        let provider = Arc::new(ScheduledIdp {
+            process: p,
+            schedule: schedule.clone(),
+            idp: idp.clone(),
+        });
+        let sessions = Sessions::new(store, provider, clock.clone(), settings.clone());
+        let (id, schedule_p, signed_out) =
+            (session_id.clone(), schedule.clone(), signed_out.clone());
+        let task = tokio::spawn(async move {
+            let id = id.into();
+            let result = if p == SIGN_OUT {
+                let done = sessions.sign_out(&id).await;
+                *signed_out.lock().unwrap() = done.is_ok();
+                done.map(|_| "signed out".to_owned())
+                    .map_err(|e| e.to_string())
+            } else {
+                (sessions.load(&id).await)
+                    .map(|s| s.tokens().access_token.secret().to_owned())
+                    .map_err(|e| e.to_string())
+            };
+            schedule_p.finished(p);
+            result
+        });
+        schedule.started(p, task.abort_handle());
+        tasks.push((p, task));
+    }
+    within("the trail's events", schedule.conduct(LEASE_TICKS)).await;
+    let mut results = Vec::new();
+    for (p, task) in tasks {
+        let result = within("a request", task).await.ok();
+        results.push((p, result));
+    }
+    let (completed, diverged) = (schedule.completed(), schedule.diverged());
+    let mut broken = Vec::new();
+    let presented = idp.presented_refresh_tokens();
+    let distinct: std::collections::HashSet<_> = presented.iter().collect();
+    if distinct.len() != presented.len() {
+        broken.push(format!(
+            "I5: a refresh token presented twice: {presented:?}"
+        ));
+    }
+    if idp.most_refreshes_in_flight() > 1 {
+        broken.push("I5: two refreshes in flight at once".into());
+    }
+    let live = shared.count_live("session:").await.unwrap();
+    if *signed_out.lock().unwrap() && live > 0 {
+        broken.push("sign-out is final: the signed-out session is back".into());
+    }
+    Replay {
+        broken,
+        completed,
+        diverged,
+        results,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refresh_without_lease_trail_is_caught_and_the_code_refuses_it() {
+    caught_and_refused(
+        "refresh.pml",
+        &["-DNO_LEASE", "-DONLY_I5"],
+        Mutation::LeaseNotWritten,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unfenced_refresh_trail_is_caught_and_the_code_refuses_it() {
+    caught_and_refused(
+        "refresh.pml",
+        &["-DNO_FENCE", "-DONLY_SIGNOUT"],
+        Mutation::SessionWritesUnfenced,
     )
     .await;
 }

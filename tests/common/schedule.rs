@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use latchkey::clock::ManualClock;
 use latchkey::idp::{AuthorizationRequest, CodeExchange, Grant, IdentityProvider, IdpError};
 use latchkey::secret::RefreshToken;
+use latchkey::session::{SessionRecord, SessionSettings};
 use latchkey::store::{LoginCommit, Store, StoreError, StoreResult, Versioned};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
@@ -31,8 +32,29 @@ pub enum Call {
     Insert,
     Cas,
     Commit,
+    Delete,
     /// A code exchange; `true`: the provider answers with tokens.
     Exchange(bool),
+    /// A refresh, and how the provider answers it.
+    Refresh(Answer),
+}
+
+/// How the provider answers a refresh in a trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Tokens,
+    Transient,
+    InvalidGrant,
+}
+
+impl Call {
+    /// The same call, whatever the provider answers (the trail says that).
+    fn same_as(self, other: Call) -> bool {
+        match (self, other) {
+            (Call::Exchange(_), Call::Exchange(_)) | (Call::Refresh(_), Call::Refresh(_)) => true,
+            (a, b) => a == b,
+        }
+    }
 }
 
 /// One event of a trail.
@@ -60,6 +82,14 @@ pub fn parse_events(simulation: &str) -> Vec<Event> {
                         ["insert"] => Event::Call(p, Call::Insert),
                         ["cas"] => Event::Call(p, Call::Cas),
                         ["commit"] => Event::Call(p, Call::Commit),
+                        ["delete"] => Event::Call(p, Call::Delete),
+                        ["refresh", "ok"] => Event::Call(p, Call::Refresh(Answer::Tokens)),
+                        ["refresh", "transient"] => {
+                            Event::Call(p, Call::Refresh(Answer::Transient))
+                        }
+                        ["refresh", "invalid"] => {
+                            Event::Call(p, Call::Refresh(Answer::InvalidGrant))
+                        }
                         ["exchange", "ok"] => Event::Call(p, Call::Exchange(true)),
                         ["exchange", "fail"] => Event::Call(p, Call::Exchange(false)),
                         ["crash"] => Event::Crash(p),
@@ -202,11 +232,7 @@ impl Schedule {
                     && let Event::Call(q, expected) = state.events[state.cursor]
                     && q == p
                 {
-                    let same = match (expected, call) {
-                        (Call::Exchange(_), Call::Exchange(_)) => true,
-                        (expected, call) => expected == call,
-                    };
-                    if same {
+                    if expected.same_as(call) {
                         state.busy = true;
                         return Turn::Scheduled(TurnGuard(self), expected);
                     }
@@ -303,16 +329,27 @@ pub enum Mutation {
     /// A login's first claim always wins, overwriting another's (the
     /// model's `CLAIM_IGNORED`: a callback that lost goes on to exchange).
     ClaimAlwaysWon,
+    /// A session's refresh lease is never written, though its CAS reports
+    /// success (the model's refresh `NO_LEASE`).
+    LeaseNotWritten,
+    /// Writes of a session land whatever its version, also after it was
+    /// deleted (the model's refresh `NO_FENCE`).
+    SessionWritesUnfenced,
 }
 
-/// Process `process`'s view of the shared store: login-record calls and
-/// login commits follow the schedule; every write of a login record is
-/// logged (its phase) in `phases`.
+/// Process `process`'s view of the shared store: calls on keys under
+/// `gated` (and, for logins, commits) follow the schedule, reads only if
+/// `gate_gets`; every write of a login record is logged (its phase) in
+/// `phases`.
 pub struct ScheduledStore {
     pub process: usize,
     pub schedule: Arc<Schedule>,
     pub inner: Arc<dyn Store>,
     pub mutation: Mutation,
+    pub gated: &'static str,
+    pub gate_gets: bool,
+    /// The session the trail is about (to see a lease in its record).
+    pub session_id: Option<String>,
     pub phases: Arc<Mutex<Vec<String>>>,
 }
 
@@ -328,12 +365,20 @@ fn gone() -> StoreError {
 }
 
 impl ScheduledStore {
+    /// Whether `value` is the trail's session with a refresh lease in it.
+    fn writes_a_lease(&self, value: &[u8]) -> bool {
+        let seal = SessionSettings::default().seal;
+        self.session_id.as_deref().is_some_and(|id| {
+            SessionRecord::open(&seal, id, value).is_ok_and(|r| r.refresh_lease.is_some())
+        })
+    }
+
     fn log(&self, value: &[u8]) {
         self.phases.lock().unwrap().push(phase_of(value));
     }
 
     async fn turn(&self, key: &str, call: Call) -> StoreResult<Option<TurnGuard<'_>>> {
-        if !key.starts_with("login:") {
+        if !key.starts_with(self.gated) || (call == Call::Get && !self.gate_gets) {
             return Ok(None);
         }
         match self.schedule.turn(self.process, call).await {
@@ -377,6 +422,21 @@ impl Store for ScheduledStore {
         ttl: Duration,
     ) -> StoreResult<bool> {
         let _turn = self.turn(key, Call::Cas).await?;
+        let session = key.starts_with("session:");
+        if session && self.mutation == Mutation::LeaseNotWritten && self.writes_a_lease(value) {
+            let current = self.inner.get(key).await?;
+            return Ok(current.is_some_and(|c| c.version == expected_version));
+        }
+        if session && self.mutation == Mutation::SessionWritesUnfenced {
+            return match self.inner.get(key).await? {
+                None => self.inner.insert_if_absent(key, value, ttl).await,
+                Some(current) => {
+                    (self.inner)
+                        .compare_and_swap(key, current.version, value, ttl)
+                        .await
+                }
+            };
+        }
         let swapped = (self.inner)
             .compare_and_swap(key, expected_version, value, ttl)
             .await?;
@@ -387,6 +447,7 @@ impl Store for ScheduledStore {
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
+        let _turn = self.turn(key, Call::Delete).await?;
         self.inner.delete(key).await
     }
 
@@ -461,6 +522,26 @@ impl IdentityProvider for ScheduledIdp {
     }
 
     async fn refresh(&self, refresh_token: &RefreshToken) -> Result<Grant, IdpError> {
+        let turn = self
+            .schedule
+            .turn(self.process, Call::Refresh(Answer::Tokens))
+            .await;
+        let _guard = match turn {
+            Turn::Scheduled(guard, Call::Refresh(answer)) => {
+                match answer {
+                    Answer::Tokens => {}
+                    Answer::Transient => (self.idp).fail_next_refresh(IdpError::Transient(
+                        "the trail's transient error".into(),
+                    )),
+                    Answer::InvalidGrant => (self.idp).fail_next_refresh(IdpError::InvalidGrant(
+                        "the trail's revoked grant".into(),
+                    )),
+                }
+                Some(guard)
+            }
+            Turn::Scheduled(guard, _) => Some(guard),
+            Turn::Free | Turn::Crashed => None,
+        };
         self.idp.refresh(refresh_token).await
     }
 }
