@@ -89,6 +89,10 @@ bool done[4];           /* logins 0 and 1, the refresh (2), the logout (3) */
 
 /* What the store answers for key k now. */
 #define eff(k) (key_state[k] == REVOKED && marker_until[k] <= now -> GONE : key_state[k])
+/* Each step that stands for store calls, a provider call, a failure or a
+ * clock tick prints its events ("EV ..."; only a simulation prints them):
+ * tests/model_trails.rs replays a counterexample's events on the code.
+ * Logins are processes 0 and 1, the refresh 2, the logout 3. */
 /* Whether session k is of a sign-in the logout covers. */
 #define covered(k) (key_iat[k] <= lo_at)
 #define covered_live(k) (eff(k) == LIVE && covered(k))
@@ -99,7 +103,7 @@ bool done[4];           /* logins 0 and 1, the refresh (2), the logout (3) */
 
 active proctype Clock() {
     do
-    :: atomic { now < MAXT && clock_may_pass(0) && clock_may_pass(1) -> now++ }
+    :: atomic { now < MAXT && clock_may_pass(0) && clock_may_pass(1) -> now++; printf("EV tick\n") }
     :: now >= MAXT -> break
     od
 }
@@ -110,6 +114,7 @@ proctype Login(byte i) {
     /* The provider answers (its ID token issued now) within the lease
      * (answer_within), and the lease check passes: the window opens. */
     atomic {
+        printf("EV %d start\n", i); printf("EV %d exchange ok\n", i);
         iat = now;
         after[i] = (ended && now > lo_at);
         window_until[i] = now + LEASE + SKEW
@@ -122,14 +127,16 @@ proctype Login(byte i) {
 #else
         :: tomb_until > now && iat <= lo_at ->
 #endif
+            printf("EV %d get\n", i);
             LATER(!after[i]);       /* a sign-in after the logout is never refused by it */
             window_until[i] = 0;
             goto finish             /* Failed{logged_out} */
-        :: else -> ix_version++; listed[i] = true
+        :: else -> printf("EV %d get\n", i); printf("EV %d cas\n", i); ix_version++; listed[i] = true
         fi
     };
     /* commit_login: the session is inserted if its key is free. */
     atomic {
+        printf("EV %d commit\n", i);
         window_until[i] = 0;
         if
         :: eff(i) == GONE ->
@@ -151,11 +158,12 @@ proctype Refresh() {
     byte lease_version;
     atomic {
         if
-        :: eff(S) == LIVE -> s_version++; lease_version = s_version
-        :: else -> goto finish      /* NotFound */
+        :: eff(S) == LIVE -> printf("EV 2 get\n"); printf("EV 2 cas\n"); s_version++; lease_version = s_version
+        :: else -> printf("EV 2 get\n"); goto finish      /* NotFound */
         fi
     };
     atomic {
+        printf("EV 2 refresh ok\n"); printf("EV 2 cas\n");
 #ifdef REFRESH_UNFENCED
         if
         :: true ->
@@ -176,13 +184,14 @@ finish:
 #define bump(k) s_version = (k == S -> s_version + 1 : s_version)
 /* SessionIndex::revoke(k): the marker replaces whatever is there. */
 #ifdef NO_MARKER
-#define revoke(k) atomic { key_state[k] = (key_state[k] == LIVE -> GONE : key_state[k]); bump(k) }
+#define revoke(k) atomic { printf("EV 3 get\n"); printf("EV 3 write\n"); key_state[k] = (key_state[k] == LIVE -> GONE : key_state[k]); bump(k) }
 #else
 #define revoke(k) \
     atomic { \
         if \
-        :: eff(k) != REVOKED -> key_state[k] = REVOKED; bump(k); marker_until[k] = now + TOMB \
-        :: else -> skip \
+        :: eff(k) != REVOKED -> printf("EV 3 get\n"); printf("EV 3 write\n"); \
+            key_state[k] = REVOKED; bump(k); marker_until[k] = now + TOMB \
+        :: else -> printf("EV 3 get\n") \
         fi \
     }
 #endif
@@ -193,7 +202,7 @@ finish:
     if \
     :: taken[k] -> \
         if \
-        :: may_fail -> may_fail = false; goto attempt \
+        :: may_fail -> may_fail = false; printf("EV 3 fail\n"); goto attempt \
         :: skip \
         fi; \
         revoke(k) \
@@ -207,7 +216,7 @@ proctype Logout() {
     byte token_iat, v, read_at;
     bool taken[3];
     bool may_fail = true;
-    atomic { token_iat = now };
+    atomic { token_iat = now; printf("EV 3 start\n") };
 attempt:
 #ifdef REMOVE_FIRST
     /* 3. before 2.: the keys come off the list first */
@@ -223,8 +232,9 @@ attempt:
     /* 1. the tombstone, and the keys listed when it was written: the clock
      * and the index read, then the CAS at that version. */
     do
-    :: atomic { read_at = now; v = ix_version };
+    :: atomic { read_at = now; v = ix_version; printf("EV 3 get\n") };
        atomic {
+           printf("EV 3 cas\n");
            if
            :: ix_version == v ->
                ix_version++;
@@ -248,6 +258,7 @@ attempt:
 #ifndef REMOVE_FIRST
     /* 3. only then off the list (keys listed since stay on it) */
     atomic {
+        printf("EV 3 get\n"); printf("EV 3 cas\n");
         ix_version++;
         listed[0] = (listed[0] && !taken[0]);
         listed[1] = (listed[1] && !taken[1]);

@@ -29,7 +29,7 @@ use std::time::Duration;
 use common::idp_double::{ControlledIdp, identity};
 use common::naive::{Begun, LoginDriver};
 use common::schedule::{
-    Event, Mutation, Schedule, ScheduledIdp, ScheduledStore, parse_events, processes,
+    Call, Event, Mutation, Schedule, ScheduledIdp, ScheduledStore, parse_events, processes,
 };
 use common::within;
 use latchkey::clock::{Clock, ManualClock};
@@ -43,6 +43,7 @@ use latchkey::store::memory::MemoryStore;
 const TICK: Duration = Duration::from_secs(10);
 /// The bounds of `model/check.sh`: the clock 0..4, the lease 2 ticks.
 const BOUNDS: [&str; 2] = ["-DMAXT=4", "-DLEASE=2"];
+// (The logout model's skew is 1 tick, its default.)
 const LEASE_TICKS: u32 = 2;
 
 fn tools_available() -> bool {
@@ -144,6 +145,8 @@ async fn replay(events: &[Event], mutation: Mutation) -> Replay {
             inner: shared.clone(),
             mutation,
             gated: "login:",
+            also_gated: None,
+            gate_commits: true,
             gate_gets: true,
             session_id: None,
             phases: phases.clone(),
@@ -152,6 +155,7 @@ async fn replay(events: &[Event], mutation: Mutation) -> Replay {
             process: p,
             schedule: schedule.clone(),
             idp: idp.clone(),
+            on_exchange: None,
         });
         let flow = Arc::new(LoginFlow::new(
             store,
@@ -168,13 +172,7 @@ async fn replay(events: &[Event], mutation: Mutation) -> Replay {
         schedule.started(p, task.abort_handle());
         tasks.push((p, task));
     }
-    within("the trail's events", schedule.conduct(LEASE_TICKS)).await;
-    let mut results = Vec::new();
-    for (p, task) in tasks {
-        let result = within("a callback", task).await.ok();
-        results.push((p, result));
-    }
-    let (completed, diverged) = (schedule.completed(), schedule.diverged());
+    let (results, completed, diverged) = play(&schedule, tasks, LEASE_TICKS).await;
     let sessions = shared.count_live("session:").await.unwrap();
     let phases = phases.lock().unwrap().clone();
     Replay {
@@ -183,6 +181,30 @@ async fn replay(events: &[Event], mutation: Mutation) -> Replay {
         diverged,
         results,
     }
+}
+
+/// A process's task: its answer, or why it has none.
+type Task = tokio::task::JoinHandle<Result<String, String>>;
+
+/// Plays the trail over the started `tasks` (leases get `lease_ticks` to
+/// run out after it); each process's answer (`None`: crashed or dropped),
+/// whether the trail was followed to its end, and where it was left.
+async fn play(
+    schedule: &Schedule,
+    tasks: Vec<(usize, Task)>,
+    lease_ticks: u32,
+) -> (
+    Vec<(usize, Option<Result<String, String>>)>,
+    bool,
+    Option<String>,
+) {
+    within("the trail's events", schedule.conduct(lease_ticks)).await;
+    let mut results = Vec::new();
+    for (p, task) in tasks {
+        let result = within("a process", task).await.ok();
+        results.push((p, result));
+    }
+    (results, schedule.completed(), schedule.diverged())
 }
 
 /// The model's properties, judged on what the code did.
@@ -228,7 +250,8 @@ async fn caught_and_refused(model: &str, defines: &[&str], mutation: Mutation) {
     let run = |mutation| async move {
         match model {
             "login.pml" => replay(events, mutation).await,
-            _ => replay_refresh(events, mutation).await,
+            "refresh.pml" => replay_refresh(events, mutation).await,
+            _ => replay_logout(events, mutation).await,
         }
     };
     let mutated = run(mutation).await;
@@ -323,6 +346,8 @@ async fn replay_refresh(events: &[Event], mutation: Mutation) -> Replay {
             inner: shared.clone(),
             mutation,
             gated: "session:",
+            also_gated: None,
+            gate_commits: false,
             // The sign-out reads before it deletes; the model's is one step.
             gate_gets: p != SIGN_OUT,
             session_id: Some(session_id.clone()),
@@ -332,6 +357,7 @@ async fn replay_refresh(events: &[Event], mutation: Mutation) -> Replay {
             process: p,
             schedule: schedule.clone(),
             idp: idp.clone(),
+            on_exchange: None,
         });
         let sessions = Sessions::new(store, provider, clock.clone(), settings.clone());
         let (id, schedule_p, signed_out) =
@@ -354,13 +380,7 @@ async fn replay_refresh(events: &[Event], mutation: Mutation) -> Replay {
         schedule.started(p, task.abort_handle());
         tasks.push((p, task));
     }
-    within("the trail's events", schedule.conduct(LEASE_TICKS)).await;
-    let mut results = Vec::new();
-    for (p, task) in tasks {
-        let result = within("a request", task).await.ok();
-        results.push((p, result));
-    }
-    let (completed, diverged) = (schedule.completed(), schedule.diverged());
+    let (results, completed, diverged) = play(&schedule, tasks, LEASE_TICKS).await;
     let mut broken = Vec::new();
     let presented = idp.presented_refresh_tokens();
     let distinct: std::collections::HashSet<_> = presented.iter().collect();
@@ -400,6 +420,259 @@ async fn the_unfenced_refresh_trail_is_caught_and_the_code_refuses_it() {
         "refresh.pml",
         &["-DNO_FENCE", "-DONLY_SIGNOUT"],
         Mutation::SessionWritesUnfenced,
+    )
+    .await;
+}
+
+/// The trail's processes in `model/logout.pml`: logins 0 and 1, the
+/// refresh 2, the logout 3.
+const REFRESH: usize = 2;
+const LOGOUT: usize = 3;
+/// The model's clock skew, in ticks.
+const SKEW_TICKS: u32 = 1;
+
+/// Runs the trail's logins (`LoginFlow`s, each its own login of alice),
+/// the refresh of alice's earlier session `S` (`Sessions`) and the logout
+/// of alice (`SessionIndex::end`, retried when it fails, as a provider
+/// does), over one memory store, following `events`.
+async fn replay_logout(events: &[Event], mutation: Mutation) -> Replay {
+    use latchkey::clock::UnixMillis;
+    use latchkey::logout::{Handle, REVOKED_MARKER, SessionIndex};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let clock = Arc::new(ManualClock::starting_now());
+    let idp = ControlledIdp::new(clock.clone(), Duration::from_secs(3600));
+    idp.exchange_as_subject("alice");
+    let shared: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let login_settings = LoginSettings {
+        exchange_lease: TICK * LEASE_TICKS,
+        wait_timeout: Duration::from_secs(30),
+        ..LoginSettings::default()
+    };
+    let session_settings = SessionSettings {
+        refresh_lease: TICK * LEASE_TICKS,
+        refresh_wait: Duration::from_secs(30),
+        ..SessionSettings::default()
+    };
+    let subject_key = Handle::Subject("alice").key();
+    // S: alice signed in at 0, listed in her index, her access token expired.
+    let s_id = random_token();
+    let mut tokens = idp.issue_tokens();
+    tokens.access_expires_at = clock.now_ms() - 1;
+    let alice = latchkey::idp::Identity {
+        issued_at: Some(clock.now_ms()),
+        ..identity("alice")
+    };
+    let record = SessionRecord::new(
+        alice.clone(),
+        tokens,
+        clock.now_ms(),
+        Duration::from_secs(86400),
+    );
+    let s_key = session_key(&s_id);
+    let day = Duration::from_secs(86400);
+    let sealed = record.seal(&session_settings.seal, &s_id);
+    assert!(shared.insert_if_absent(&s_key, &sealed, day).await.unwrap());
+    let index = SessionIndex::new(shared.clone(), clock.clone());
+    index
+        .register(&s_key, &alice, clock.now_ms() + 86_400_000)
+        .await
+        .unwrap();
+
+    let schedule = Schedule::new(events.to_vec(), clock.clone(), TICK);
+    let ended = Arc::new(AtomicBool::new(false));
+    let logged_out_at: Arc<Mutex<Option<UnixMillis>>> = Arc::new(Mutex::new(None));
+    // Logins whose exchange was answered after the logout was accepted,
+    // and when (a sign-in in the logout token's very tick counts as
+    // covered, as in the model).
+    let after: Arc<Mutex<Vec<(usize, UnixMillis)>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for p in processes(events) {
+        let store = Arc::new(ScheduledStore {
+            process: p,
+            schedule: schedule.clone(),
+            inner: shared.clone(),
+            mutation,
+            gated: "session:",
+            also_gated: Some(subject_key.clone()),
+            gate_commits: true,
+            gate_gets: true,
+            session_id: None,
+            phases: Arc::new(Mutex::new(Vec::new())),
+        });
+        let noted = {
+            let (ended, after, clock) = (ended.clone(), after.clone(), clock.clone());
+            Arc::new(move |p: usize| {
+                if ended.load(Ordering::SeqCst) {
+                    after.lock().unwrap().push((p, clock.now_ms()));
+                }
+            }) as Arc<dyn Fn(usize) + Send + Sync>
+        };
+        let provider = Arc::new(ScheduledIdp {
+            process: p,
+            schedule: schedule.clone(),
+            idp: idp.clone(),
+            on_exchange: Some(noted),
+        });
+        let schedule_p = schedule.clone();
+        let task = match p {
+            LOGOUT => {
+                let index = SessionIndex::new(store, clock.clone());
+                let (clock, ended, logged_out_at) =
+                    (clock.clone(), ended.clone(), logged_out_at.clone());
+                let tombstone = match mutation {
+                    Mutation::ShortTombstone => TICK * SKEW_TICKS,
+                    _ => TICK * (LEASE_TICKS + SKEW_TICKS),
+                };
+                tokio::spawn(async move {
+                    drop(schedule_p.turn(p, Call::Start).await);
+                    // The logout token's iat; its retries carry the same.
+                    let iat = clock.now_ms();
+                    *logged_out_at.lock().unwrap() = Some(iat);
+                    let mut result = Err("never tried".to_owned());
+                    for _ in 0..3 {
+                        let ended_now = index.end(Handle::Subject("alice"), iat, tombstone).await;
+                        result = ended_now
+                            .map(|e| format!("{} revoked", e.sessions_revoked))
+                            .map_err(|e| e.to_string());
+                        if result.is_ok() {
+                            ended.store(true, Ordering::SeqCst);
+                            break;
+                        }
+                    }
+                    schedule_p.finished(p);
+                    result
+                })
+            }
+            REFRESH => {
+                let sessions =
+                    Sessions::new(store, provider, clock.clone(), session_settings.clone());
+                let id = s_id.clone();
+                tokio::spawn(async move {
+                    let result = (sessions.load(&id.into()).await)
+                        .map(|s| s.tokens().access_token.secret().to_owned())
+                        .map_err(|e| e.to_string());
+                    schedule_p.finished(p);
+                    result
+                })
+            }
+            _ => {
+                let flow = LoginFlow::new(store, provider, clock.clone(), login_settings.clone());
+                tokio::spawn(async move {
+                    drop(schedule_p.turn(p, Call::Start).await);
+                    let begun = LoginDriver::begin(&flow).await;
+                    let result = flow.callback(&begun).await;
+                    schedule_p.finished(p);
+                    result
+                })
+            }
+        };
+        schedule.started(p, task.abort_handle());
+        tasks.push((p, task));
+    }
+    let (results, completed, diverged) = play(&schedule, tasks, LEASE_TICKS + SKEW_TICKS).await;
+
+    // I8: once the logout is accepted, no session of a sign-in it covers
+    // is live; a sign-in exchanged after it is signed in.
+    let mut broken = Vec::new();
+    let lo_at = *logged_out_at.lock().unwrap();
+    let seal = SessionSettings::default().seal;
+    let live_iat = |id: String| {
+        let (shared, seal) = (shared.clone(), seal.clone());
+        async move {
+            let value = shared.get(&session_key(&id)).await.unwrap()?.value;
+            if value.as_ref() == REVOKED_MARKER {
+                return None;
+            }
+            let record = SessionRecord::open(&seal, &id, &value).ok()?;
+            Some(record.identity.issued_at)
+        }
+    };
+    if ended.load(Ordering::SeqCst) {
+        let lo_at = lo_at.expect("an accepted logout has its iat");
+        let mut ids = vec![(REFRESH, s_id.clone())];
+        for (p, result) in &results {
+            if *p < REFRESH
+                && let Some(Ok(id)) = result
+            {
+                ids.push((*p, id.clone()));
+            }
+        }
+        for (p, id) in ids {
+            if let Some(iat) = live_iat(id).await
+                && iat.is_none_or(|iat| iat <= lo_at)
+            {
+                broken.push(format!("I8: process {p}'s session, signed in at {iat:?}, is live after the logout of {lo_at}"));
+            }
+        }
+        let later = after.lock().unwrap().clone();
+        for (p, _) in later.into_iter().filter(|(_, at)| *at > lo_at) {
+            let signed_in = results
+                .iter()
+                .find(|(q, _)| *q == p)
+                .and_then(|(_, r)| r.clone());
+            match signed_in {
+                Some(Ok(id)) if live_iat(id.clone()).await.is_some() => {}
+                other => broken.push(format!(
+                    "a later sign-in works: process {p} ended {other:?}"
+                )),
+            }
+        }
+    }
+    Replay {
+        broken,
+        completed,
+        diverged,
+        results,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_logout_without_tombstone_trail_is_caught_and_the_code_refuses_it() {
+    caught_and_refused(
+        "logout.pml",
+        &["-DDELETE_ONLY", "-DONLY_I8"],
+        Mutation::TombstoneDropped,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_logout_without_marker_trail_is_caught_and_the_code_refuses_it() {
+    caught_and_refused(
+        "logout.pml",
+        &["-DNO_MARKER", "-DONLY_I8"],
+        Mutation::MarkerDeletes,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_short_tombstone_trail_is_caught_and_the_code_refuses_it() {
+    caught_and_refused(
+        "logout.pml",
+        &["-DSHORT_TOMBSTONE", "-DONLY_I8"],
+        Mutation::ShortTombstone,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refresh_across_a_logout_trail_is_caught_and_the_code_refuses_it() {
+    caught_and_refused(
+        "logout.pml",
+        &["-DREFRESH_UNFENCED", "-DONLY_I8"],
+        Mutation::SessionWritesUnfenced,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tombstone_ignoring_iat_trail_is_caught_and_the_code_refuses_it() {
+    caught_and_refused(
+        "logout.pml",
+        &["-DIGNORE_IAT", "-DONLY_LATER"],
+        Mutation::TombstoneCoversAll,
     )
     .await;
 }

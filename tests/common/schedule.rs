@@ -17,6 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use latchkey::clock::ManualClock;
 use latchkey::idp::{AuthorizationRequest, CodeExchange, Grant, IdentityProvider, IdpError};
+use latchkey::logout::REVOKED_MARKER;
 use latchkey::secret::RefreshToken;
 use latchkey::session::{SessionRecord, SessionSettings};
 use latchkey::store::{LoginCommit, Store, StoreError, StoreResult, Versioned};
@@ -33,6 +34,10 @@ pub enum Call {
     Cas,
     Commit,
     Delete,
+    /// An insert or a CAS (the model does not say which).
+    Write,
+    /// The process begins (its task waits for this before it acts).
+    Start,
     /// A code exchange; `true`: the provider answers with tokens.
     Exchange(bool),
     /// A refresh, and how the provider answers it.
@@ -52,6 +57,7 @@ impl Call {
     fn same_as(self, other: Call) -> bool {
         match (self, other) {
             (Call::Exchange(_), Call::Exchange(_)) | (Call::Refresh(_), Call::Refresh(_)) => true,
+            (Call::Write, Call::Insert | Call::Cas) => true,
             (a, b) => a == b,
         }
     }
@@ -64,6 +70,8 @@ pub enum Event {
     Call(usize, Call),
     Crash(usize),
     Drop(usize),
+    /// The process's next store call fails, as if the store had gone away.
+    Fail(usize),
 }
 
 /// The events of a Spin simulation's output (lines `EV …`), in order.
@@ -83,6 +91,9 @@ pub fn parse_events(simulation: &str) -> Vec<Event> {
                         ["cas"] => Event::Call(p, Call::Cas),
                         ["commit"] => Event::Call(p, Call::Commit),
                         ["delete"] => Event::Call(p, Call::Delete),
+                        ["write"] => Event::Call(p, Call::Write),
+                        ["start"] => Event::Call(p, Call::Start),
+                        ["fail"] => Event::Fail(p),
                         ["refresh", "ok"] => Event::Call(p, Call::Refresh(Answer::Tokens)),
                         ["refresh", "transient"] => {
                             Event::Call(p, Call::Refresh(Answer::Transient))
@@ -121,6 +132,8 @@ struct State {
     diverged: Option<String>,
     processes: HashMap<usize, Process>,
     tasks: HashMap<usize, AbortHandle>,
+    /// Processes whose next store call fails.
+    failing: HashSet<usize>,
 }
 
 /// The schedule: the trail's events and how far the replay has come.
@@ -171,6 +184,7 @@ impl Schedule {
                 diverged: None,
                 processes: HashMap::new(),
                 tasks: HashMap::new(),
+                failing: HashSet::new(),
             }),
             changed: watch::Sender::new(0),
             clock,
@@ -222,7 +236,7 @@ impl Schedule {
         loop {
             {
                 let mut state = self.state.lock().unwrap();
-                if state.processes.get(&p) == Some(&Process::Crashed) {
+                if state.processes.get(&p) == Some(&Process::Crashed) || state.failing.remove(&p) {
                     return Turn::Crashed;
                 }
                 if state.diverged.is_some() || state.cursor >= state.events.len() {
@@ -295,6 +309,13 @@ impl Schedule {
                             self.changed.send_modify(|n| *n += 1);
                             continue;
                         }
+                        Event::Fail(p) => {
+                            state.failing.insert(p);
+                            state.cursor += 1;
+                            drop(state);
+                            self.changed.send_modify(|n| *n += 1);
+                            continue;
+                        }
                         Event::Call(p, call) => {
                             if state.processes.get(&p) == Some(&Process::Finished) {
                                 Self::diverge(
@@ -333,8 +354,20 @@ pub enum Mutation {
     /// success (the model's refresh `NO_LEASE`).
     LeaseNotWritten,
     /// Writes of a session land whatever its version, also after it was
-    /// deleted (the model's refresh `NO_FENCE`).
+    /// deleted (the model's refresh `NO_FENCE`, the logout's
+    /// `REFRESH_UNFENCED`).
     SessionWritesUnfenced,
+    /// A logout's tombstone is never written (the logout's `DELETE_ONLY`).
+    TombstoneDropped,
+    /// Revoking a session deletes it instead of writing the marker (the
+    /// logout's `NO_MARKER`).
+    MarkerDeletes,
+    /// A logout's tombstone covers every sign-in, also those issued after
+    /// it (the logout's `IGNORE_IAT`).
+    TombstoneCoversAll,
+    /// Not a store's: the logout keeps its tombstone for the clock skew
+    /// only (the logout's `SHORT_TOMBSTONE`).
+    ShortTombstone,
 }
 
 /// Process `process`'s view of the shared store: calls on keys under
@@ -346,7 +379,12 @@ pub struct ScheduledStore {
     pub schedule: Arc<Schedule>,
     pub inner: Arc<dyn Store>,
     pub mutation: Mutation,
+    /// Keys whose calls follow the schedule: those under `gated`, and
+    /// `also_gated`.
     pub gated: &'static str,
+    pub also_gated: Option<String>,
+    /// Whether login commits follow the schedule.
+    pub gate_commits: bool,
     pub gate_gets: bool,
     /// The session the trail is about (to see a lease in its record).
     pub session_id: Option<String>,
@@ -365,6 +403,25 @@ fn gone() -> StoreError {
 }
 
 impl ScheduledStore {
+    /// With `TombstoneDropped`, an index record as written without its
+    /// tombstone; with `TombstoneCoversAll`, with one covering every `iat`.
+    fn without_tombstone(&self, key: &str, value: &[u8]) -> Option<Vec<u8>> {
+        let dropped = self.mutation == Mutation::TombstoneDropped;
+        let covers_all = self.mutation == Mutation::TombstoneCoversAll;
+        if !(dropped || covers_all) || !key.starts_with("logout:") {
+            return None;
+        }
+        let mut record: serde_json::Value = serde_json::from_slice(value).ok()?;
+        let fields = record.as_object_mut()?;
+        if dropped {
+            fields.remove("logged_out_at");
+            fields.remove("tombstone_until");
+        } else if fields.contains_key("logged_out_at") {
+            fields.insert("logged_out_at".into(), u64::MAX.into());
+        }
+        serde_json::to_vec(&record).ok()
+    }
+
     /// Whether `value` is the trail's session with a refresh lease in it.
     fn writes_a_lease(&self, value: &[u8]) -> bool {
         let seal = SessionSettings::default().seal;
@@ -378,9 +435,14 @@ impl ScheduledStore {
     }
 
     async fn turn(&self, key: &str, call: Call) -> StoreResult<Option<TurnGuard<'_>>> {
-        if !key.starts_with(self.gated) || (call == Call::Get && !self.gate_gets) {
+        let gated = key.starts_with(self.gated) || self.also_gated.as_deref() == Some(key);
+        if !gated || (call == Call::Get && !self.gate_gets) {
             return Ok(None);
         }
+        self.turn_always(call).await
+    }
+
+    async fn turn_always(&self, call: Call) -> StoreResult<Option<TurnGuard<'_>>> {
         match self.schedule.turn(self.process, call).await {
             Turn::Scheduled(guard, _) => Ok(Some(guard)),
             Turn::Free => Ok(None),
@@ -393,6 +455,11 @@ impl ScheduledStore {
 impl Store for ScheduledStore {
     async fn insert_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> StoreResult<bool> {
         let _turn = self.turn(key, Call::Insert).await?;
+        if self.mutation == Mutation::MarkerDeletes && value == REVOKED_MARKER {
+            return Ok(self.inner.get(key).await?.is_none());
+        }
+        let stripped = self.without_tombstone(key, value);
+        let value = stripped.as_deref().unwrap_or(value);
         let mut won = self.inner.insert_if_absent(key, value, ttl).await?;
         if !won
             && self.mutation == Mutation::ClaimAlwaysWon
@@ -422,6 +489,16 @@ impl Store for ScheduledStore {
         ttl: Duration,
     ) -> StoreResult<bool> {
         let _turn = self.turn(key, Call::Cas).await?;
+        if self.mutation == Mutation::MarkerDeletes && value == REVOKED_MARKER {
+            let current = self.inner.get(key).await?;
+            if current.is_some_and(|c| c.version == expected_version) {
+                self.inner.delete(key).await?;
+                return Ok(true);
+            }
+            return Ok(false);
+        }
+        let stripped = self.without_tombstone(key, value);
+        let value = stripped.as_deref().unwrap_or(value);
         let session = key.starts_with("session:");
         if session && self.mutation == Mutation::LeaseNotWritten && self.writes_a_lease(value) {
             let current = self.inner.get(key).await?;
@@ -452,7 +529,10 @@ impl Store for ScheduledStore {
     }
 
     async fn commit_login(&self, commit: LoginCommit<'_>) -> StoreResult<bool> {
-        let _turn = self.turn("login:", Call::Commit).await?;
+        let _turn = match self.gate_commits {
+            true => self.turn_always(Call::Commit).await?,
+            false => None,
+        };
         let mut commit = commit;
         if self.mutation == Mutation::CommitUnfenced
             && let Some(current) = self.inner.get(commit.login_key).await?
@@ -498,6 +578,8 @@ pub struct ScheduledIdp {
     pub process: usize,
     pub schedule: Arc<Schedule>,
     pub idp: Arc<ControlledIdp>,
+    /// Called with the process as its code exchange is answered.
+    pub on_exchange: Option<Arc<dyn Fn(usize) + Send + Sync>>,
 }
 
 #[async_trait]
@@ -518,6 +600,9 @@ impl IdentityProvider for ScheduledIdp {
             Turn::Scheduled(guard, _) => Some(guard),
             Turn::Free | Turn::Crashed => None,
         };
+        if let Some(noted) = &self.on_exchange {
+            noted(self.process);
+        }
         self.idp.exchange_code(exchange).await
     }
 
@@ -551,7 +636,7 @@ pub fn processes(events: &[Event]) -> Vec<usize> {
     let mut seen: Vec<usize> = events
         .iter()
         .filter_map(|e| match e {
-            Event::Call(p, _) | Event::Crash(p) | Event::Drop(p) => Some(*p),
+            Event::Call(p, _) | Event::Crash(p) | Event::Drop(p) | Event::Fail(p) => Some(*p),
             Event::Tick => None,
         })
         .collect::<HashSet<_>>()
