@@ -84,6 +84,10 @@ struct Options {
     storm: usize,
     due_sessions: usize,
     memory_sessions: usize,
+    /// Sessions stored beforehand in the large SQLite store (0: no such row).
+    sqlite_sessions_large: usize,
+    /// Sessions stored beforehand in the default SQLite store.
+    sqlite_sessions: usize,
 }
 
 impl Options {
@@ -99,6 +103,8 @@ impl Options {
                 storm: 100,
                 due_sessions: 20,
                 memory_sessions: 10_000,
+                sqlite_sessions_large: 0,
+                sqlite_sessions: 1_000,
             }
         } else {
             Self {
@@ -111,6 +117,8 @@ impl Options {
                 storm: 1000,
                 due_sessions: 200,
                 memory_sessions: 100_000,
+                sqlite_sessions_large: 1_000_000,
+                sqlite_sessions: 1_000,
             }
         }
     }
@@ -385,46 +393,72 @@ async fn due_sessions(
     }
 }
 
-/// Bytes per session in the memory store: RSS growth of this process while
-/// `n` realistic session records are created through the store API.
-async fn session_memory(n: usize) -> f64 {
-    use latchkey::idp::{Identity, TokenSet};
-    use latchkey::session::{SessionRecord, session_key};
-    use latchkey::store::Store;
-    let store = latchkey::store::memory::MemoryStore::new();
-    let pid = std::process::id();
-    let before = procs::rss_kib(pid).unwrap_or(0);
+/// The index in `Bench::ports` of the large SQLite store's latchkey.
+const LARGE_SQLITE_PORT: usize = 8;
+
+/// `1234567` as `1,234,567`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+/// Stores `n` realistic session records through the store API of `store`
+/// (as logins would have written them); returns how long it took.
+async fn store_sessions(store: &dyn latchkey::store::Store, n: usize) -> Duration {
+    let started = Instant::now();
     for i in 0..n {
-        let id = latchkey::secret::random_token();
-        let record = SessionRecord::new(
-            Identity {
-                issuer: "https://idp.example.com/realms/main".into(),
-                subject: format!("user-{i}"),
-                email: Some(format!("user-{i}@example.com")),
-                groups: vec!["staff".into(), "engineering".into()],
-                sid: Some(latchkey::secret::random_token()),
-                issued_at: Some(1_700_000_000_000),
-                userinfo_claims: Default::default(),
-            },
-            TokenSet {
-                access_token: latchkey::secret::random_token().into(),
-                access_expires_at: 0,
-                refresh_token: Some(latchkey::secret::random_token().into()),
-                // A typical RS256 ID token is 800–1,000 bytes.
-                id_token: Some("x".repeat(900).into()),
-            },
-            0,
-            Duration::from_secs(86400),
-        );
+        let (key, value) = realistic_session(i);
         store
-            .insert_if_absent(
-                &session_key(&id),
-                &record.seal(&latchkey::seal::RecordSeal::process_default(), &id),
-                Duration::from_secs(86400),
-            )
+            .insert_if_absent(&key, &value, Duration::from_secs(86400))
             .await
             .unwrap();
     }
+    started.elapsed()
+}
+
+/// The store key and sealed value of a realistic session record of user `i`.
+fn realistic_session(i: usize) -> (String, Vec<u8>) {
+    use latchkey::idp::{Identity, TokenSet};
+    use latchkey::session::{SessionRecord, session_key};
+    let id = latchkey::secret::random_token();
+    let record = SessionRecord::new(
+        Identity {
+            issuer: "https://idp.example.com/realms/main".into(),
+            subject: format!("user-{i}"),
+            email: Some(format!("user-{i}@example.com")),
+            groups: vec!["staff".into(), "engineering".into()],
+            sid: Some(latchkey::secret::random_token()),
+            issued_at: Some(1_700_000_000_000),
+            userinfo_claims: Default::default(),
+        },
+        TokenSet {
+            access_token: latchkey::secret::random_token().into(),
+            access_expires_at: 0,
+            refresh_token: Some(latchkey::secret::random_token().into()),
+            // A typical RS256 ID token is 800–1,000 bytes.
+            id_token: Some("x".repeat(900).into()),
+        },
+        0,
+        Duration::from_secs(86400),
+    );
+    let value = record.seal(&latchkey::seal::RecordSeal::process_default(), &id);
+    (session_key(&id), value)
+}
+
+/// Bytes per session in the memory store: RSS growth of this process while
+/// `n` realistic session records are created through the store API.
+async fn session_memory(n: usize) -> f64 {
+    let store = latchkey::store::memory::MemoryStore::new();
+    let pid = std::process::id();
+    let before = procs::rss_kib(pid).unwrap_or(0);
+    store_sessions(&store, n).await;
     let after = procs::rss_kib(pid).unwrap_or(0);
     drop(store);
     (after.saturating_sub(before) as f64 * 1024.0) / n as f64
@@ -461,7 +495,7 @@ async fn run(opts: Options) {
         .map(|p| p.join("latchkey"))
         .filter(|p| p.exists())
         .expect("build the latchkey binary first (bench/run.sh does)");
-    let ports: Vec<u16> = (0..8).map(|_| procs::free_port()).collect();
+    let ports: Vec<u16> = (0..9).map(|_| procs::free_port()).collect();
     let apache_port = procs::free_port();
     let mut redirects: Vec<String> = ports
         .iter()
@@ -560,25 +594,45 @@ async fn run(opts: Options) {
     }
 
     let unique = &latchkey::secret::random_token()[..8];
+    let sqlite_url = |file: &str| format!("sqlite://{}", bench._tmp.path().join(file).display());
+    // (name, store URL, port index), each store with the sessions it holds
+    // beforehand.
     let mut stores = vec![
-        ("memory", "memory://".to_owned()),
-        (
-            "sqlite",
-            format!("sqlite://{}", bench._tmp.path().join("bench.db").display()),
-        ),
+        ("memory".to_owned(), "memory://".to_owned(), 0),
+        ("sqlite".to_owned(), sqlite_url("bench.db"), 1),
     ];
+    let mut filled = vec![(sqlite_url("bench.db"), bench.opts.sqlite_sessions)];
+    if bench.opts.sqlite_sessions_large > 0 {
+        let name = format!(
+            "sqlite, {} sessions",
+            thousands(bench.opts.sqlite_sessions_large)
+        );
+        stores.push((name, sqlite_url("large.db"), LARGE_SQLITE_PORT));
+        filled.push((sqlite_url("large.db"), bench.opts.sqlite_sessions_large));
+    }
+    for (url, n) in filled {
+        let store = latchkey::store::connect(&url)
+            .await
+            .expect("open the SQLite store");
+        let took = store_sessions(store.as_ref(), n).await;
+        eprintln!("{url}: {n} sessions stored in {:.1} s", took.as_secs_f64());
+    }
     if !bench.opts.quick {
         let redis = std::env::var("LATCHKEY_TEST_REDIS")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
         let postgres = std::env::var("LATCHKEY_TEST_POSTGRES")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        stores.push(("redis", format!("{redis}?prefix=bench-{unique}")));
-        stores.push(("postgres", format!("{postgres}?prefix=bench-{unique}")));
+        stores.push(("redis".into(), format!("{redis}?prefix=bench-{unique}"), 2));
+        stores.push((
+            "postgres".into(),
+            format!("{postgres}?prefix=bench-{unique}"),
+            3,
+        ));
     }
     // (name, entry, callback, session cookie, processes) of each relying party.
     let mut relying_parties: Vec<(String, String, String, &str, Vec<u32>)> = Vec::new();
-    for (i, (name, store)) in stores.iter().enumerate() {
-        let port = bench.ports[i];
+    for (name, store, port_index) in &stores {
+        let port = bench.ports[*port_index];
         let proc = bench.latchkey(port, store, true, &[]);
         let entry = format!("http://127.0.0.1:{port}/");
         let callback = format!("http://127.0.0.1:{port}/oauth2/callback");
@@ -589,13 +643,16 @@ async fn run(opts: Options) {
             cookie: Some(browser.cookie_header(&entry)),
             pids: vec![proc.child.id()],
         });
-        relying_parties.push((
-            format!("latchkey, {name} store"),
-            entry,
-            callback,
-            "_latchkey",
-            vec![proc.child.id()],
-        ));
+        // The large store's row measures requests only.
+        if *port_index != LARGE_SQLITE_PORT {
+            relying_parties.push((
+                format!("latchkey, {name} store"),
+                entry,
+                callback,
+                "_latchkey",
+                vec![proc.child.id()],
+            ));
+        }
         running.push(proc);
     }
     if !bench.opts.quick {
@@ -647,7 +704,7 @@ async fn run(opts: Options) {
         logins.push(bench.logins(name, entry, callback, cookie, pids).await);
     }
     drop(running);
-    for (name, store) in &stores {
+    for (name, store, _) in &stores {
         let shared = name.starts_with("redis") || name.starts_with("postgres");
         if shared && let Ok(shared) = latchkey::store::connect(store).await {
             let _ = shared.purge("").await;
@@ -862,6 +919,27 @@ fn render(
             run.refreshes,
             run.latchkey_cpu.as_millis(),
             run.provider_cpu.as_millis(),
+        );
+    }
+    let sqlite = rows.iter().find(|r| r.name == "latchkey, sqlite store");
+    let large = rows
+        .iter()
+        .find(|r| r.name.starts_with("latchkey, sqlite, "));
+    if let (Some(sqlite), Some(large)) = (sqlite, large) {
+        let p50 = |s: &rounds::Sample| s.load.p50_ms;
+        let ratio = |value: &dyn Fn(&rounds::Sample) -> f64| {
+            rounds::Ratio::of(&large.samples, &sqlite.samples, value).show()
+        };
+        let _ = writeln!(out, "\n## A large SQLite store\n");
+        let _ = writeln!(
+            out,
+            "- The SQLite store holding {} sessions against the same with {} (round by round): p50 latency **{}**, p99 {}, CPU per request {}, req/s {}.",
+            thousands(o.sqlite_sessions_large),
+            thousands(o.sqlite_sessions),
+            ratio(&p50),
+            ratio(&p99),
+            ratio(&rounds::Sample::cpu_us_per_request),
+            ratio(&rps),
         );
     }
     let _ = writeln!(out, "\n## Session memory\n");
@@ -1083,4 +1161,18 @@ ProxyPass / http://{up}/
         pids: vec![apache.child.id()],
     };
     Ok((apache, target, callback))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thousands;
+
+    #[test]
+    fn thousands_are_grouped_by_three() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(1_000_000), "1,000,000");
+        assert_eq!(thousands(12_345_678), "12,345,678");
+    }
 }
