@@ -164,6 +164,7 @@ async fn replay(events: &[Event], mutation: Mutation) -> Replay {
             settings.clone(),
         ));
         let (begun, schedule_p) = (begun.clone(), schedule.clone());
+        schedule.register(p);
         let task = tokio::spawn(async move {
             let result = flow.callback(&begun).await;
             schedule_p.finished(p);
@@ -198,7 +199,8 @@ async fn play(
     bool,
     Option<String>,
 ) {
-    within("the trail's events", schedule.conduct(lease_ticks)).await;
+    let conducted = tokio::time::timeout(common::TEST_TIMEOUT, schedule.conduct(lease_ticks)).await;
+    assert!(conducted.is_ok(), "the replay hung: {}", schedule.report());
     let mut results = Vec::new();
     for (p, task) in tasks {
         let result = within("a process", task).await.ok();
@@ -362,6 +364,7 @@ async fn replay_refresh(events: &[Event], mutation: Mutation) -> Replay {
         let sessions = Sessions::new(store, provider, clock.clone(), settings.clone());
         let (id, schedule_p, signed_out) =
             (session_id.clone(), schedule.clone(), signed_out.clone());
+        schedule.register(p);
         let task = tokio::spawn(async move {
             let id = id.into();
             let result = if p == SIGN_OUT {
@@ -515,6 +518,7 @@ async fn replay_logout(events: &[Event], mutation: Mutation) -> Replay {
             on_exchange: Some(noted),
         });
         let schedule_p = schedule.clone();
+        schedule.register(p);
         let task = match p {
             LOGOUT => {
                 let index = SessionIndex::new(store, clock.clone());

@@ -134,12 +134,18 @@ struct State {
     tasks: HashMap<usize, AbortHandle>,
     /// Processes whose next store call fails.
     failing: HashSet<usize>,
+    /// Processes parked in a store wait, once the trail is over.
+    parked: HashSet<usize>,
+    /// Each process's last call, and whether it got its turn (for reports).
+    last: HashMap<usize, String>,
 }
 
 /// The schedule: the trail's events and how far the replay has come.
 pub struct Schedule {
     state: Mutex<State>,
     changed: watch::Sender<u64>,
+    /// Moved when the clock runs the leases out, past the trail.
+    leases_ran_out: watch::Sender<bool>,
     clock: Arc<ManualClock>,
     tick: Duration,
 }
@@ -185,8 +191,11 @@ impl Schedule {
                 processes: HashMap::new(),
                 tasks: HashMap::new(),
                 failing: HashSet::new(),
+                parked: HashSet::new(),
+                last: HashMap::new(),
             }),
             changed: watch::Sender::new(0),
+            leases_ran_out: watch::Sender::new(false),
             clock,
             tick,
         })
@@ -203,10 +212,26 @@ impl Schedule {
         state.diverged.is_none() && state.cursor == state.events.len()
     }
 
-    /// Registers process `p`'s task (crash and drop events abort it).
+    /// Registers process `p`, before its task is spawned (a task may run
+    /// to its end before the spawner goes on).
+    pub fn register(&self, p: usize) {
+        self.state
+            .lock()
+            .unwrap()
+            .processes
+            .insert(p, Process::Running);
+    }
+
+    /// Registers process `p`'s task: crash and drop events abort it, also
+    /// one that came before this.
     pub fn started(&self, p: usize, task: AbortHandle) {
         let mut state = self.state.lock().unwrap();
-        state.processes.insert(p, Process::Running);
+        if matches!(
+            state.processes.get(&p),
+            Some(Process::Crashed | Process::Dropped)
+        ) {
+            task.abort();
+        }
         state.tasks.insert(p, task);
     }
 
@@ -233,6 +258,7 @@ impl Schedule {
     /// Waits for process `p`'s `call` to be the trail's next event.
     pub async fn turn(&self, p: usize, call: Call) -> Turn<'_> {
         let mut changed = self.changed.subscribe();
+        (self.state.lock().unwrap().last).insert(p, format!("{call:?}"));
         loop {
             {
                 let mut state = self.state.lock().unwrap();
@@ -332,8 +358,59 @@ impl Schedule {
             }
             changed.changed().await.expect("the schedule lives on");
         }
-        // Whoever still waits on a lease sees it run out.
+        // Once every process still running waits on the store (a lease
+        // holder that is alive gets to write first: the clock does not pass
+        // a lease while its holder works), whoever waits on a lease sees it
+        // run out.
+        loop {
+            {
+                let state = self.state.lock().unwrap();
+                let settled = (state.processes.iter())
+                    .all(|(p, status)| *status != Process::Running || state.parked.contains(p));
+                if settled {
+                    break;
+                }
+            }
+            changed.changed().await.expect("the schedule lives on");
+        }
         self.clock.advance(self.tick * (lease_ticks + 1));
+        self.leases_ran_out.send_replace(true);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Where the replay stands, for a failure's message.
+    pub fn report(&self) -> String {
+        let state = self.state.lock().unwrap();
+        format!(
+            "event {} of {} (busy {}), diverged {:?}, processes {:?}, parked {:?}, last calls {:?}, next {:?}",
+            state.cursor,
+            state.events.len(),
+            state.busy,
+            state.diverged,
+            state.processes,
+            state.parked,
+            state.last,
+            state.events.get(state.cursor)
+        )
+    }
+
+    /// Whether the replay is past the trail (or left it).
+    fn free(&self) -> bool {
+        let state = self.state.lock().unwrap();
+        state.diverged.is_some() || state.cursor >= state.events.len()
+    }
+
+    /// Process `p` waits on the store (past the trail) until `wait` ends or
+    /// the clock runs the leases out.
+    async fn parked<T>(&self, p: usize, wait: impl std::future::Future<Output = T>) {
+        let mut ran_out = self.leases_ran_out.subscribe();
+        self.state.lock().unwrap().parked.insert(p);
+        self.changed.send_modify(|n| *n += 1);
+        tokio::select! {
+            _ = wait => {}
+            _ = ran_out.wait_for(|ran_out| *ran_out) => {}
+        }
+        self.state.lock().unwrap().parked.remove(&p);
         self.changed.send_modify(|n| *n += 1);
     }
 }
@@ -549,10 +626,15 @@ impl Store for ScheduledStore {
 
     async fn wait_for_change(
         &self,
-        _key: &str,
-        _seen: Option<u64>,
-        _timeout: Duration,
+        key: &str,
+        seen: Option<u64>,
+        timeout: Duration,
     ) -> StoreResult<()> {
+        if self.schedule.free() {
+            let wait = self.inner.wait_for_change(key, seen, timeout);
+            self.schedule.parked(self.process, wait).await;
+            return Ok(());
+        }
         // A wait may end early (the caller reads again); the trail says
         // when that read comes.
         tokio::task::yield_now().await;
