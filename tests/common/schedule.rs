@@ -156,7 +156,8 @@ pub enum Turn<'a> {
     Scheduled(TurnGuard<'a>, Call),
     /// Past the trail, or diverged: run freely.
     Free,
-    /// Its process crashed: the call fails as if the store were gone.
+    /// Its process crashed, or the trail's store goes away for this one
+    /// call (a `fail` event): the call fails as if the store were gone.
     Crashed,
 }
 
